@@ -1,0 +1,657 @@
+"""Execution benchmarks (issue 7): overhead against OpenCode alone, dispatch latency, event latency.
+
+    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_exec REDIS_URL=redis://127.0.0.1:6379/13 \\
+    ORCHESTRATOR_VAR_DIR=/work/main/var/bench-exec .venv/bin/python -m bench.execution_latency
+
+Options: --rounds 3 (single-job rounds per side), --batches 1 (concurrent rounds per side),
+--concurrency 20, --dispatch 30 (sequential sessions for dispatch and event latency), --keep,
+--py-spy PATH (sample the worker and daphne during the concurrent batches and print where the
+time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`).
+
+Everything runs as real processes started here and stopped by PID at the end (bench.execution_stack):
+a throwaway PostgreSQL database, the scripted LLM (in this process: its request log has the time
+of every request), daphne (HTTP + WebSocket), one Celery worker (threads pool, concurrency 24) that
+starts its own OpenCode server, Redis as broker and channel layer. DEBUG is off.
+
+The job, on both sides: `@@write out.txt ...`, `@@bash cat out.txt`, `@@final ...` (three LLM
+steps, each answered at once by the scripted LLM), in a fresh git worktree of its own repository
+(as the project's 20-session test does). With every job in a worktree of ONE repository, OpenCode
+1.18.33 stopped making progress in the second wave of 20 concurrent jobs, on either side (its log
+goes silent mid bash step): the cause turned out to be OpenCode's one inotify instance per served
+directory, kept for the server's life, against the kernel's 128 per user, hence one batch by default.
+
+1. Overhead. Direct: bench.opencode_direct's fresh-worktree mode (its repository and worktree
+   helpers), on an OpenCode server of this process configured like the worker's: create an
+   OpenCode session, prompt, wait for `session.idle` (worktree made before timing). Orchestrator:
+   POST /api/v1/sessions (not timed), WebSocket /ws/sessions/{id} connected, then timed from just
+   before POST /start until the WebSocket delivers the transition to `completed` (checked after by
+   GET /api/v1/sessions/{id}, the file in the worktree and the LLM's three steps). Each side is
+   warmed up once (server starts excluded); rounds alternate direct / orchestrator so background
+   load hits both alike. Printed: p50 of each side and the ratio, for 1 and for N concurrent (wall
+   time of the batch). Target: ratio <= 1.10 at 20 concurrent.
+2. Dispatch latency: just before POST /start is sent -> the scripted LLM receives the first request
+   with tools of that session's OpenCode session (LLM log `time`, matched by the OpenCode session
+   id). Sequential sessions; p50/p99, target p99 <= 250 ms; with the path broken into segments from
+   the session's own event rows and OpenCode's store, and the same OpenCode-only segment measured
+   directly as a floor.
+3. Event latency, OpenCode event -> SessionEvent row -> WebSocket client (a `websockets` client
+   connected before start). OpenCode's event time: its own store (read-only) gives the tool's end
+   time (`state.time.end`, for `tool.completed` rows) and the assistant message's completion time
+   (`time.completed`, for `opencode.step` rows); OpenCode publishes the event right after. The row's
+   `created_at` and the client's receipt time are on the same clock. Printed: OpenCode -> row,
+   row -> client (every event type), and their per-event sum, p50/p99; target p99 <= 100 ms. Also
+   printed as an upper bound: the LLM's request time of the step -> row (adds the LLM answer and
+   OpenCode's own work for the step).
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from bench.common import percentile
+from bench.execution_stack import (
+    TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
+)
+from bench.opencode_direct import make_repository, make_worktrees
+
+SCRIPT = (
+    "Benchmark job {number}.\n"
+    "@@write out.txt job {number}\\n\n"
+    "@@bash cat out.txt\n"
+    "@@final job {number} done"
+)
+EXPECTED_STEPS = ["write", "bash", "final"]
+JOB_TIMEOUT = 300.0
+TOOL_STEP = {"write": 0, "bash": 1}
+
+
+# --- printing -----------------------------------------------------------------------------------
+
+
+def ms(seconds):
+    return seconds * 1000.0
+
+
+def line(label, values_ms, *, target_p99=None, target_p50=None):
+    """One figure line: n, p50, p99, max, and the verdict against the target."""
+    if not values_ms:
+        print(f"  {label}: no samples")
+        return
+    p50, p99 = percentile(values_ms, 0.5), percentile(values_ms, 0.99)
+    text = f"  {label}: n={len(values_ms)} p50={p50:.1f} ms p99={p99:.1f} ms max={max(values_ms):.1f} ms"
+    if target_p99 is not None:
+        text += f"   [target p99 <= {target_p99:.0f} ms: {'MET' if p99 <= target_p99 else 'MISSED'}]"
+    if target_p50 is not None:
+        text += f"   [target p50 <= {target_p50:.0f} ms: {'MET' if p50 <= target_p50 else 'MISSED'}]"
+    print(text)
+
+
+# --- the direct side ------------------------------------------------------------------------------
+
+
+class IdleWatch:
+    """One reader of OpenCode's global event stream that flags each session's `session.idle`.
+
+    (EventCollector.wait rescans every kept event and wakes every waiter on each event: with 20
+    waiting threads and tens of thousands of events that costs the bench process, which also hosts
+    the LLM, more CPU than the jobs. Here a waiter sleeps on its own flag.) Events are not replayed
+    after a reconnect, so a waiter then also asks the server whether its session has finished.
+    """
+
+    def __init__(self, stream):
+        self.stream = stream
+        self._flags = {}
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, name="direct-idle-watch", daemon=True)
+
+    def start(self, timeout=15.0):
+        self._thread.start()
+        if not self.stream.connected.wait(timeout):
+            raise RuntimeError("OpenCode's global event stream did not connect")
+        return self
+
+    def stop(self):
+        self.stream.stop()
+        self._thread.join(timeout=5)
+
+    def flag(self, session_id):
+        with self._lock:
+            return self._flags.setdefault(session_id, threading.Event())
+
+    def _read(self):
+        for event in self.stream:
+            if event.type == "session.idle" and event.session_id:
+                self.flag(event.session_id).set()
+
+    def wait(self, session_id, client, timeout):
+        from sessions.opencode.events import session_snapshot
+
+        flag = self.flag(session_id)
+        deadline = time.monotonic() + timeout
+        while not flag.wait(0.5):
+            if self.stream.reconnects and session_snapshot(client, session_id)["finished"]:
+                return True
+            if time.monotonic() > deadline:
+                return False
+        return True
+
+
+class Direct:
+    """The job straight against an OpenCode server of this process (bench.opencode_direct's
+    fresh-worktree mode, with this benchmark's script)."""
+
+    def __init__(self, llm, root):
+        from django.conf import settings
+
+        from sessions.opencode.scripted_llm import opencode_config
+        from sessions.opencode.server import OpenCodeServer
+
+        self.llm = llm
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.server = OpenCodeServer(workdir=self.root / "workdir", state_dir=self.root / "state",
+                                     binary=settings.OPENCODE_BIN, config=opencode_config(llm.base_url))
+        self.watch = None
+        self.made = 0
+
+    def start(self):
+        self.server.start()
+        self.client = self.server.client()
+        self.watch = IdleWatch(self.server.events(global_stream=True)).start()
+        return self
+
+    def stop(self):
+        if self.watch is not None:
+            self.watch.stop()
+        self.server.stop()
+
+    def worktrees(self, count):
+        """One fresh worktree per job, each of its own repository (see the module docstring)."""
+        paths = []
+        for _ in range(count):
+            folder = self.root / f"job-{self.made}"
+            self.made += 1
+            paths.extend(make_worktrees(make_repository(folder), folder, ["job"]))
+        return paths
+
+    def job(self, directory, number):
+        """One job; returns (seconds, dispatch seconds: before create -> LLM's first tool request)."""
+        directory = str(directory)
+        before = time.time()
+        started = time.perf_counter()
+        session_id = self.client.create_session(title=f"bench {number}", directory=directory)["id"]
+        self.watch.flag(session_id)
+        self.client.prompt_async(session_id, text=SCRIPT.format(number=number), directory=directory)
+        idle = self.watch.wait(session_id, self.client.with_directory(directory), JOB_TIMEOUT)
+        elapsed = time.perf_counter() - started
+        if not idle:
+            from sessions.opencode.events import session_snapshot
+
+            snapshot = session_snapshot(self.client.with_directory(directory), session_id)
+            steps = [(entry["kind"], round(entry["time"] - before, 1)) for entry in self.llm.requests_for(session_id)]
+            raise RuntimeError(
+                f"direct job {number} ({session_id}, {directory}) did not finish in {JOB_TIMEOUT:.0f} s: "
+                f"status {snapshot['status_detail']}, finished {snapshot['finished']}, "
+                f"{len(snapshot['messages'])} messages, LLM requests (kind, s after create) {steps}, "
+                f"stream reconnects {self.watch.stream.reconnects}")
+        if (Path(directory) / "out.txt").read_text() != f"job {number}\n":
+            raise RuntimeError(f"direct job {number}: out.txt is wrong")
+        requests = [entry for entry in self.llm.requests_for(session_id) if entry["tools"]]
+        if [entry["kind"] for entry in requests] != EXPECTED_STEPS:
+            raise RuntimeError(f"direct job {number}: LLM steps {[e['kind'] for e in requests]}")
+        return elapsed, min(entry["time"] for entry in requests) - before
+
+    def batch(self, directories, first_number):
+        """All jobs at once in threads; returns (wall seconds, [(seconds, dispatch seconds)] per job)."""
+        results = [None] * len(directories)
+        failures = []
+
+        def work(index, directory):
+            try:
+                results[index] = self.job(directory, first_number + index)
+            except Exception as error:  # noqa: BLE001 - raised after the batch
+                failures.append(error)
+
+        threads = [threading.Thread(target=work, args=(index, directory)) for index, directory in enumerate(directories)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - started
+        if failures:
+            raise failures[0]
+        return wall, results
+
+
+# --- the orchestrator side ------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    number: int
+    session_id: int
+    reference: str
+    create_seconds: float
+    start_sent: float = 0.0  # epoch, just before POST /start
+    post_start_seconds: float = 0.0
+    seconds: float = 0.0  # POST /start sent -> terminal transition received on the WebSocket
+    received: list = field(default_factory=list)  # (epoch at receipt, event, live: not a replay)
+    drops: list = field(default_factory=list)  # close codes of WebSocket drops (reconnected)
+    detail: dict = field(default_factory=dict)
+
+    @property
+    def opencode_session_id(self):
+        return (self.detail.get("opencode") or {}).get("session_id")
+
+
+class Orchestrator:
+    def __init__(self, stack):
+        self.stack = stack
+        self.numbers = 0
+        self.headers = {"Authorization": f"Token {stack.token}"}
+
+    def next_numbers(self, count):
+        first = self.numbers
+        self.numbers += count
+        return range(first, first + count)
+
+    async def _create(self, http, number):
+        repository = await asyncio.to_thread(self.stack.repository, f"repo-{number}")
+        started = time.perf_counter()
+        response = await http.post("/api/v1/sessions", json={
+            "title": f"Benchmark job {number}", "initial_prompt": SCRIPT.format(number=number),
+            "repository": str(repository),
+        })
+        response.raise_for_status()
+        body = response.json()
+        return Run(number=number, session_id=body["id"], reference=body["reference"],
+                   create_seconds=time.perf_counter() - started)
+
+    async def _connect(self, run, after=None):
+        import websockets
+
+        query = f"?after={after}" if after is not None else ""
+        return await websockets.connect(
+            f"{self.stack.ws_url}/ws/sessions/{run.session_id}{query}", additional_headers=self.headers,
+            max_size=None,
+        )
+
+    async def _run(self, http, run, socket):
+        import websockets
+
+        connected_at = time.time()
+        last_id = 0
+        run.start_sent = time.time()
+        started = time.perf_counter()
+        response = await http.post(f"/api/v1/sessions/{run.session_id}/start", json={})
+        run.post_start_seconds = time.perf_counter() - started
+        response.raise_for_status()
+        deadline = started + JOB_TIMEOUT
+        while True:
+            try:
+                raw = await asyncio.wait_for(socket.recv(), timeout=max(0.1, deadline - time.perf_counter()))
+            except websockets.ConnectionClosed as closed:
+                # The documented recovery: reconnect with the last id seen; the server replays the
+                # rest from the database. Replayed events are not live and are left out of latencies.
+                run.drops.append(closed.rcvd.code if closed.rcvd else None)
+                socket = await self._connect(run, after=last_id)
+                connected_at = time.time()
+                continue
+            now = time.time()
+            event = json.loads(raw)
+            last_id = max(last_id, event["id"])
+            run.received.append((now, event, epoch(event["created_at"]) >= connected_at))
+            if event["type"] == "session.transition" and event["payload"].get("to") in TERMINAL:
+                run.seconds = time.perf_counter() - started
+                break
+        await socket.close()
+        response = await http.get(f"/api/v1/sessions/{run.session_id}")
+        response.raise_for_status()
+        run.detail = response.json()
+        return run
+
+    async def _batch(self, numbers):
+        import httpx
+
+        limits = httpx.Limits(max_connections=2 * len(numbers) + 4)
+        async with httpx.AsyncClient(base_url=self.stack.api_url, headers=self.headers, timeout=60,
+                                     limits=limits) as http:
+            runs = [await self._create(http, number) for number in numbers]
+            sockets = [await self._connect(run) for run in runs]
+            started = time.perf_counter()
+            await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
+            return time.perf_counter() - started, runs
+
+    def batch(self, count):
+        """`count` sessions started at once; returns (wall seconds, runs), each checked."""
+        wall, runs = asyncio.run(self._batch(list(self.next_numbers(count))))
+        for run in runs:
+            self.check(run)
+        return wall, runs
+
+    def single(self):
+        return self.batch(1)[1][0]
+
+    def check(self, run):
+        status = run.detail.get("status")
+        if status != "completed":
+            error = (run.detail.get("metrics") or {}).get("error")
+            raise RuntimeError(f"{run.reference} ended {status}: {error}")
+        out = self.stack.worktree(run.reference) / "out.txt"
+        if not out.exists() or out.read_text() != f"job {run.number}\n":
+            raise RuntimeError(f"{run.reference}: out.txt missing or wrong in its worktree")
+        steps = [entry["kind"] for entry in self.stack.llm.requests_for(run.opencode_session_id) if entry["tools"]]
+        if steps != EXPECTED_STEPS:
+            raise RuntimeError(f"{run.reference}: LLM steps {steps}")
+
+
+# --- figures from the runs -----------------------------------------------------------------------
+
+
+def epoch(iso):
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def llm_step_times(llm, key):
+    """{step index: time of the last request of that step} for one OpenCode session (tools only)."""
+    times = {}
+    for entry in llm.requests_for(key):
+        if entry["tools"] and entry["kind"] in ("write", "bash", "final"):
+            times[entry["step"]] = entry["time"]
+    return times
+
+
+def first_tool_request(llm, key):
+    times = [entry["time"] for entry in llm.requests_for(key) if entry["tools"]]
+    return min(times) if times else None
+
+
+def event_latencies(runs, llm, opencode_db):
+    """Per-event figures (ms): opencode->row, row->client, opencode->client, llm->row, by kind."""
+    call_ids, message_ids = set(), set()
+    for run in runs:
+        for _, event, _ in run.received:
+            if event["type"] == "tool.completed":
+                call_ids.add(event["payload"].get("call_id"))
+            elif event["type"] == "opencode.step":
+                message_ids.add(event["payload"].get("message_id"))
+    tool_end, message_done = opencode_times(opencode_db, call_ids=call_ids, message_ids=message_ids)
+    figures = {name: [] for name in (
+        "row_client_all", "opencode_row_tool", "opencode_row_step", "row_client_tracked",
+        "opencode_client", "llm_row_tool", "llm_row_step",
+    )}
+    for run in runs:
+        steps = llm_step_times(llm, run.opencode_session_id)
+        step_rows = 0
+        for received_at, event, live in run.received:
+            row_at = epoch(event["created_at"])
+            payload = event["payload"]
+            opencode_at = llm_at = None
+            if event["type"] == "tool.completed":
+                opencode_at = tool_end.get(payload.get("call_id"))
+                llm_at = steps.get(TOOL_STEP.get(payload.get("tool")))
+                kind = "tool"
+            elif event["type"] == "opencode.step":
+                opencode_at = message_done.get(payload.get("message_id"))
+                llm_at = steps.get(step_rows)
+                step_rows += 1
+                kind = "step"
+            else:
+                kind = None
+            if not live:
+                continue
+            figures["row_client_all"].append(ms(received_at - row_at))
+            if kind is None:
+                continue
+            if llm_at is not None:
+                figures[f"llm_row_{kind}"].append(ms(row_at - llm_at))
+            if opencode_at is not None:
+                figures[f"opencode_row_{kind}"].append(ms(row_at - opencode_at))
+                figures["row_client_tracked"].append(ms(received_at - row_at))
+                figures["opencode_client"].append(ms(received_at - opencode_at))
+    return figures
+
+
+def print_event_figures(title, figures):
+    print(title)
+    line("OpenCode tool end -> tool.completed row", figures["opencode_row_tool"])
+    line("OpenCode step completed -> opencode.step row", figures["opencode_row_step"])
+    line("row created_at -> WebSocket client, these two kinds", figures["row_client_tracked"])
+    line("row created_at -> WebSocket client, every event", figures["row_client_all"], target_p99=100)
+    line("SUM per event: OpenCode event -> row -> WebSocket client", figures["opencode_client"], target_p99=100)
+    line("upper bound: LLM request of the step -> tool.completed row", figures["llm_row_tool"])
+    line("upper bound: LLM request of the step -> opencode.step row", figures["llm_row_step"])
+
+
+def dispatch_breakdown(runs, llm, opencode_db):
+    """Dispatch latency (ms) per run and its segments, from the runs' own event rows."""
+    created = opencode_session_created(opencode_db, [run.opencode_session_id for run in runs])
+    totals, segments, ours = [], {}, []
+
+    def add(name, value):
+        segments.setdefault(name, []).append(ms(value))
+
+    for run in runs:
+        first = first_tool_request(llm, run.opencode_session_id)
+        if first is None:
+            continue
+        totals.append(ms(first - run.start_sent))
+        rows = {}
+        for _, event, _ in run.received:
+            key = event["type"]
+            if key == "session.transition":
+                key = "-> " + event["payload"].get("to", "")
+            rows.setdefault(key, epoch(event["created_at"]))
+        opencode_created = created.get(run.opencode_session_id)
+        marks = [
+            ("POST /start sent", run.start_sent),
+            ("queued row (API)", rows.get("-> queued")),
+            ("running row (broker + worker claim)", rows.get("-> running")),
+            ("workspace.ready row (git worktree, OpenCode health)", rows.get("workspace.ready")),
+            ("task.routed row (plan, context, routing)", rows.get("task.routed")),
+            ("OpenCode session created (task start, create call)", opencode_created),
+            ("task.prompted row (event stream, prompt_async accepted)", rows.get("task.prompted")),
+            ("LLM first request (OpenCode's own work, new directory)", first),
+        ]
+        for (_, before), (name, after) in zip(marks, marks[1:]):
+            if before is not None and after is not None:
+                add(name, after - before)
+        if rows.get("task.prompted") is not None:
+            ours.append(ms(rows["task.prompted"] - run.start_sent))
+    return totals, segments, ours
+
+
+# --- main -------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="single-job rounds per side")
+    # One batch by default: OpenCode 1.18.33 keeps one inotify instance per directory it has served,
+    # and the kernel allows 128 per user (fs.inotify.max_user_instances) across every OpenCode server
+    # of the machine; past that a server stops making progress (seen in the second batch of 20).
+    parser.add_argument("--batches", type=int, default=1, help="concurrent rounds per side")
+    parser.add_argument("--concurrency", type=int, default=20)
+    parser.add_argument("--dispatch", type=int, default=30, help="sequential sessions for parts 2 and 3")
+    parser.add_argument("--keep", action="store_true", help="keep workspaces, repositories and OpenCode state")
+    parser.add_argument("--py-spy", default=None, metavar="PATH",
+                        help="py-spy binary: sample the worker and daphne during the orchestrator's concurrent batches")
+    options = parser.parse_args(argv)
+    began = time.perf_counter()
+
+    with running_stack(worker_concurrency=max(24, options.concurrency + 4), agent_capacity=options.concurrency,
+                       keep=options.keep) as stack:
+        from django.conf import settings
+
+        print(f"stack: daphne pid {stack.web.pid} at {stack.api_url}, celery worker pid {stack.worker.pid} "
+              f"(threads), scripted LLM {stack.llm.base_url}, database {stack.database_url}, "
+              f"broker/channels {settings.REDIS_URL}, DEBUG={settings.DEBUG}")
+        if stack.added_agents:
+            print(f"agents added for capacity (the default roster runs 8 execution sessions at once): "
+                  f"{', '.join(stack.added_agents)}")
+        orchestrator = Orchestrator(stack)
+        direct_root = stack.var_dir / "direct"
+        shutil.rmtree(direct_root, ignore_errors=True)
+        direct = Direct(stack.llm, direct_root)
+        try:
+            started = time.perf_counter()
+            direct.start()
+            print(f"direct OpenCode server {direct.server.version} started in "
+                  f"{ms(time.perf_counter() - started):.0f} ms (excluded)")
+            measure(options, stack, orchestrator, direct)
+        finally:
+            direct.stop()
+            if not options.keep:
+                shutil.rmtree(direct_root, ignore_errors=True)
+    print(f"total run time {time.perf_counter() - began:.0f} s")
+    return 0
+
+
+def measure(options, stack, orchestrator, direct):
+    llm = stack.llm
+    # --- warm-up (the worker's OpenCode server starts here) ---
+    started = time.perf_counter()
+    warm = orchestrator.single()
+    print(f"orchestrator warm-up session {warm.reference}: {ms(time.perf_counter() - started):.0f} ms "
+          "(includes the worker's OpenCode server start; excluded)")
+    print(f"direct warm-up job: {ms(direct.job(direct.worktrees(1)[0], 10_000)[0]):.0f} ms (excluded)")
+
+    # --- 1. overhead ---
+    direct_single, orch_single, direct_dispatch = [], [], []
+    for index in range(options.rounds):
+        seconds, dispatch = direct.job(direct.worktrees(1)[0], 10_001 + index)
+        direct_single.append(seconds)
+        direct_dispatch.append(dispatch)
+        orch_single.append(orchestrator.single().seconds)
+    direct_walls, orch_walls, pairs, concurrent_runs, direct_jobs, orch_jobs = [], [], [], [], [], []
+    direct_busy_dispatch = []
+    worker_opencode = stack.worker_opencode_pid()
+    cpu = {"direct": Counter(), "orchestrator": Counter()}
+    profiles = []
+
+    def processes(side):
+        this = os.getpid()
+        if side == "direct":
+            return {"OpenCode server": direct.server.pid, "bench process (LLM, client)": this}
+        return {"OpenCode server": worker_opencode, "Celery worker (with its git children)": stack.worker.pid,
+                "daphne": stack.web.pid, "bench process (LLM, client)": this}
+
+    def account(side, before):
+        for name, pid in processes(side).items():
+            cpu[side][name] += cpu_seconds(pid) - before[name]
+
+    for index in range(options.batches):
+        worktrees = direct.worktrees(options.concurrency)
+        before = {name: cpu_seconds(pid) for name, pid in processes("direct").items()}
+        wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
+        account("direct", before)
+        direct_walls.append(wall)
+        direct_jobs.extend(seconds for seconds, _ in jobs)
+        direct_busy_dispatch.extend(dispatch for _, dispatch in jobs)
+        before = {name: cpu_seconds(pid) for name, pid in processes("orchestrator").items()}
+        logs = stack.var_dir / "bench-logs"
+        with profiled(options.py_spy, stack.worker.pid, logs / f"worker-profile-{index}.txt") as worker_profile, \
+                profiled(options.py_spy, stack.web.pid, logs / f"web-profile-{index}.txt") as web_profile, \
+                profiled(options.py_spy, os.getpid(), logs / f"bench-profile-{index}.txt") as bench_profile:
+            orch_wall, runs = orchestrator.batch(options.concurrency)
+        profiles.append((worker_profile, web_profile, bench_profile))
+        account("orchestrator", before)
+        orch_walls.append(orch_wall)
+        orch_jobs.extend(item.seconds for item in runs)
+        concurrent_runs.extend(runs)
+        pairs.append(orch_wall / wall)
+        print(f"  round {index + 1}: {options.concurrency} concurrent, direct wall {ms(wall):.0f} ms, "
+              f"orchestrator wall {ms(orch_wall):.0f} ms, ratio {orch_wall / wall:.2f}")
+
+    # --- 2 and 3: sequential sessions ---
+    sequential = [orchestrator.single() for _ in range(options.dispatch)]
+    opencode_db = stack.opencode_database()
+
+    print()
+    print("=== 1. Overhead: the 3-step job (write, bash, final) directly on OpenCode vs through the "
+          "orchestrator (POST /start -> `completed` on the WebSocket) ===")
+    d1, o1 = percentile(direct_single, 0.5), percentile(orch_single, 0.5)
+    print(f"  1 at a time ({options.rounds} rounds each): direct p50 {ms(d1):.0f} ms, orchestrator p50 "
+          f"{ms(o1):.0f} ms, ratio {o1 / d1:.2f} (no target at 1; shown for the fixed cost)")
+    dn, on = percentile(direct_walls, 0.5), percentile(orch_walls, 0.5)
+    ratio = on / dn
+    print(f"  {options.concurrency} concurrent ({options.batches} rounds each, wall time of the batch): "
+          f"direct p50 {ms(dn):.0f} ms, orchestrator p50 {ms(on):.0f} ms, ratio {ratio:.2f} "
+          f"(paired per round: {', '.join(f'{p:.2f}' for p in pairs)})   "
+          f"[target ratio <= 1.10: {'MET' if ratio <= 1.10 else 'MISSED'}]")
+    line(f"per job at {options.concurrency} concurrent, direct", [ms(s) for s in direct_jobs])
+    line(f"per job at {options.concurrency} concurrent, orchestrator", [ms(s) for s in orch_jobs])
+    jobs_run = options.batches * options.concurrency
+    for side in ("direct", "orchestrator"):
+        parts = ", ".join(f"{name} {ms(seconds / jobs_run):.0f}" for name, seconds in cpu[side].items())
+        print(f"  CPU per job at {options.concurrency} concurrent, {side}: {ms(sum(cpu[side].values()) / jobs_run):.0f} ms "
+              f"({parts}; PostgreSQL and Redis not counted; {os.cpu_count()} CPUs shared with other work)")
+    creates = [ms(r.create_seconds) for r in sequential]
+    line("POST /api/v1/sessions (create, not in the timed span)", creates)
+    line("POST /api/v1/sessions/{id}/start response", [ms(r.post_start_seconds) for r in sequential])
+
+    print()
+    print(f"=== 2. Dispatch latency: POST /start sent -> the scripted LLM receives the session's first "
+          f"request with tools ({options.dispatch} sequential sessions, PostgreSQL + Redis) ===")
+    totals, segments, ours = dispatch_breakdown(sequential, llm, opencode_db)
+    line("API start -> LLM first prompt", totals, target_p99=250)
+    print("  segments (p50 / p99 ms), each from the previous mark:")
+    for name, values in segments.items():
+        print(f"    {name}: {percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}")
+    line("the orchestrator's part: API start -> prompt accepted by OpenCode (task.prompted row)", ours)
+    line("floor, direct on OpenCode: before create session -> LLM first prompt",
+         [ms(s) for s in direct_dispatch])
+    busy, busy_segments, busy_ours = dispatch_breakdown(concurrent_runs, llm, opencode_db)
+    print(f"  for reference, under {options.concurrency} concurrent starts (part 1 batches):")
+    line("  API start -> LLM first prompt", busy)
+    for name, values in busy_segments.items():
+        print(f"      {name}: {percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}")
+    line("  the orchestrator's part (API start -> task.prompted row)", busy_ours)
+    line("  floor, direct: before create session -> LLM first prompt", [ms(s) for s in direct_busy_dispatch])
+
+    print()
+    print("=== 3. Event latency: OpenCode event -> SessionEvent row -> WebSocket client of "
+          "/ws/sessions/{id} (client connected before start) ===")
+    print("  OpenCode's time = its own store: tool state.time.end / assistant message time.completed; "
+          "row = SessionEvent.created_at; client = receipt in this process")
+    print_event_figures(f" {options.dispatch} sequential sessions:", event_latencies(sequential, llm, opencode_db))
+    print_event_figures(f" under {options.concurrency} concurrent sessions (part 1 batches):",
+                        event_latencies(concurrent_runs, llm, opencode_db))
+    agents = Counter()
+    for item in sequential + concurrent_runs:
+        for _, event, _ in item.received:
+            if event["type"] == "task.routed":
+                agents[event["payload"].get("agent")] += 1
+    drops = Counter(code for item in sequential + concurrent_runs for code in item.drops)
+    replayed = sum(1 for item in sequential + concurrent_runs for *_, live in item.received if not live)
+    print(f"  WebSocket drops (reconnected with ?after=<last id>): {sum(drops.values())} {dict(drops)} in "
+          f"{sum(1 for item in sequential + concurrent_runs if item.drops)} of "
+          f"{len(sequential + concurrent_runs)} sessions; {replayed} replayed events left out of the latencies")
+    if options.py_spy:
+        print()
+        print("=== Diagnostics: py-spy samples (50 Hz, threads holding the GIL) during the orchestrator's concurrent batches ===")
+        for label, paths in (("Celery worker", [p[0] for p in profiles]), ("daphne", [p[1] for p in profiles]),
+                             ("bench process (LLM, client)", [p[2] for p in profiles])):
+            total, own, leaves = folded_summary(paths, top=15)
+            print(f"  {label}: {total} samples; the project's frames by inclusive share:")
+            for share, frame in own:
+                print(f"    {share * 100:5.1f}%  {frame}")
+            print(f"  {label}: leaf frames (where the time is spent):")
+            for share, frame in leaves[:10]:
+                print(f"    {share * 100:5.1f}%  {frame}")
+    print(f"  checks: every session completed, out.txt in its worktree, LLM steps {EXPECTED_STEPS}; "
+          f"agents routed: {dict(agents)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

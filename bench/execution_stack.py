@@ -1,0 +1,337 @@
+"""The whole orchestrator as real processes, for the execution benchmarks.
+
+`running_stack()` brings up, in order, and takes down in reverse (by PID, also on errors and on
+SIGTERM/SIGINT):
+
+- a throwaway PostgreSQL database (bench.common.bench_database: created, migrated, dropped);
+- the scripted LLM, in this process (its request log, with a `time` per request, is read here);
+- the web server: `python -m daphne -b 127.0.0.1 -p <free port> orchestrator.asgi:application`;
+- one Celery worker (threads pool) told the LLM's URL through OPENCODE_SCRIPTED_LLM_URL; it starts
+  its own OpenCode server on its first session (that start is excluded by the caller's warm-up);
+- an operator user with a DRF token, the default agent roster when it is missing, and copies of
+  AGENT-IMPLEMENTER until code-writing agents have room for the benchmark's concurrency.
+
+The stack runs with DEBUG off (as in production: no query log, no browsable API renderer).
+Everything on disk lives under ORCHESTRATOR_VAR_DIR; its workspaces, repositories and OpenCode
+state are cleared at the start (session references restart at IND-000001 in a fresh database, and
+a leftover worktree of that name would be reopened) and at the end unless `keep` is set.
+"""
+
+import os
+import re
+import secrets
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import uuid
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.common import ROOT, bench_database, setup_django
+
+TERMINAL = frozenset({"completed", "partially_completed", "failed", "timeout", "stopped", "cancelled", "orphaned"})
+
+
+def production_like_environment():
+    """DEBUG off for this process and every child (settings read the environment at import)."""
+    os.environ["DEBUG"] = "0"
+    os.environ.setdefault("SECRET_KEY", "bench-" + secrets.token_urlsafe(32))
+    os.environ.setdefault("LOG_LEVEL", "WARNING")
+
+
+@dataclass
+class Stack:
+    api_url: str
+    ws_url: str
+    token: str
+    llm: object
+    worker: subprocess.Popen
+    web: subprocess.Popen
+    var_dir: Path
+    database_url: str
+    added_agents: list
+
+    def repository(self, name=None):
+        """A fresh git repository under the first allowed repository root."""
+        from django.conf import settings
+
+        from orchestrator.testing import make_git_repository
+
+        return make_git_repository(settings.REPOSITORY_ROOTS[0] / (name or f"repo-{uuid.uuid4().hex[:8]}"))
+
+    def worktree(self, reference):
+        from django.conf import settings
+
+        return Path(settings.WORKSPACE_ROOT) / reference
+
+    def worker_opencode_pid(self):
+        from django.conf import settings
+
+        found = opencode_servers_in(Path(settings.WORKSPACE_ROOT))
+        return found[0] if found else None
+
+    def opencode_database(self):
+        """The SQLite store of the OpenCode server the worker started (None before its first session)."""
+        found = sorted((self.var_dir / "opencode-state").glob(f"*-{self.worker.pid}/data/opencode/opencode.db"))
+        return found[0] if found else None
+
+
+def _signal_to_exit(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _clear_run_folders(var_dir):
+    for name in ("workspaces", "repos", "opencode-state"):
+        shutil.rmtree(var_dir / name, ignore_errors=True)
+
+
+@contextmanager
+def _web_server(log_path):
+    from orchestrator.testing import free_port, stop_process, subprocess_env, wait_until
+
+    import httpx
+
+    port = free_port()
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"],
+        cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def answering():
+        if process.poll() is not None:
+            return True
+        try:
+            return httpx.get(url + "/api/v1/", timeout=1.0).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_until(answering, timeout=60, interval=0.1, message="the web server to answer")
+        if process.poll() is not None:
+            raise RuntimeError(f"daphne exited early:\n{Path(log_path).read_text(errors='replace')[-3000:]}")
+        yield process, url
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def opencode_servers_in(workdir):
+    """PIDs of `opencode serve` processes whose working folder is `workdir` (the worker's server
+    runs in WORKSPACE_ROOT; one left after its worker had to be killed is stopped by PID)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if len(cmdline) > 1 and cmdline[0].endswith(b"opencode") and cmdline[1] == b"serve" and cwd == str(workdir):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _operator_token():
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Group
+    from rest_framework.authtoken.models import Token
+
+    from orchestrator.roles import OPERATORS, ensure_role_groups
+
+    ensure_role_groups()
+    user = get_user_model().objects.create_user(username=f"bench-operator-{uuid.uuid4().hex[:6]}", password=None)
+    user.groups.add(Group.objects.get(name=OPERATORS))
+    return Token.objects.create(user=user).key
+
+
+def _ensure_roster(concurrency):
+    """The default roster, plus copies of AGENT-IMPLEMENTER (named AGENT-BENCH-IMPLEMENTER-n) until the
+    agents able to take an execution session's task (code_generation) have room for `concurrency`
+    sessions at once: the default roster has room for 8 (IMPLEMENTER 5, GENERALIST 3), and a
+    session whose task finds no agent fails. Returns the names of the agents added."""
+    from agents.models import Agent
+    from agents.roster import DEFAULT_ROSTER
+    from agents.services import agent_register
+
+    for entry in DEFAULT_ROSTER:
+        if not Agent.objects.filter(name=entry["name"]).exists():
+            agent_register(**entry)
+    capacity = sum(agent.max_concurrent_tasks for agent in Agent.objects.all()
+                   if "code_generation" in (agent.capabilities or []))
+    implementer = next(entry for entry in DEFAULT_ROSTER if entry["name"] == "AGENT-IMPLEMENTER")
+    added = []
+    while capacity < concurrency:
+        name = f"AGENT-BENCH-IMPLEMENTER-{len(added) + 1}"
+        agent = agent_register(**{**implementer, "name": name})
+        capacity += agent.max_concurrent_tasks
+        added.append(name)
+    return added
+
+
+@contextmanager
+def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False):
+    """Yield a `Stack`; everything started is stopped by PID on the way out."""
+    production_like_environment()
+    setup_django()
+    from django.conf import settings
+
+    from orchestrator.testing import database_url_for_subprocess, running_worker
+    from sessions.opencode.scripted_llm import ScriptedLLM
+
+    previous = {sig: signal.signal(sig, _signal_to_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
+    var_dir = Path(settings.VAR_DIR)
+    _clear_run_folders(var_dir)
+    Path(settings.REPOSITORY_ROOTS[0]).mkdir(parents=True, exist_ok=True)
+    logs = var_dir / "bench-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        with ExitStack() as stack:
+            stack.enter_context(bench_database())
+            if settings.REDIS_URL:
+                import redis
+
+                # The bench owns this Redis database: jobs of an earlier interrupted run must not
+                # reach the new worker.
+                redis.Redis.from_url(settings.REDIS_URL).flushdb()
+            token = _operator_token()
+            added_agents = _ensure_roster(agent_capacity)
+            llm = ScriptedLLM()
+            llm.start()
+            stack.callback(llm.stop)
+            web, url = stack.enter_context(_web_server(logs / "web.log"))
+            workdir = Path(settings.WORKSPACE_ROOT)
+
+            def stop_orphans():
+                for pid in opencode_servers_in(workdir):
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+            # Registered before the worker is entered, so it runs after the worker has stopped.
+            stack.callback(stop_orphans)
+            worker = stack.enter_context(running_worker(
+                concurrency=worker_concurrency, env={"OPENCODE_SCRIPTED_LLM_URL": llm.base_url},
+                log_path=logs / "worker.log",
+            ))
+            yield Stack(
+                api_url=url, ws_url=url.replace("http://", "ws://"), token=token, llm=llm,
+                worker=worker, web=web, var_dir=var_dir, database_url=database_url_for_subprocess(),
+                added_agents=added_agents,
+            )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not keep:
+            _clear_run_folders(var_dir)
+
+
+def opencode_times(database_path, *, call_ids=(), message_ids=()):
+    """OpenCode's own times (epoch seconds) from its SQLite store: {call_id: tool end} and
+    {message_id: assistant message completed}. Read-only; the server may still be running."""
+    tools, messages = {}, {}
+    if database_path is None:
+        return tools, messages
+    connection = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=10)
+    try:
+        wanted_calls = set(call_ids)
+        for call_id, end in connection.execute(
+            "SELECT json_extract(data, '$.callID'), json_extract(data, '$.state.time.end') FROM part "
+            "WHERE json_extract(data, '$.type') = 'tool'"
+        ):
+            if call_id in wanted_calls and end is not None:
+                tools[call_id] = end / 1000
+        wanted_messages = set(message_ids)
+        for message_id, completed in connection.execute(
+            "SELECT id, json_extract(data, '$.time.completed') FROM message "
+            "WHERE json_extract(data, '$.role') = 'assistant'"
+        ):
+            if message_id in wanted_messages and completed is not None:
+                messages[message_id] = completed / 1000
+    finally:
+        connection.close()
+    return tools, messages
+
+
+def opencode_session_created(database_path, session_ids):
+    """{OpenCode session id: its creation time (epoch seconds)} from the server's store."""
+    if database_path is None:
+        return {}
+    connection = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=10)
+    try:
+        wanted = set(session_ids)
+        return {
+            session_id: created / 1000
+            for session_id, created in connection.execute("SELECT id, time_created FROM session")
+            if session_id in wanted
+        }
+    finally:
+        connection.close()
+
+
+
+def cpu_seconds(pid):
+    """CPU time of a process and its reaped children (git, tool commands), in seconds."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # After the command: state is field 3; utime, stime, cutime, cstime are fields 14-17.
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def profiled(py_spy, pid, output):
+    """Sample `pid` with py-spy while the block runs: only threads holding the GIL (Python CPU time),
+    folded stacks to `output`; no-op without py-spy."""
+    if not py_spy or pid is None:
+        yield None
+        return
+    process = subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--rate", "50", "--nonblocking", "--gil", "--format", "raw",
+         "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        yield output
+    finally:
+        # py-spy writes its output when interrupted.
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+def folded_summary(paths, *, top=20, own=("sessions/", "orchestrator/", "agents/", "tasks/", "contexts/", "bench/")):
+    """(samples, [(inclusive share, frame)] of the project's own frames, [(share, leaf frame)])."""
+    inclusive, leaves, total = {}, {}, 0
+    for path in paths:
+        if not Path(path).exists():
+            continue
+        for raw in Path(path).read_text(errors="replace").splitlines():
+            stack, _, count = raw.rpartition(" ")
+            if not count.isdigit():
+                continue
+            count = int(count)
+            total += count
+            frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")
+                      if frame and not frame.startswith(("process ", "thread "))]
+            if frames:
+                leaves[frames[-1]] = leaves.get(frames[-1], 0) + count
+            for frame in set(frames):
+                if any(f"/{part}" in frame or f"({part}" in frame for part in own):
+                    inclusive[frame] = inclusive.get(frame, 0) + count
+    def ranked(table):
+        return [(count / total, frame) for frame, count in sorted(table.items(), key=lambda item: -item[1])[:top]]
+    return total, (ranked(inclusive) if total else []), (ranked(leaves) if total else [])

@@ -1,0 +1,87 @@
+"""API plumbing shared by every app: the error format and the API root."""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.decorators import api_view
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from orchestrator import errors
+
+DOMAIN_STATUS = {
+    errors.ValidationFailed: status.HTTP_400_BAD_REQUEST,
+    errors.NotFound: status.HTTP_404_NOT_FOUND,
+    errors.PermissionRefused: status.HTTP_403_FORBIDDEN,
+    errors.Conflict: status.HTTP_409_CONFLICT,
+}
+
+
+def error_body(code, message, details=None):
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def _flatten_validation(detail, prefix=""):
+    """DRF nests errors by field; flatten to {"field.sub": ["rule", ...]}."""
+    flat = {}
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = f"{prefix}.{key}" if prefix else str(key)
+            flat.update(_flatten_validation(value, name))
+    elif isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            flat[prefix or "non_field_errors"] = [str(item) for item in detail]
+        else:
+            for index, item in enumerate(detail):
+                flat.update(_flatten_validation(item, f"{prefix}.{index}" if prefix else str(index)))
+    else:
+        flat[prefix or "non_field_errors"] = [str(detail)]
+    return flat
+
+
+def exception_handler(exc, context):
+    """Map domain and DRF errors to `{"error": {"code", "message", "details"}}`."""
+    for error_class, http_status in DOMAIN_STATUS.items():
+        if isinstance(exc, error_class):
+            return Response(error_body(exc.code, exc.message, exc.details), status=http_status)
+
+    if isinstance(exc, exceptions.ValidationError):
+        details = _flatten_validation(exc.detail)
+        message = "; ".join(f"{field}: {' '.join(rules)}" for field, rules in details.items())
+        return Response(error_body("validation_error", message, details), status=400)
+
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied()
+
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    code = getattr(exc, "default_code", "error")
+    if isinstance(exc, exceptions.NotAuthenticated):
+        code = "not_authenticated"
+    detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
+    message = str(detail) if not isinstance(detail, (dict, list)) else "Request refused"
+    response.data = error_body(code, message)
+    return response
+
+
+@api_view(["GET"])
+def api_root(request, format=None):
+    return Response(
+        {
+            "sessions": reverse("api:session-list", request=request, format=format),
+            "agents": reverse("api:agent-list", request=request, format=format),
+            "tasks": reverse("api:task-list", request=request, format=format),
+            "contexts": reverse("api:context-list", request=request, format=format),
+            "schema": reverse("api-schema", request=request, format=format),
+            "docs": reverse("api-docs", request=request, format=format),
+        }
+    )
+
+
+@api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
+def api_not_found(request, *args, **kwargs):
+    raise exceptions.NotFound(f"No API endpoint at {request.path}")

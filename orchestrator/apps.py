@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class OrchestratorConfig(AppConfig):
+    name = "orchestrator"
+    verbose_name = "Orchestrator"
+    default_auto_field = "django.db.models.BigAutoField"

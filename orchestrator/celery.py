@@ -1,0 +1,22 @@
+"""The Celery app. Jobs live in each app's `jobs.py` (a `tasks.py` would collide with the tasks app)."""
+
+import os
+
+from celery import Celery
+from celery.signals import worker_shutdown
+
+import orchestrator.broker  # noqa: F401  (registers the fsqueue:// broker of the embedded default)
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
+
+app = Celery("orchestrator")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks(related_name="jobs")
+
+
+@worker_shutdown.connect
+def stop_opencode_servers(**kwargs):
+    """Stop the OpenCode server (and demo model) this worker started."""
+    from sessions.execution.servers import shutdown
+
+    shutdown()

@@ -1,0 +1,8 @@
+"""Every WebSocket route; each app's consumers.py lists its own."""
+
+from django.urls import path
+
+from orchestrator.consumers import SystemConsumer
+from sessions.consumers import websocket_urlpatterns as session_routes
+
+websocket_urlpatterns = [path("ws/system", SystemConsumer.as_asgi()), *session_routes]

@@ -1,0 +1,300 @@
+"""Settings: one module, driven by environment variables with embedded defaults.
+
+With nothing set this is the embedded default: SQLite under var/, Celery on a
+filesystem broker under var/, and a SQLite-backed channel layer, so one laptop
+runs the whole system without PostgreSQL or Redis. DATABASE_URL and REDIS_URL
+switch to the real services; production differs only by environment.
+"""
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from orchestrator.env import (
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+    parse_database_url,
+    parse_http_url,
+    parse_redis_url,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("ORCHESTRATOR_VAR_DIR", str(BASE_DIR / "var"))).resolve()
+VAR_DIR.mkdir(parents=True, exist_ok=True)
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env_str("SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = "insecure-development-key-only-used-while-DEBUG-is-on"
+
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "channels",
+    "django_htmx",
+    "template_partials",
+    "orchestrator",
+    "sessions.apps.SessionsConfig",
+    "agents",
+    "tasks",
+    "contexts",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator.urls"
+ASGI_APPLICATION = "orchestrator.asgi.application"
+WSGI_APPLICATION = "orchestrator.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "orchestrator.context_processors.console",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL") or f"sqlite:///{VAR_DIR / 'orchestrator.sqlite3'}"
+_database = parse_database_url("DATABASE_URL", DATABASE_URL)
+if _database["ENGINE"].endswith("sqlite3"):
+    # WAL lets the web process read while a worker writes; IMMEDIATE takes the
+    # write lock at BEGIN so concurrent writers queue instead of failing mid-way.
+    _database["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+    _database["TEST"] = {"NAME": str(VAR_DIR / "test-orchestrator.sqlite3")}
+else:
+    _database["CONN_MAX_AGE"] = env_int("DATABASE_CONN_MAX_AGE", 0, minimum=0)
+    _database["CONN_HEALTH_CHECKS"] = True
+DATABASES = {"default": _database}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, broker, channel layer -------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+if REDIS_URL:
+    parse_redis_url("REDIS_URL", REDIS_URL)
+
+BROKER_DIR = VAR_DIR / "broker"
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "fsqueue://"
+if CELERY_BROKER_URL.startswith(("fsqueue://", "filesystem://")):
+    for folder in ("queue", "processed", "control"):
+        (BROKER_DIR / folder).mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(BROKER_DIR / "queue"),
+        "data_folder_out": str(BROKER_DIR / "queue"),
+        "processed_folder": str(BROKER_DIR / "processed"),
+        "control_folder": str(BROKER_DIR / "control"),
+        "store_processed": False,
+        "polling_interval": 0.05,
+    }
+elif CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
+    parse_redis_url("CELERY_BROKER_URL", CELERY_BROKER_URL)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        # Longer than the longest step, so a slow session is not redelivered
+        # to a second worker while the first still runs it.
+        "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 7 * 3600, minimum=60),
+        # Queues are listed by priority when the worker starts; consume them in that order.
+        "queue_order_strategy": "priority",
+    }
+else:
+    raise ImproperlyConfigured(
+        f"CELERY_BROKER_URL must be redis://, rediss:// or fsqueue:// (the embedded queue), got {CELERY_BROKER_URL!r}"
+    )
+
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+# Periodic jobs (run by beat: embedded in the worker by bin/run, a separate service in production).
+CELERY_BEAT_SCHEDULE = {
+    "agents-mark-stale-offline": {"task": "agents.mark_stale_offline", "schedule": 60.0},
+    "contexts-purge-expired": {"task": "contexts.purge_expired", "schedule": 600.0},
+    "sessions-reconcile": {"task": "sessions.reconcile", "schedule": 10.0},
+    "sessions-dispatch": {"task": "sessions.dispatch", "schedule": 5.0},
+    "sessions-cleanup-workspaces": {"task": "sessions.cleanup_workspaces", "schedule": 3600.0},
+}
+
+# One queue per session priority class; a worker lists them in this order.
+SESSION_QUEUES = {
+    0: "sessions-critical",
+    1: "sessions-high",
+    2: "sessions-medium",
+    3: "sessions-low",
+    4: "sessions-low",
+}
+WORKER_QUEUES = ["sessions-critical", "sessions-high", "sessions-medium", "sessions-low", "default"]
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # channels-redis blocks up to 5 s reading a channel (Redis answers by then); redis-py 8
+            # times reads out after 5 s by default, which dropped quiet WebSocket clients (close
+            # 1011). No client-side read timeout: a finite one above 5 s hung the closing of a
+            # refused consumer in our tests.
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "capacity": 1000, "expiry": 60},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "orchestrator.channel_layer.SQLiteChannelLayer",
+            "CONFIG": {"path": str(VAR_DIR / "channels.sqlite3")},
+        }
+    }
+
+# --- Auth, API ---------------------------------------------------------------
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["orchestrator.permissions.IsOperatorOrReadOnly"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "orchestrator.api.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Industrial Orchestrator API",
+    "DESCRIPTION": "Coding sessions on OpenCode: sessions, agents, tasks and contexts.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- Static files -------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = VAR_DIR / "staticfiles"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+WHITENOISE_USE_FINDERS = True
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- OpenCode and workspaces -----------------------------------------------------
+OPENCODE_VERSION = "1.18.33"
+def _default_opencode_bin():
+    # bin/setup installs the baseline build on CPUs without AVX2.
+    modules = BASE_DIR / "var" / "opencode" / "node_modules"
+    for package in ("opencode-linux-x64", "opencode-linux-x64-baseline"):
+        candidate = modules / package / "bin" / "opencode"
+        if candidate.exists():
+            return str(candidate)
+    return str(modules / "opencode-linux-x64" / "bin" / "opencode")
+
+
+OPENCODE_BIN = env_str("OPENCODE_BIN") or _default_opencode_bin()
+OPENCODE_URL = env_str("OPENCODE_URL")
+if OPENCODE_URL:
+    OPENCODE_URL = parse_http_url("OPENCODE_URL", OPENCODE_URL)
+OPENCODE_SERVER_PASSWORD = env_str("OPENCODE_SERVER_PASSWORD")
+OPENCODE_CONFIG = env_str("OPENCODE_CONFIG")
+OPENCODE_CONFIG_CONTENT = env_str("OPENCODE_CONFIG_CONTENT")
+OPENCODE_STARTUP_TIMEOUT = env_float("OPENCODE_STARTUP_TIMEOUT", 60.0, minimum=1.0)
+# OpenCode keeps an inotify instance per directory it served (Linux allows 128 per user): a managed
+# server is replaced after this many worktrees.
+OPENCODE_SERVER_MAX_DIRECTORIES = env_int("OPENCODE_SERVER_MAX_DIRECTORIES", 64, minimum=1, maximum=1000)
+OPENCODE_REQUEST_TIMEOUT = env_float("OPENCODE_REQUEST_TIMEOUT", 30.0, minimum=0.1)
+# The demo model: the project's own scripted LLM, for machines with no LLM account.
+OPENCODE_DEMO_MODEL = env_bool("OPENCODE_DEMO_MODEL", not (OPENCODE_CONFIG or OPENCODE_CONFIG_CONTENT))
+
+# A scripted LLM already running (tests start one to read its request log).
+OPENCODE_SCRIPTED_LLM_URL = env_str("OPENCODE_SCRIPTED_LLM_URL")
+if OPENCODE_SCRIPTED_LLM_URL:
+    OPENCODE_SCRIPTED_LLM_URL = parse_http_url("OPENCODE_SCRIPTED_LLM_URL", OPENCODE_SCRIPTED_LLM_URL)
+
+# Execution control (seconds unless named otherwise).
+SESSION_TASK_CONCURRENCY = env_int("SESSION_TASK_CONCURRENCY", 1, minimum=1, maximum=16)
+SESSION_STALL_SECONDS = env_float("SESSION_STALL_SECONDS", 120.0, minimum=1.0)
+SESSION_HEARTBEAT_SECONDS = env_float("SESSION_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
+SESSION_WORKER_LOST_SECONDS = env_float("SESSION_WORKER_LOST_SECONDS", 30.0, minimum=2.0)
+PERMISSION_TIMEOUT_SECONDS = env_float("PERMISSION_TIMEOUT_SECONDS", 300.0, minimum=1.0)
+PERMISSION_DEGRADE_SECONDS = env_float("PERMISSION_DEGRADE_SECONDS", 60.0, minimum=1.0)
+PERMISSION_DEFAULT_REPLY = env_str("PERMISSION_DEFAULT_REPLY", "reject")
+if PERMISSION_DEFAULT_REPLY not in ("once", "always", "reject"):
+    raise ImproperlyConfigured(
+        f"PERMISSION_DEFAULT_REPLY must be once, always or reject, got {PERMISSION_DEFAULT_REPLY!r}"
+    )
+# Concurrency limits, enforced in the database so they hold across worker hosts (0 = no limit).
+SESSION_LIMIT_GLOBAL = env_int("SESSION_LIMIT_GLOBAL", 0, minimum=0)
+SESSION_LIMIT_PER_REPOSITORY = env_int("SESSION_LIMIT_PER_REPOSITORY", 0, minimum=0)
+SESSION_LIMIT_PER_AGENT = env_int("SESSION_LIMIT_PER_AGENT", 0, minimum=0)
+# Automatic retries wait min(base * 2^(n-1), 300 s) (SPEC: base 10 s).
+SESSION_RETRY_BASE_SECONDS = env_float("SESSION_RETRY_BASE_SECONDS", 10.0, minimum=0.0)
+WORKSPACE_RETENTION_HOURS = env_float("WORKSPACE_RETENTION_HOURS", 24.0, minimum=0.0)
+
+WORKSPACE_ROOT = Path(env_str("WORKSPACE_ROOT", str(VAR_DIR / "workspaces"))).resolve()
+REPOSITORY_ROOTS = [Path(p).resolve() for p in env_list("REPOSITORY_ROOTS", [str(VAR_DIR / "repos")])]
+
+WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1, maximum=256)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

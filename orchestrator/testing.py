@@ -1,0 +1,114 @@
+"""Helpers for tests and benchmarks that run real parts: waiting, a real worker."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from django.conf import settings
+from django.db import connection
+
+from orchestrator.process import stop_processes
+
+BASE_DIR = Path(settings.BASE_DIR)
+
+
+def wait_until(predicate, *, timeout=30.0, interval=0.05, message="condition"):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+def database_url_for_subprocess():
+    """The URL of the database the tests are using (the test database), for a child process."""
+    current = connection.settings_dict
+    if current["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{current['NAME']}"
+    user = current.get("USER") or ""
+    password = current.get("PASSWORD") or ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = current.get("HOST") or "127.0.0.1"
+    port = current.get("PORT") or "5432"
+    return f"postgresql://{auth}{host}:{port}/{current['NAME']}"
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ)
+    env["DATABASE_URL"] = database_url_for_subprocess()
+    env["ORCHESTRATOR_VAR_DIR"] = str(settings.VAR_DIR)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({key: str(value) for key, value in extra.items()})
+    return env
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def running_worker(*, concurrency=4, queues=None, env=None, log_path=None):
+    """Start a real Celery worker process; stop it (by PID) on exit."""
+    queues = queues or settings.WORKER_QUEUES
+    log_path = Path(log_path or Path(settings.VAR_DIR) / f"worker-{os.getpid()}-{time.time_ns()}.log")
+    log = open(log_path, "wb")
+    command = [
+        sys.executable, "-m", "celery", "-A", "orchestrator", "worker",
+        "--pool", "threads", "--concurrency", str(concurrency),
+        "-Q", ",".join(queues), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+        "--hostname", f"test-{os.getpid()}-{time.time_ns()}@%h",
+    ]
+    process = subprocess.Popen(
+        command, cwd=BASE_DIR, env=subprocess_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_until(
+            lambda: b"ready." in log_path.read_bytes() or process.poll() is not None,
+            timeout=60, message="the Celery worker to be ready",
+        )
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{log_path.read_text(errors='replace')[-3000:]}")
+        process.log_path = log_path
+        yield process
+    finally:
+        stop_process(process)
+        log.close()
+
+
+def stop_process(process, *, timeout=15):
+    """Stop a child process and its process group: TERM, then KILL after `timeout`."""
+    stop_processes([process], grace_seconds=timeout)
+
+
+
+def make_git_repository(path, files=None):
+    """A small git repository with one commit, for sessions to work on."""
+    from sessions.execution.workspace import init_repository
+
+    return init_repository(path, files or {"README.md": "demo repository\n"})
+
+
+def answered_directives(llm, keys):
+    """The directives the scripted LLM answered in full for these conversations: for each request
+    it abandoned (the client hung up), the earliest matching request is left out."""
+    abandoned = [(entry["key"], entry["step"]) for entry in llm.abandoned]
+    answered = []
+    for entry in llm.requests:
+        if entry["key"] not in keys or entry["kind"] == "title":
+            continue
+        if (entry["key"], entry["step"]) in abandoned:
+            abandoned.remove((entry["key"], entry["step"]))
+            continue
+        answered.append(entry["directive"])
+    return answered

@@ -1,0 +1,99 @@
+"""Side effects wait for the commit: nothing is sent when the transaction rolls back."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+from django.db import transaction
+
+from orchestrator.events import publish_on_commit
+
+GROUP = "events-test"
+
+
+async def _receive_all(layer, channel, timeout):
+    received = []
+    try:
+        while True:
+            received.append(await asyncio.wait_for(layer.receive(channel), timeout))
+    except asyncio.TimeoutError:
+        return received
+
+
+def _collect(action, timeout=0.5):
+    layer = get_channel_layer()
+
+    async def run():
+        channel = await layer.new_channel()
+        await layer.group_add(GROUP, channel)
+        await asyncio.to_thread(action)
+        try:
+            return await _receive_all(layer, channel, timeout)
+        finally:
+            await layer.group_discard(GROUP, channel)
+
+    return async_to_sync(run)()
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.django_db(transaction=True)
+def test_nothing_is_published_when_the_transaction_rolls_back():
+    def rolled_back():
+        with pytest.raises(Boom):
+            with transaction.atomic():
+                publish_on_commit(GROUP, {"type": "test.message", "n": 1})
+                raise Boom
+
+    assert _collect(rolled_back) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_committed_transaction_publishes_once_after_commit():
+    def committed():
+        with transaction.atomic():
+            publish_on_commit(GROUP, {"type": "test.message", "n": 2})
+
+    assert _collect(committed) == [{"type": "test.message", "n": 2}]
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_a_quiet_group_member_still_receives_after_the_redis_read_timeout():
+    """channels-redis blocks for 5 s per read; the client must not time out first."""
+    layer = get_channel_layer()
+
+    async def run():
+        channel = await layer.new_channel()
+        await layer.group_add(GROUP, channel)
+        try:
+            waiting = asyncio.ensure_future(layer.receive(channel))
+            await asyncio.sleep(7)  # longer than one blocking read: the quiet period is the point
+            await layer.group_send(GROUP, {"type": "test.message", "n": 3})
+            return await asyncio.wait_for(waiting, 5)
+        finally:
+            await layer.group_discard(GROUP, channel)
+
+    assert async_to_sync(run)() == {"type": "test.message", "n": 3}
+
+
+def test_a_forked_child_publishes_through_its_own_loop():
+    """A prefork child inherits the parent's publisher loop object but not its thread."""
+    import multiprocessing
+
+    from orchestrator import events
+
+    events._loop()  # the parent's loop and thread exist before the fork
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+
+    def child():
+        results.put(events._loop() is not None and events._publisher_pid == __import__("os").getpid())
+
+    process = context.Process(target=child)
+    process.start()
+    process.join(timeout=20)
+    assert results.get(timeout=5) is True

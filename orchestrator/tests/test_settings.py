@@ -1,0 +1,89 @@
+import os
+import subprocess
+import sys
+
+import pytest
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from orchestrator.env import env_bool, env_int, env_list, parse_database_url, parse_http_url, parse_redis_url
+
+
+def test_postgres_url_becomes_a_database_entry():
+    entry = parse_database_url("DATABASE_URL", "postgresql://app:s%40cret@db.local:6543/orchestrator?sslmode=require")
+    assert entry == {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": "orchestrator",
+        "USER": "app",
+        "PASSWORD": "s@cret",
+        "HOST": "db.local",
+        "PORT": "6543",
+        "OPTIONS": {"sslmode": "require"},
+    }
+
+
+def test_sqlite_url_keeps_an_absolute_path():
+    assert parse_database_url("DATABASE_URL", "sqlite:////tmp/x.sqlite3")["NAME"] == "/tmp/x.sqlite3"
+
+
+@pytest.mark.parametrize(
+    "url, fragment",
+    [
+        ("mysql://root@localhost/db", "must start with postgres"),
+        ("postgresql://localhost:notaport/db", "malformed port"),
+        ("postgresql://localhost:5432/", "names no database"),
+    ],
+)
+def test_malformed_database_url_is_refused_naming_the_variable(url, fragment):
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL") as error:
+        parse_database_url("DATABASE_URL", url)
+    assert fragment in str(error.value)
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379", "redis://", "redis://host:port/0"])
+def test_malformed_redis_url_is_refused(url):
+    with pytest.raises(ImproperlyConfigured, match="REDIS_URL"):
+        parse_redis_url("REDIS_URL", url)
+
+
+def test_http_url_is_normalised_and_checked():
+    assert parse_http_url("OPENCODE_URL", "http://127.0.0.1:4096/") == "http://127.0.0.1:4096"
+    with pytest.raises(ImproperlyConfigured, match="OPENCODE_URL"):
+        parse_http_url("OPENCODE_URL", "127.0.0.1:4096")
+
+
+def test_booleans_integers_and_lists(monkeypatch):
+    monkeypatch.setenv("X_FLAG", "Yes")
+    monkeypatch.setenv("X_NUMBER", "12")
+    monkeypatch.setenv("X_LIST", "a.example, b.example,,")
+    assert env_bool("X_FLAG") is True
+    assert env_int("X_NUMBER", 1, minimum=1, maximum=20) == 12
+    assert env_list("X_LIST") == ["a.example", "b.example"]
+    monkeypatch.setenv("X_FLAG", "maybe")
+    with pytest.raises(ImproperlyConfigured, match="X_FLAG"):
+        env_bool("X_FLAG")
+    monkeypatch.setenv("X_NUMBER", "99")
+    with pytest.raises(ImproperlyConfigured, match="X_NUMBER must be at most 20"):
+        env_int("X_NUMBER", 1, maximum=20)
+
+
+def _start_django(**env):
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup(); print('started')"],
+        cwd=settings.BASE_DIR, env=environment, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_start_up_fails_naming_a_malformed_variable():
+    result = _start_django(DATABASE_URL="mysql://root@localhost/db")
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DATABASE_URL must start with" in result.stderr
+
+
+def test_secret_key_is_required_when_debug_is_off():
+    result = _start_django(DEBUG="false")
+    assert result.returncode != 0
+    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
+    assert "started" in _start_django(DEBUG="false", SECRET_KEY="x" * 50).stdout

@@ -1,0 +1,511 @@
+"""REST API for coding sessions (/api/v1/sessions): serializers validate types, services do the rest.
+
+Transitions are POST commands (/sessions/{id}/start); status is never writable.
+Domain errors become `{"error": {"code", "message", "details"}}` through
+orchestrator.api.exception_handler (400, 404, 409).
+"""
+
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.response import Response
+from rest_framework.routers import SimpleRouter
+
+from agents.models import Agent
+from orchestrator.errors import ValidationFailed
+from sessions import approvals, rules, selectors, services
+from sessions.models import (
+    Checkpoint,
+    CodingSession,
+    PermissionReply,
+    PermissionRequest,
+    PermissionRequestStatus,
+    SessionEvent,
+    SessionStatus,
+    SessionTransition,
+)
+from sessions.services import Actor
+
+# --- output ----------------------------------------------------------------------------
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    """A session as lists show it (no prompt; one query for any page size)."""
+
+    priority_name = serializers.CharField(read_only=True)
+    agent = serializers.SerializerMethodField()
+    created_by = serializers.SerializerMethodField()
+    allowed_actions = serializers.SerializerMethodField()
+    health_score = serializers.FloatField(read_only=True)
+    is_at_risk = serializers.BooleanField(read_only=True)
+    elapsed_seconds = serializers.SerializerMethodField()
+    metrics = serializers.SerializerMethodField()
+
+    class Meta:
+        model = CodingSession
+        fields = [
+            "id", "reference", "title", "description", "session_type", "priority", "priority_name",
+            "status", "allowed_actions", "repository", "model_identifier", "max_duration_seconds",
+            "max_retries", "token_budget_soft", "token_budget_hard", "cost_budget_soft", "cost_budget_hard",
+            "permission_policy", "parent", "agent", "tags", "metadata", "created_by", "created_at",
+            "updated_at", "health_score", "is_at_risk", "elapsed_seconds", "metrics",
+        ]
+        read_only_fields = fields
+
+    def get_agent(self, session) -> dict | None:
+        if session.agent_id is None:
+            return None
+        return {"id": session.agent_id, "name": session.agent.name}
+
+    def get_created_by(self, session) -> str | None:
+        return session.created_by.get_username() if session.created_by_id else None
+
+    def get_allowed_actions(self, session) -> list[str]:
+        return session.allowed_actions()
+
+    def get_elapsed_seconds(self, session) -> float:
+        return round(session.elapsed_seconds(), 3)
+
+    def get_metrics(self, session) -> dict:
+        return {
+            "started_at": session.started_at,
+            "completed_at": session.completed_at,
+            "failed_at": session.failed_at,
+            "ended_at": session.ended_at,
+            "duration_seconds": round(session.duration_seconds, 3),
+            "retry_count": session.retry_count,
+            "checkpoint_count": session.checkpoint_count,
+            "last_checkpoint_at": session.last_checkpoint_at,
+            "tokens": {
+                "input": session.tokens_input,
+                "output": session.tokens_output,
+                "reasoning": session.tokens_reasoning,
+                "cache_read": session.tokens_cache_read,
+                "cache_write": session.tokens_cache_write,
+            },
+            "cost": str(session.cost),
+            "api_calls": session.api_calls,
+            "error": session.error or None,
+            "result": session.result or None,
+        }
+
+
+class SessionDetailSerializer(SessionSerializer):
+    resume_checkpoint = serializers.SerializerMethodField()
+    opencode = serializers.SerializerMethodField()
+
+    class Meta(SessionSerializer.Meta):
+        fields = [*SessionSerializer.Meta.fields, "initial_prompt", "resume_checkpoint", "opencode"]
+        read_only_fields = fields
+
+    def get_resume_checkpoint(self, session) -> int | None:
+        checkpoint = session.resume_checkpoint
+        return checkpoint.sequence if checkpoint else None
+
+    def get_opencode(self, session) -> dict:
+        return {
+            "session_id": session.opencode_session_id or None,
+            "server_url": session.opencode_server_url or None,
+            "workspace_path": session.workspace_path or None,
+            "branch_name": session.branch_name or None,
+            "worker_id": session.worker_id or None,
+            "worker_heartbeat_at": session.worker_heartbeat_at,
+        }
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Checkpoint
+        fields = ["sequence", "created_at", "data", "opencode_message_id", "git_ref"]
+
+
+class TransitionSerializer(serializers.ModelSerializer):
+    actor = serializers.SerializerMethodField()
+
+    class Meta:
+        model = SessionTransition
+        fields = ["id", "from_status", "to_status", "action", "actor", "reason", "created_at"]
+
+    def get_actor(self, record) -> dict:
+        return {"kind": record.actor_kind, "label": record.actor_label, "user_id": record.actor_user_id}
+
+
+class EventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SessionEvent
+        fields = ["id", "type", "payload", "created_at"]
+
+
+# --- input -----------------------------------------------------------------------------
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class PriorityField(serializers.Field):
+    """CRITICAL, HIGH, MEDIUM, LOW, DEFERRED (any case) or 0-4."""
+
+    default_error_messages = {"invalid": "must be one of CRITICAL, HIGH, MEDIUM, LOW, DEFERRED or 0-4"}
+
+    def to_internal_value(self, data):
+        try:
+            return rules.parse_priority(data)
+        except ValueError:
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return value
+
+
+class SessionCreateSerializer(serializers.Serializer):
+    """Types only; the rules (lengths, ranges, formats) are checked by session_create."""
+
+    title = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    session_type = serializers.CharField(required=False, default="execution")
+    priority = PriorityField(required=False, default=rules.PRIORITY_DEFAULT)
+    initial_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    repository = serializers.CharField(required=False, allow_blank=True)
+    model_identifier = serializers.CharField(required=False, allow_blank=True, default="")
+    max_duration_seconds = serializers.IntegerField(required=False, default=rules.DURATION_DEFAULT)
+    max_retries = serializers.IntegerField(required=False, default=rules.RETRIES_DEFAULT)
+    token_budget_soft = serializers.IntegerField(required=False, allow_null=True, default=None)
+    token_budget_hard = serializers.IntegerField(required=False, allow_null=True, default=None)
+    cost_budget_soft = serializers.DecimalField(
+        max_digits=12, decimal_places=4, required=False, allow_null=True, default=None
+    )
+    cost_budget_hard = serializers.DecimalField(
+        max_digits=12, decimal_places=4, required=False, allow_null=True, default=None
+    )
+    permission_policy = serializers.JSONField(required=False, default=dict)
+    parent = serializers.PrimaryKeyRelatedField(
+        queryset=CodingSession.objects.filter(deleted_at__isnull=True), required=False, allow_null=True,
+        default=None,
+    )
+    agent = serializers.PrimaryKeyRelatedField(
+        queryset=Agent.objects.all(), required=False, allow_null=True, default=None
+    )
+    tags = serializers.JSONField(required=False, default=list)
+    metadata = serializers.JSONField(required=False, default=dict)
+    start = serializers.BooleanField(required=False, default=False)
+
+
+class PermissionRequestSerializer(serializers.ModelSerializer):
+    answered_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = PermissionRequest
+        fields = [
+            "id", "task", "opencode_id", "permission", "patterns", "metadata", "status", "reply",
+            "answered_by", "answered_at", "forwarded_at", "created_at",
+        ]
+        read_only_fields = fields
+
+
+class PermissionReplySerializer(serializers.Serializer):
+    reply = serializers.ChoiceField(choices=PermissionReply.values)
+
+
+class ReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
+
+
+class FailSerializer(ReasonSerializer):
+    error = serializers.JSONField(required=False, default=None)
+
+
+class CompleteSerializer(ReasonSerializer):
+    result = serializers.JSONField(required=False, default=None)
+    partial = serializers.BooleanField(required=False, default=False)
+
+
+class RetrySerializer(ReasonSerializer):
+    start = serializers.BooleanField(required=False, default=False)
+
+
+class CheckpointCreateSerializer(serializers.Serializer):
+    data = serializers.JSONField(required=False, default=dict)
+    opencode_message_id = serializers.CharField(required=False, allow_blank=True, default="")
+    git_ref = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+def _csv(params, name):
+    values = []
+    for raw in params.getlist(name):
+        values.extend(part.strip() for part in raw.split(",") if part.strip())
+    return values
+
+
+def _int_param(params, name, *, minimum=None):
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(field=name, rule="must be an integer") from None
+    if minimum is not None and value < minimum:
+        raise ValidationFailed(field=name, rule=f"must be at least {minimum}")
+    return value
+
+
+def _datetime_param(params, name):
+    raw = params.get(name)
+    if not raw:
+        return None
+    value = parse_datetime(raw)
+    if value is None:
+        raise ValidationFailed(field=name, rule="must be an ISO 8601 date-time")
+    return value
+
+
+def parse_list_params(params):
+    """Query parameters -> (SessionFilters, cursor, page_size); ValidationFailed names the parameter."""
+    errors = {}
+    statuses = _csv(params, "status")
+    bad = [value for value in statuses if value not in SessionStatus.values]
+    if bad:
+        errors["status"] = [f"unknown status {', '.join(bad)}; one of {', '.join(SessionStatus.values)}"]
+    types = _csv(params, "session_type") or _csv(params, "type")
+    if any(value not in rules.SESSION_TYPES for value in types):
+        errors["session_type"] = [f"must be one of {', '.join(rules.SESSION_TYPES)}"]
+    priorities = []
+    for value in _csv(params, "priority"):
+        try:
+            priorities.append(rules.parse_priority(value))
+        except ValueError as exc:
+            errors["priority"] = [str(exc)]
+    if errors:
+        raise ValidationFailed(errors=errors)
+    page_size = _int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
+    if page_size > selectors.PAGE_SIZE_MAX:
+        raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
+    filters = selectors.SessionFilters(
+        status=tuple(statuses),
+        session_type=tuple(types),
+        priority=tuple(priorities),
+        agent_id=_int_param(params, "agent"),
+        repository=params.get("repository") or None,
+        tag=params.get("tag") or None,
+        search=(params.get("search") or params.get("q") or "").strip() or None,
+        created_after=_datetime_param(params, "created_after"),
+        created_before=_datetime_param(params, "created_before"),
+        parent_id=_int_param(params, "parent"),
+    )
+    return filters, _int_param(params, "cursor", minimum=1), page_size
+
+
+# --- endpoints -------------------------------------------------------------------------
+
+LIST_PARAMETERS = [
+    OpenApiParameter("status", str, description="comma-separated statuses"),
+    OpenApiParameter("session_type", str, description="comma-separated types (alias: type)"),
+    OpenApiParameter("priority", str, description="comma-separated names or 0-4"),
+    OpenApiParameter("agent", int),
+    OpenApiParameter("repository", str),
+    OpenApiParameter("tag", str),
+    OpenApiParameter("search", str, description="text in title, description or prompt (alias: q)"),
+    OpenApiParameter("created_after", OpenApiTypes.DATETIME),
+    OpenApiParameter("created_before", OpenApiTypes.DATETIME),
+    OpenApiParameter("cursor", int, description="next_cursor of the previous page"),
+    OpenApiParameter("page_size", int, description="1-100, default 50"),
+]
+
+
+def _page_of(name, item_serializer, **extra):
+    return inline_serializer(name, {"results": item_serializer(many=True), **extra})
+
+
+_command = extend_schema(request=ReasonSerializer, responses=SessionDetailSerializer)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=LIST_PARAMETERS,
+        responses=_page_of(
+            "SessionPage", SessionSerializer, next_cursor=serializers.IntegerField(allow_null=True),
+            next=serializers.CharField(allow_null=True), page_size=serializers.IntegerField(),
+        ),
+    ),
+    create=extend_schema(request=SessionCreateSerializer, responses={201: SessionDetailSerializer}),
+    retrieve=extend_schema(responses=SessionDetailSerializer),
+    destroy=extend_schema(responses={204: None}),
+    start=_command, pause=_command, resume=_command, stop=_command, cancel=_command,
+    complete=extend_schema(request=CompleteSerializer, responses=SessionDetailSerializer),
+    fail=extend_schema(request=FailSerializer, responses=SessionDetailSerializer),
+    retry=extend_schema(request=RetrySerializer, responses=SessionDetailSerializer),
+    restore_checkpoint=extend_schema(request=None, responses=SessionDetailSerializer),
+    transitions=extend_schema(responses=_page_of("SessionTransitions", TransitionSerializer)),
+    events=extend_schema(
+        parameters=[OpenApiParameter("after", int), OpenApiParameter("limit", int, description="1-500")],
+        responses=_page_of("SessionEvents", EventSerializer, next_after=serializers.IntegerField(allow_null=True)),
+    ),
+    stats=extend_schema(responses=OpenApiTypes.OBJECT),
+)
+class SessionViewSet(viewsets.ViewSet):
+    lookup_value_regex = r"\d+"
+
+    def _actor(self):
+        return Actor.of_user(self.request.user)
+
+    def _get(self, pk):
+        return services.session_get_for_user(self.request.user, pk)
+
+    def _input(self, serializer_class):
+        serializer = serializer_class(data=self.request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data
+
+    def _detail(self, session, status_code=status.HTTP_200_OK):
+        session = services.session_get_for_user(self.request.user, session.pk)
+        return Response(SessionDetailSerializer(session).data, status=status_code)
+
+    def list(self, request):
+        filters, cursor, page_size = parse_list_params(request.query_params)
+        page = selectors.session_list(filters=filters, cursor=cursor, page_size=page_size)
+        next_url = None
+        if page.next_cursor is not None:
+            params = request.query_params.copy()
+            params["cursor"] = str(page.next_cursor)
+            next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+        return Response(
+            {
+                "results": SessionSerializer(page.items, many=True).data,
+                "next_cursor": page.next_cursor,
+                "next": next_url,
+                "page_size": page_size,
+            }
+        )
+
+    def create(self, request):
+        data = dict(self._input(SessionCreateSerializer))
+        start = data.pop("start")
+        session = services.session_create(actor=self._actor(), **data)
+        if start:
+            session = services.session_start(session=session, actor=self._actor())
+        return self._detail(session, status.HTTP_201_CREATED)
+
+    def retrieve(self, request, pk=None):
+        return Response(SessionDetailSerializer(self._get(pk)).data)
+
+    def destroy(self, request, pk=None):
+        services.session_delete(session=self._get(pk), actor=self._actor())
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    def _command(self, pk, service, serializer_class=ReasonSerializer, **extra):
+        session = self._get(pk)
+        data = self._input(serializer_class)
+        return self._detail(service(session=session, actor=self._actor(), **data, **extra))
+
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._command(pk, services.session_start)
+
+    @action(detail=True, methods=["post"])
+    def pause(self, request, pk=None):
+        return self._command(pk, services.session_pause)
+
+    @action(detail=True, methods=["post"])
+    def resume(self, request, pk=None):
+        return self._command(pk, services.session_resume)
+
+    @action(detail=True, methods=["post"])
+    def stop(self, request, pk=None):
+        return self._command(pk, services.session_stop)
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._command(pk, services.session_cancel)
+
+    @action(detail=True, methods=["post"])
+    def complete(self, request, pk=None):
+        return self._command(pk, services.session_complete, CompleteSerializer)
+
+    @action(detail=True, methods=["post"])
+    def fail(self, request, pk=None):
+        return self._command(pk, services.session_fail, FailSerializer)
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        session = self._get(pk)
+        data = self._input(RetrySerializer)
+        session = services.session_retry(session=session, actor=self._actor(), reason=data["reason"])
+        if data["start"]:
+            session = services.session_start(session=session, actor=self._actor(), reason=data["reason"])
+        return self._detail(session)
+
+    @extend_schema(methods=["GET"], responses=_page_of("SessionCheckpoints", CheckpointSerializer))
+    @extend_schema(methods=["POST"], request=CheckpointCreateSerializer, responses={201: CheckpointSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def checkpoints(self, request, pk=None):
+        session = self._get(pk)
+        if request.method == "GET":
+            return Response({"results": CheckpointSerializer(selectors.session_checkpoints(session), many=True).data})
+        data = self._input(CheckpointCreateSerializer)
+        checkpoint = services.session_add_checkpoint(session=session, actor=self._actor(), **data)
+        return Response(CheckpointSerializer(checkpoint).data, status=status.HTTP_201_CREATED)
+
+    @action(
+        detail=True, methods=["post"], url_path=r"checkpoints/(?P<sequence>\d+)/restore",
+        url_name="restore-checkpoint",
+    )
+    def restore_checkpoint(self, request, pk=None, sequence=None):
+        session = self._get(pk)
+        session = services.session_restore_checkpoint(session=session, sequence=int(sequence), actor=self._actor())
+        return self._detail(session)
+
+    @action(detail=True, methods=["get"])
+    def transitions(self, request, pk=None):
+        session = self._get(pk)
+        return Response({"results": TransitionSerializer(selectors.session_transitions(session), many=True).data})
+
+    @action(detail=True, methods=["get"])
+    def events(self, request, pk=None):
+        session = self._get(pk)
+        after = _int_param(request.query_params, "after", minimum=0)
+        limit = _int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
+        items = selectors.session_events_after(session, after, limit=limit)
+        return Response(
+            {
+                "results": EventSerializer(items, many=True).data,
+                "next_after": items[-1].pk if items else after,
+            }
+        )
+
+    @action(detail=True, methods=["get"])
+    def permissions(self, request, pk=None):
+        """Tool permission requests of the session; ?status=pending for those awaiting an answer."""
+        session = self._get(pk)
+        wanted = request.query_params.get("status")
+        if wanted and wanted not in PermissionRequestStatus.values:
+            raise ValidationFailed(field="status", rule=f"must be one of {', '.join(PermissionRequestStatus.values)}")
+        items = approvals.permission_requests_for(session=session, status=wanted or None)
+        return Response({"results": PermissionRequestSerializer(items, many=True).data})
+
+    @action(detail=True, methods=["post"], url_path=r"permissions/(?P<request_id>\d+)/reply")
+    def reply_permission(self, request, pk=None, request_id=None):
+        """Answer a pending permission request: {"reply": "once" | "always" | "reject"}."""
+        session = self._get(pk)
+        data = self._input(PermissionReplySerializer)
+        answered = approvals.permission_request_reply(
+            session=session, request_id=int(request_id), reply=data["reply"], actor=self._actor()
+        )
+        return Response(PermissionRequestSerializer(answered).data)
+
+    @action(detail=False, methods=["get"])
+    def stats(self, request):
+        return Response(selectors.session_stats())
+
+
+router = SimpleRouter()
+# DRF's constructor turns any truthy trailing_slash into "/"; the optional slash is set afterwards.
+router.trailing_slash = "/?"
+router.register("sessions", SessionViewSet, basename="session")
+
+urlpatterns = router.urls

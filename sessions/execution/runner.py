@@ -1,0 +1,792 @@
+"""Running a claimed session: workspace, plan, one OpenCode turn per task, end state.
+
+`run_session` is called by the Celery job `sessions.execute_session` after it
+has claimed the session (queued -> running). It:
+
+1. prepares the session's git worktree and this worker's OpenCode server;
+2. runs the session's task graph: the subtasks of its root task, or the root
+   task alone when it has none. Ready tasks run up to a per-session limit
+   (SESSION_TASK_CONCURRENCY, default 1: sequential). Each task is routed to an
+   agent (capacity reserved), prompted in its own OpenCode session on the
+   worktree, and followed on OpenCode's event stream until its turn ends;
+3. records everything on the way as SessionEvents (published after commit),
+   keeps token and cost figures in step, checkpoints after every completed
+   assistant step (OpenCode message id + a hidden git ref);
+4. ends the session completed, partially_completed or failed, with the diff.
+
+Control: every half second the run re-reads the session row. When an operator
+(or the reconciler) has moved it out of running/degraded, or another worker
+owns it, the OpenCode turn is aborted and the run stops. The deadline, stall
+detection, budgets and permission requests are enforced here too.
+"""
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from agents.services import NoAgentAvailable, agent_record_result, agent_release, agent_route
+from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
+from orchestrator.errors import Conflict, DomainError, ValidationFailed
+from sessions import services as session_services
+from sessions.execution import workspace
+from sessions.execution.servers import acquire_server, release_server
+from sessions.execution.translate import TurnTranslator
+from sessions.execution.approvals import PermissionWatch
+from sessions.models import Checkpoint, CodingSession
+from sessions.models import SessionStatus as S
+from sessions.opencode.client import model_ref, permission_rules
+from sessions.opencode.errors import NotFound as OpenCodeNotFound
+from sessions.opencode.errors import OpenCodeError
+from sessions.recovery import session_retry_automatically
+from sessions.opencode.events import RECONNECTED, EventStream, session_snapshot
+from tasks import services as task_services
+from tasks.models import Task, TaskStatus
+
+logger = logging.getLogger(__name__)
+
+ACTIVE = frozenset({S.RUNNING, S.DEGRADED})
+CONTROL_INTERVAL = 0.5
+STREAM_CONNECT_TIMEOUT = 15.0
+PATCH_LIMIT = 200_000
+AGENT_RETRY_SECONDS = 1.0
+SILENCE_CHECK_SECONDS = 10.0
+# Routing failures no wait can cure: nobody holds the capabilities the task needs.
+NO_AGENT_EVER = frozenset({"missing_capabilities", "no_agent_has_all"})
+# What a task that names no capabilities needs, by the session's type: an execution session's
+# prompt is work on the code, so it must not land on a read-only planner.
+SESSION_TYPE_CAPABILITIES = {
+    "execution": ["code_generation"],
+    "planning": ["task_decomposition"],
+    "review": ["code_review"],
+    "debug": ["debugging"],
+    "integration": ["configuration"],
+}
+
+
+class WaitForAgent(Exception):
+    """Every agent able to take the task is busy (full, offline, in maintenance): try again shortly."""
+
+    def __init__(self, task_id, reason):
+        super().__init__(reason)
+        self.task_id = task_id
+        self.reason = reason
+
+
+class SessionEnded(Exception):
+    """The session left running/degraded (pause, stop, timeout, budget, lost ownership): stop working."""
+
+    def __init__(self, status, reason=""):
+        super().__init__(f"session is {status}: {reason}" if reason else f"session is {status}")
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class TurnOutcome:
+    completed: bool
+    text: str = ""
+    error: dict | None = None
+    tokens: int = 0
+    cost: Decimal = Decimal("0")
+    opencode_session_id: str = ""
+    diff: dict = field(default_factory=dict)
+
+
+def run_session(*, session_id):
+    """Run a session this worker has claimed; returns its final status."""
+    session = CodingSession.objects.select_related("agent", "resume_checkpoint").get(pk=session_id)
+    return SessionRun(session).run()
+
+
+class SessionRun:
+    def __init__(self, session):
+        self.session = session
+        self.session_id = session.pk
+        self.worker_id = session.worker_id
+        self.actor = session_services.Actor.worker(self.worker_id)
+        self.ws = None
+        self.server = None
+        self.last_text = ""
+        self.last_error = None
+        self.restored_checkpoint = None
+        self._ending = threading.Event()
+        self._ended_by = None
+
+    # --- the whole run -------------------------------------------------------------
+
+    def run(self):
+        try:
+            self.prepare()
+            self.execute_plan()
+            self.finish()
+        except SessionEnded as ended:
+            logger.info("%s: run stopped (%s)", self.session.reference, ended)
+        except (DomainError, workspace.GitError, OpenCodeError) as error:
+            self.fail_session(error_type=_error_type(error), message=str(error))
+        except Exception as error:
+            logger.exception("%s: run failed unexpectedly", self.session.reference)
+            self.fail_session(error_type="internal_error", message=f"{type(error).__name__}: {error}")
+        finally:
+            if self.server is not None:
+                release_server(self.server)
+        return CodingSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
+
+    def prepare(self):
+        session = self.session
+        repository = workspace.resolve_repository(session.repository, allowed_roots=settings.REPOSITORY_ROOTS)
+        self.ws = workspace.prepare_workspace(
+            repository=repository, root=settings.WORKSPACE_ROOT, reference=session.reference
+        )
+        restore = session.resume_checkpoint
+        if restore is not None and restore.git_ref:
+            # A retry or an operator's restore: the worktree goes back to that checkpoint, and
+            # interrupted tasks resume in new OpenCode sessions told how far they had got.
+            workspace.restore_checkpoint(path=self.ws.path, commit=restore.git_ref)
+            self.restored_checkpoint = restore
+            session_services.session_take_resume_point(session_id=self.session_id)
+            self.record([("workspace.restored", {"sequence": restore.sequence, "git_ref": restore.git_ref})])
+        self.server = acquire_server(directory=str(self.ws.path))
+        session_services.session_set_runtime(
+            session_id=self.session_id,
+            workspace_path=str(self.ws.path),
+            branch_name=self.ws.branch,
+            opencode_server_url=self.server.url or "",
+        )
+        self.record(
+            [("workspace.ready", {"path": str(self.ws.path), "branch": self.ws.branch, "base_commit": self.ws.base_commit})]
+        )
+        context_for_session(session=session)
+
+    def execute_plan(self):
+        task_services.task_root_for_session(session=self.session)
+        limit = int((self.session.metadata or {}).get("task_concurrency") or settings.SESSION_TASK_CONCURRENCY)
+        running = {}
+        # Tasks a pause or a lost worker interrupted go first, continuing where they stopped.
+        interrupted = list(
+            task_services.task_interrupted_for_session(session=self.session).values_list("pk", flat=True)
+        )
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"{self.session.reference}-task") as pool:
+            try:
+                deferred = {}  # task id -> monotonic time before which it is not routed again
+                last_heartbeat = time.monotonic()
+                replan = True
+                while True:
+                    self.check_control()
+                    now = time.monotonic()
+                    if now - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
+                        last_heartbeat = now
+                        session_services.session_heartbeat(session_id=self.session_id, worker_id=self.worker_id)
+                    if not replan and not any(until <= now for until in deferred.values()):
+                        # Nothing finished and no waiting task is due: only watch the running ones.
+                        self._wait_for_tasks(running)
+                        replan = bool(self._finish_done(running, deferred))
+                        continue
+                    replan = False
+                    task_services.task_refresh_readiness(session=self.session)
+                    ready_now = list(task_services.task_ready_for_session(session=self.session))
+                    # A deferred task that is no longer ready (skipped, cancelled) stops waiting.
+                    deferred = {pk: until for pk, until in deferred.items() if pk in {t.pk for t in ready_now}}
+                    ready = [
+                        task for task in ready_now
+                        if task.pk not in running.values() and deferred.get(task.pk, 0) <= now
+                    ]
+                    while interrupted and len(running) < limit:
+                        task_id = interrupted.pop(0)
+                        running[pool.submit(self._run_task_in_thread, task_id, True)] = task_id
+                    for task in ready[: max(0, limit - len(running))]:
+                        running[pool.submit(self._run_task_in_thread, task.pk)] = task.pk
+                    if not running:
+                        if not deferred:
+                            return
+                        self._ending.wait(CONTROL_INTERVAL)  # every ready task waits for an agent
+                        continue
+                    self._wait_for_tasks(running)
+                    replan = bool(self._finish_done(running, deferred))
+            except BaseException as error:
+                # Tell the other task threads why, so they abort their turns the same way, then let them finish.
+                self._ended_by = error if isinstance(error, SessionEnded) else SessionEnded("ending", str(error))
+                self._ending.set()
+                wait(running)
+                for future in running:
+                    failure = future.exception()
+                    if failure is not None and not isinstance(failure, SessionEnded):
+                        logger.error("%s: a task thread failed while the run stopped", self.session.reference,
+                                     exc_info=failure)
+                raise
+
+    def _wait_for_tasks(self, running):
+        """Wait up to one control interval for a task thread to finish (or just the interval)."""
+        if running:
+            wait(running, timeout=CONTROL_INTERVAL, return_when=FIRST_COMPLETED)
+        else:
+            self._ending.wait(CONTROL_INTERVAL)
+
+    def _finish_done(self, running, deferred):
+        """Collect finished task threads; a task that found every capable agent busy is retried later."""
+        finished = [future for future in running if future.done()]
+        for future in finished:
+            task_id = running.pop(future)
+            try:
+                future.result()
+                deferred.pop(task_id, None)
+            except WaitForAgent as waiting:
+                if task_id not in deferred:
+                    self.record([("task.waiting_for_agent", {"task_id": task_id, "reason": waiting.reason})])
+                deferred[task_id] = time.monotonic() + AGENT_RETRY_SECONDS
+        return finished
+
+    def finish(self):
+        summary = task_services.task_plan_finished(session=self.session)
+        diff = workspace.workspace_diff(path=self.ws.path, base_commit=self.ws.base_commit)
+        commit = workspace.commit_workspace(
+            path=self.ws.path, message=f"{self.session.reference}: {self.session.title}"
+        )
+        self.record([("session.diff", _diff_payload(diff))])
+        result = {
+            "final_text": self.last_text,
+            "diff": {key: diff[key] for key in ("files", "additions", "deletions")},
+            "tasks": summary,
+            "branch": self.ws.branch,
+            "commit": commit,
+        }
+        outcome = summary["outcome"]
+        try:
+            if outcome == "completed":
+                session_services.session_complete(session=self.session_id, actor=self.actor, result=result)
+            elif outcome == "partially_completed":
+                session_services.session_complete(
+                    session=self.session_id, actor=self.actor, result=result, partial=True,
+                    reason=f"{summary['completed']} of {summary['total']} tasks completed",
+                )
+            else:
+                error = self.last_error or {
+                    "type": "plan_stuck" if outcome is None else "no_task_completed",
+                    "message": "tasks remain that can never become ready" if outcome is None else "no task completed",
+                    "context": {"tasks": summary},
+                }
+                session_services.session_fail(session=self.session_id, actor=self.actor, error=error)
+                if (error.get("context") or {}).get("retryable"):
+                    session_retry_automatically(session_id=self.session_id, reason=f"automatic retry: {error['message']}")
+        except Conflict:
+            # An operator or the reconciler moved the session meanwhile; their state stands.
+            logger.info("%s: left running before it could finish", self.session.reference)
+        context_session_ended(session=self.session)
+
+    def fail_session(self, *, error_type, message, context=None):
+        try:
+            session_services.session_fail(
+                session=self.session_id, actor=self.actor,
+                error={"type": error_type, "message": message[:2000], "context": context or {}},
+            )
+        except Conflict:
+            logger.info("%s: could not record failure (%s); state changed meanwhile", self.session.reference, message)
+
+    # --- control ---------------------------------------------------------------------
+
+    def check_control(self):
+        """Raise SessionEnded when the run must stop; enforce the deadline."""
+        if self._ending.is_set():
+            raise self._ended_by
+        current = CodingSession.objects.filter(pk=self.session_id).only(
+            "status", "worker_id", "attempt_seconds", "run_started_at", "max_duration_seconds", "deleted_at",
+            "tokens_input", "tokens_output", "tokens_reasoning", "cost", "token_budget_soft",
+            "token_budget_hard", "cost_budget_soft", "cost_budget_hard", "metadata",
+        ).first()
+        if current is None or current.deleted_at is not None:
+            raise SessionEnded("deleted")
+        if current.status not in ACTIVE:
+            raise SessionEnded(current.status, "changed by someone else")
+        if current.worker_id != self.worker_id:
+            raise SessionEnded(current.status, f"now owned by {current.worker_id}")
+        if current.elapsed_seconds() > current.max_duration_seconds:
+            try:
+                session_services.session_timeout(
+                    session=self.session_id, actor=self.actor,
+                    error={"type": "timeout", "message": f"deadline of {current.max_duration_seconds} s passed",
+                           "context": {"elapsed_seconds": round(current.elapsed_seconds(), 1)}},
+                )
+            except Conflict:
+                pass
+            raise SessionEnded(S.TIMEOUT, "deadline passed")
+        return current
+
+    # --- one task ----------------------------------------------------------------------
+
+    def _run_task_in_thread(self, task_id, resume=False):
+        try:
+            return self.run_task(Task.objects.select_related("assigned_agent").get(pk=task_id), resume=resume)
+        finally:
+            if threading.current_thread() is not threading.main_thread():
+                connection.close()
+
+    def _take_agent(self, task):
+        """The agent for `task` with one unit of its capacity reserved for this run.
+
+        A task interrupted by a lost worker still holds its reservation (nobody
+        released it), so it keeps its agent; any other task is routed afresh,
+        preferring the agent it had.
+        """
+        if task.status in (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS) and task.assigned_agent_id:
+            return task.assigned_agent
+        decision = agent_route(
+            required_capabilities=list(task.required_capabilities or SESSION_TYPE_CAPABILITIES[self.session.session_type]),
+            preferred_agent=task.assigned_agent_id or self.session.agent_id,
+            reserve=True,
+        )
+        self.record([("task.routed", {
+            "task_id": task.pk, "title": task.title, "agent": decision.agent.name, "score": decision.score,
+            "reason": decision.reason,
+            "alternatives": [{"agent": alt.agent.name, "score": alt.score} for alt in decision.alternatives],
+        })])
+        return decision.agent
+
+    def _skip_unroutable(self, task, error):
+        """No agent can ever take the task (nobody holds what it needs): it is skipped, saying why."""
+        self.last_error = {"type": "no_agent", "message": error.message,
+                           "context": {"task_id": task.pk, **(error.details or {})}}
+        task_services.task_skip(task=task, reason=error.message)
+        self.record([("task.failed", {"task_id": task.pk, "title": task.title, "error": self.last_error})])
+
+    def _begin_task(self, task, agent):
+        """Bring the task to in_progress, whatever point it was interrupted at."""
+        if task.status == TaskStatus.PAUSED:
+            return task_services.task_resume(task=task)
+        if task.status in (TaskStatus.PENDING, TaskStatus.READY):
+            task = task_services.task_assign(task=task, agent=agent)
+        if task.status == TaskStatus.ASSIGNED:
+            task = task_services.task_start(task=task)
+        return task
+
+    def run_task(self, task, resume=False):
+        try:
+            agent = self._take_agent(task)
+        except NoAgentAvailable as error:
+            if error.details.get("reason") not in NO_AGENT_EVER:
+                raise WaitForAgent(task.pk, error.message) from error
+            self._skip_unroutable(task, error)
+            return
+        except ValidationFailed as error:
+            self._skip_unroutable(task, error)
+            return
+        started = time.monotonic()
+        outcome = None
+        try:
+            task = self._begin_task(task, agent)
+            outcome = TaskTurn(self, task, agent).run(resume=resume)
+        except SessionEnded as ended:
+            self._end_task_early(task, ended)
+            raise
+        finally:
+            agent_release(agent=agent)
+            if outcome is not None:
+                agent_record_result(
+                    agent=agent, outcome="completed" if outcome.completed else "failed",
+                    quality=1.0 if outcome.completed else 0.0, duration=time.monotonic() - started,
+                    tokens=outcome.tokens, cost=outcome.cost,
+                )
+        self._record_task_outcome(task, agent, outcome)
+
+    def _end_task_early(self, task, ended):
+        task = Task.objects.get(pk=task.pk)
+        if task.status != TaskStatus.IN_PROGRESS:
+            return
+        if ended.status == S.PAUSED:
+            task_services.task_pause(task=task)
+        elif ended.status in ("lost", "ending", "deleted"):
+            return  # another run (or nobody) carries on; leave the task as it is
+        else:
+            task_services.task_fail(task=task, error={"type": ended.status, "message": str(ended), "context": {}})
+
+    def _record_task_outcome(self, task, agent, outcome):
+        # Fresh rows, never refresh_from_db() on FSM models: django-fsm's refresh
+        # flips a class-wide flag, which races between the worker's threads.
+        task = Task.objects.get(pk=task.pk)
+        key = f"task_{task.pk}"
+        if outcome.completed:
+            self.last_text = outcome.text or self.last_text
+            task_services.task_complete(
+                task=task, output=outcome.text,
+                result={"text": outcome.text, "diff": {k: outcome.diff.get(k) for k in ("files", "additions", "deletions")},
+                        "opencode_session_id": outcome.opencode_session_id, "agent": agent.name},
+            )
+        else:
+            self.last_error = {
+                "type": (outcome.error or {}).get("type", "task_failed"),
+                "message": (outcome.error or {}).get("message", "the task failed"),
+                "context": {"task_id": task.pk, **((outcome.error or {}).get("context") or {})},
+            }
+            task_services.task_fail(task=task, error=self.last_error)
+        context_record_task_output(
+            session=self.session, task_key=key, actor=f"worker {self.worker_id}",
+            output=outcome.text if outcome.completed else self.last_error["message"],
+            status="completed" if outcome.completed else "failed",
+        )
+        self.record([("task.completed" if outcome.completed else "task.failed", {
+            "task_id": task.pk, "title": task.title, "agent": agent.name,
+            "diff": {k: outcome.diff.get(k) for k in ("files", "additions", "deletions")},
+            **({} if outcome.completed else {"error": self.last_error}),
+        })])
+
+    def task_prompt(self, task):
+        """What the agent is asked: the task, the session's goal, and the shared context."""
+        is_root = task.parent_id is None
+        body = self.session.initial_prompt if is_root else "\n".join(
+            part for part in (f"Task: {task.title}", task.description) if part
+        )
+        parts = [body]
+        if not is_root:
+            parts.insert(0, f"Session goal: {self.session.title}")
+        # Read the context afresh: tasks that finished since the run began wrote their outputs to it.
+        block = context_prompt_block(context=context_for_session(session=self.session))
+        if block:
+            parts.append(block)
+        return "\n\n".join(parts)
+
+    def steps_done(self, task, *, up_to_sequence=None):
+        """How many assistant steps of `task` its checkpoints record (up to a restore point)."""
+        checkpoints = Checkpoint.objects.filter(session_id=self.session_id, data__task_id=task.pk)
+        if up_to_sequence is not None:
+            checkpoints = checkpoints.filter(sequence__lte=up_to_sequence)
+        latest = checkpoints.order_by("-sequence").first()
+        return (latest.data or {}).get("task_step", 0) if latest else 0
+
+    # --- checkpoints and health -----------------------------------------------------------
+
+    def checkpoint(self, *, task, message_id, task_step, reason="step"):
+        """Commit the worktree on a hidden ref and record it with the OpenCode message id."""
+        commit = workspace.create_checkpoint(
+            path=self.ws.path, reference=self.session.reference, name=f"{message_id or reason}-{time.time_ns()}"
+        )
+        try:
+            session_services.session_add_checkpoint(
+                session=self.session_id, opencode_message_id=message_id or "", git_ref=commit,
+                data={"task_id": task.pk, "message_id": message_id, "task_step": task_step, "reason": reason},
+                actor=self.actor,
+            )
+        except Conflict:
+            pass  # the session is no longer running; the control check stops the run
+
+    def _degrade(self, reason):
+        try:
+            session_services.session_degrade(session=self.session_id, actor=self.actor, reason=reason)
+            return True
+        except Conflict:
+            return False
+
+    def _recover(self, reason):
+        try:
+            session_services.session_recover(session=self.session_id, actor=self.actor, reason=reason)
+            return True
+        except Conflict:
+            return False
+
+    def _enforce_budget(self, current, client, opencode_id):
+        """Hard limit: abort and fail. Soft limit: pause, saying why (resuming continues past it).
+
+        `current` is the session row check_control just read."""
+        tokens = current.tokens_total
+        over_hard = (current.token_budget_hard is not None and tokens >= current.token_budget_hard) or (
+            current.cost_budget_hard is not None and current.cost >= current.cost_budget_hard
+        )
+        if over_hard:
+            _abort_quietly(client, opencode_id)
+            error = {"type": "budget_exceeded", "message": "hard budget limit reached",
+                     "context": {"tokens": tokens, "cost": str(current.cost),
+                                 "token_budget_hard": current.token_budget_hard,
+                                 "cost_budget_hard": str(current.cost_budget_hard) if current.cost_budget_hard is not None else None}}
+            try:
+                session_services.session_fail(session=self.session_id, actor=self.actor, error=error)
+            except Conflict:
+                pass
+            raise SessionEnded(S.FAILED, "hard budget limit reached")
+        soft_passed = (current.metadata or {}).get("soft_budget_passed")
+        over_soft = (current.token_budget_soft is not None and tokens >= current.token_budget_soft) or (
+            current.cost_budget_soft is not None and current.cost >= current.cost_budget_soft
+        )
+        if over_soft and not soft_passed:
+            _abort_quietly(client, opencode_id)
+            session_services.session_budget_soft_pause(session=self.session_id, actor=self.actor, tokens=tokens, cost=current.cost)
+            raise SessionEnded(S.PAUSED, "soft budget limit reached")
+
+    def _expire_permissions(self, client, asked_at, now):
+        """A permission request nobody answered gets the configured default reply after its expiry."""
+        for request_id, since in list(asked_at.items()):
+            if request_id is None or now - since < settings.PERMISSION_TIMEOUT_SECONDS:
+                continue
+            del asked_at[request_id]
+            try:
+                client.reply_permission(request_id, settings.PERMISSION_DEFAULT_REPLY)
+            except OpenCodeError as error:
+                logger.info("permission %s already settled: %s", request_id, error)
+                continue
+            self.record([("permission.expired", {
+                "id": request_id, "reply": settings.PERMISSION_DEFAULT_REPLY,
+                "after_seconds": settings.PERMISSION_TIMEOUT_SECONDS,
+            })])
+
+    # --- recording -----------------------------------------------------------------------
+
+    def record(self, records, *, task=None):
+        """Write events (one transaction for the batch); they are published after commit."""
+        with transaction.atomic():
+            for kind, payload in records:
+                if task is not None:
+                    payload = {**payload, "task_id": task.pk}
+                session_services.session_record_event(session=self.session_id, type=kind, payload=payload)
+
+
+class TaskTurn:
+    """One OpenCode turn of one task: prompt (or continue, or re-attach), follow the stream, record."""
+
+    def __init__(self, run, task, agent):
+        self.run_ = run
+        self.task = task
+        self.agent = agent
+        self.client = run.server.client(directory=str(run.ws.path))
+        self.opencode_id = ""
+        self.translator = None
+        self.task_step = 0
+        self.usage = {"tokens": 0, "cost": Decimal("0")}
+
+    def run(self, *, resume=False):
+        run_, task = self.run_, self.task
+        how, prompt = self._choose_start(resume)
+        task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
+        session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
+        self.translator = TurnTranslator(self.opencode_id)
+        events = queue.Queue()
+        stream = EventStream(self.client, directory=str(run_.ws.path))
+        reader = threading.Thread(target=_pump, args=(stream, events), daemon=True, name=f"events-{self.opencode_id}")
+        reader.start()
+        try:
+            if not stream.connected.wait(STREAM_CONNECT_TIMEOUT):
+                raise OpenCodeError("OpenCode's event stream did not connect")
+            model = run_.session.model_identifier or self.agent.model_identifier
+            if how == "reattach":
+                # The turn still runs on this server: follow it without prompting again.
+                self.translator.feed({"type": "session.status", "properties": {
+                    "sessionID": self.opencode_id, "status": {"type": "busy"}}})
+                if session_snapshot(self.client, self.opencode_id)["finished"]:
+                    self._rebuild_after_reconnect()
+            else:
+                self.client.prompt_async(
+                    self.opencode_id, text=prompt, agent=self.agent.opencode_agent or None,
+                    model=model_ref(model) if model else None, system=self.agent.system_prompt or None,
+                )
+            run_.record([("task.prompted", {
+                "task_id": task.pk, "opencode_session_id": self.opencode_id, "agent": self.agent.name,
+                "opencode_agent": self.agent.opencode_agent, "model": model or "default", "how": how,
+                "steps_done": self.task_step,
+            })])
+            return self._follow(events)
+        except SessionEnded as ended:
+            _abort_quietly(self.client, self.opencode_id)
+            if ended.status == S.PAUSED:
+                run_.checkpoint(task=task, message_id=self.translator.last_message_id if self.translator else "",
+                                task_step=self.task_step, reason="pause")
+            raise
+        finally:
+            stream.stop()
+            reader.join(timeout=2)
+
+    def _choose_start(self, resume):
+        """("new" | "continue" | "reattach" | "resume", prompt): how this turn begins.
+
+        - continue: the task was paused and its OpenCode session is on this server: ask it to go on.
+        - reattach: a lost worker's turn is still running on this server: follow it.
+        - resume: the task was interrupted and its OpenCode session is gone (another server, or a
+          checkpoint restore): a new OpenCode session, told which steps are done.
+        """
+        run_, task = self.run_, self.task
+        restored = run_.restored_checkpoint
+        existing = task.opencode_session_id if resume else ""
+        if existing and restored is None:
+            try:
+                snapshot = session_snapshot(self.client, existing)
+            except OpenCodeNotFound:
+                snapshot = None
+            if snapshot is not None:
+                self.opencode_id = existing
+                self.task_step = run_.steps_done(task)
+                if snapshot["status"] != "idle":
+                    return "reattach", ""
+                return "continue", (
+                    "Continue the task from where it stopped (it was interrupted). "
+                    "Do not repeat steps that are already done."
+                )
+        self.opencode_id = self._new_opencode_session()
+        if not resume:
+            return "new", run_.task_prompt(task)
+        self.task_step = run_.steps_done(task, up_to_sequence=restored.sequence if restored else None)
+        note = (
+            f"This task was interrupted and is resumed: its first {self.task_step} steps are done and their "
+            f"changes are in the workspace. Continue from there; do not repeat them.\n@@resume {self.task_step}"
+        )
+        return "resume", run_.task_prompt(task) + "\n\n" + note
+
+    def _new_opencode_session(self):
+        policy = self.run_.session.permission_policy or {}
+        created = self.client.create_session(
+            title=f"{self.run_.session.reference} · {self.task.title}"[:120],
+            permission=permission_rules(policy) if policy else None,
+        )
+        return created["id"]
+
+    def _follow(self, events):
+        run_, translator = self.run_, self.translator
+        steps_seen = 0
+        now = time.monotonic()
+        last_progress = last_control = last_heartbeat = last_snapshot = now
+        degraded_by_us = False
+        permissions = PermissionWatch(run_, self)
+        while not translator.finished:
+            try:
+                item = events.get(timeout=0.25)
+            except queue.Empty:
+                item = None
+            now = time.monotonic()
+            if isinstance(item, Exception):
+                raise item
+            if item is not None:
+                if item.type == RECONNECTED:
+                    self._rebuild_after_reconnect()
+                records = translator.feed(item.as_dict())
+                if records:
+                    last_progress = now
+                    run_.record(records, task=self.task)
+                    if degraded_by_us and translator.status != "retry" and not permissions.waiting_too_long(now):
+                        degraded_by_us = not run_._recover("progress resumed")
+                permissions.take(translator.permission_requests, now)
+                if translator.status == "retry" and not degraded_by_us:
+                    retry = translator.retry or {}
+                    degraded_by_us = run_._degrade(
+                        f"provider retrying (attempt {retry.get('attempt')}): {retry.get('message')}"
+                    )
+                for step in translator.completed_steps[steps_seen:]:
+                    steps_seen += 1
+                    self._record_step(step)
+            if now - last_control >= CONTROL_INTERVAL:
+                last_control = now
+                current = run_.check_control()
+                run_._enforce_budget(current, self.client, self.opencode_id)
+                if permissions.asked_at:
+                    permissions.forward_replies()
+            if now - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
+                last_heartbeat = now
+                if not session_services.session_heartbeat(session_id=run_.session_id, worker_id=run_.worker_id):
+                    run_.check_control()  # names the real reason (paused, stopped, ...) when there is one
+                    raise SessionEnded("lost", "this worker no longer owns the session")
+            if (translator.turn_started and now - last_progress > SILENCE_CHECK_SECONDS
+                    and now - last_snapshot > SILENCE_CHECK_SECONDS):
+                # A quiet stream may have missed the end of the turn: ask OpenCode directly.
+                last_snapshot = now
+                self._rebuild_after_reconnect()
+                if translator.finished:
+                    run_.record([("opencode.turn_recovered", {"task_id": self.task.pk, "opencode_session_id": self.opencode_id})])
+                    for step in translator.completed_steps[steps_seen:]:
+                        steps_seen += 1
+                        self._record_step(step)
+            if not degraded_by_us and now - last_progress > settings.SESSION_STALL_SECONDS:
+                degraded_by_us = run_._degrade(f"no OpenCode events for {settings.SESSION_STALL_SECONDS:.0f} s")
+            if not degraded_by_us and permissions.waiting_too_long(now):
+                degraded_by_us = run_._degrade("a permission request is waiting for an answer")
+            permissions.expire(now)
+        if degraded_by_us:
+            run_._recover("turn ended")
+        diff = workspace.workspace_diff(path=run_.ws.path, base_commit=run_.ws.base_commit)
+        outcome = TurnOutcome(
+            completed=translator.error is None and not translator.rejected_permissions,
+            text=translator.final_text, tokens=self.usage["tokens"],
+            cost=self.usage["cost"], opencode_session_id=self.opencode_id, diff=diff,
+        )
+        if translator.error is None and translator.rejected_permissions:
+            # A rejected tool ends OpenCode's turn without an error; the task did not get done.
+            outcome.error = {
+                "type": "permission_rejected",
+                "message": f"a tool permission was rejected ({', '.join(translator.rejected_permissions)})",
+                "context": {"permission_ids": translator.rejected_permissions},
+            }
+        if translator.error is not None:
+            outcome.error = {
+                "type": "provider_error" if translator.error["name"] == "APIError" else translator.error["name"],
+                "message": translator.error["message"],
+                "context": {"opencode_error": translator.error["name"],
+                            "retryable": bool(translator.error["data"].get("isRetryable"))},
+            }
+        return outcome
+
+    def _rebuild_after_reconnect(self):
+        """Nothing is replayed after a reconnect (or a missed event): if the turn has ended,
+        finish it from OpenCode's messages. The translator ignores what it has already seen."""
+        snapshot = session_snapshot(self.client, self.opencode_id)
+        if not snapshot["finished"]:
+            return
+        translator, records = self.translator, []
+        for message in snapshot["messages"]:
+            info = message.get("info") or {}
+            records += translator.feed({"type": "message.updated", "properties": {"sessionID": self.opencode_id, "info": info}})
+            for part in message.get("parts") or []:
+                records += translator.feed(
+                    {"type": "message.part.updated", "properties": {"sessionID": self.opencode_id, "part": part}}
+                )
+        if snapshot["error"] and translator.error is None:
+            records += translator.feed(
+                {"type": "session.error", "properties": {"sessionID": self.opencode_id, "error": snapshot["error"]}}
+            )
+        records += translator.feed({"type": "session.idle", "properties": {"sessionID": self.opencode_id}})
+        if records:
+            self.run_.record(records, task=self.task)
+
+    def _record_step(self, step):
+        run_ = self.run_
+        self.task_step += 1
+        self.usage["tokens"] += step.input + step.output + step.reasoning
+        self.usage["cost"] += Decimal(str(step.cost))
+        session_services.session_record_usage(
+            session_id=run_.session_id, tokens_input=step.input, tokens_output=step.output,
+            tokens_reasoning=step.reasoning, tokens_cache_read=step.cache_read,
+            tokens_cache_write=step.cache_write, cost=step.cost, api_calls=1,
+        )
+        run_.checkpoint(task=self.task, message_id=step.message_id, task_step=self.task_step)
+
+
+def _pump(stream, events):
+    """Reader thread: move events from OpenCode's stream into the queue; errors too."""
+    try:
+        for event in stream:
+            events.put(event)
+    except Exception as error:  # handed to the consuming thread, which decides
+        if not stream.stopped:
+            events.put(error)
+
+
+def _abort_quietly(client, opencode_id):
+    try:
+        client.abort(opencode_id)
+    except OpenCodeError as error:
+        logger.warning("abort of %s failed: %s", opencode_id, error)
+
+
+def _error_type(error):
+    if isinstance(error, ValidationFailed):
+        return "invalid_session"
+    if isinstance(error, workspace.GitError):
+        return "workspace_error"
+    if isinstance(error, OpenCodeError):
+        return "opencode_error"
+    return getattr(error, "code", "error")
+
+
+def _diff_payload(diff):
+    patch = diff["patch"]
+    payload = {key: diff[key] for key in ("files", "additions", "deletions")}
+    payload["patch"] = patch if len(patch) <= PATCH_LIMIT else patch[:PATCH_LIMIT]
+    payload["patch_truncated"] = len(patch) > PATCH_LIMIT
+    return payload

@@ -1,0 +1,148 @@
+"""The OpenCode server of this worker process, started on first use.
+
+One server per worker process serves every session the process runs (each
+call names its worktree with ?directory=): a server costs ~0.5 GB and is
+CPU-bound, so one per session would not scale. With OPENCODE_URL set, an
+existing server is used instead. When no LLM provider is configured the
+server runs on the scripted demo model, started in this process, unless
+OPENCODE_SCRIPTED_LLM_URL names one already running (tests do that to read
+its request log).
+
+Servers are started and restarted from one keeper thread that lives as long
+as the process: the server asks Linux to be stopped when the thread that
+started it dies (see sessions.opencode.server.DIE_WITH_PARENT), so a worker
+killed with -9 leaves no server behind, and a short-lived pool thread must
+never be that parent.
+"""
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+from django.conf import settings
+
+from sessions.opencode.scripted_llm import ScriptedLLM
+from sessions.opencode.server import ExistingServer, OpenCodeServer
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_demo_llm = None
+_keeper_calls = None
+
+
+def _keeper():
+    while True:
+        call, future = _keeper_calls.get()
+        try:
+            future.set_result(call())
+        except BaseException as error:  # handed back to the caller's thread
+            future.set_exception(error)
+
+
+def _in_keeper(call):
+    global _keeper_calls
+    if _keeper_calls is None:
+        _keeper_calls = queue.Queue()
+        threading.Thread(target=_keeper, name="opencode-keeper", daemon=True).start()
+    future = Future()
+    _keeper_calls.put((call, future))
+    return future.result()
+
+
+def _scripted_llm_url():
+    global _demo_llm
+    if settings.OPENCODE_SCRIPTED_LLM_URL:
+        return settings.OPENCODE_SCRIPTED_LLM_URL
+    if not settings.OPENCODE_DEMO_MODEL:
+        return None
+    if _demo_llm is None:
+        _demo_llm = ScriptedLLM(log_path=Path(settings.VAR_DIR) / "demo-llm.jsonl")
+        _demo_llm.start()
+        logger.info("demo model (scripted LLM) listening on %s", _demo_llm.base_url)
+    return _demo_llm.base_url
+
+
+class _Served:
+    """A managed server with the worktrees it has served and the runs using it now."""
+
+    def __init__(self, server):
+        self.server = server
+        self.directories = set()
+        self.active = 0
+
+
+_current = None
+_retiring = []
+
+
+def _new_server():
+    if settings.OPENCODE_URL:
+        return ExistingServer()
+    state = Path(settings.VAR_DIR) / "opencode-state" / f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
+    return OpenCodeServer(workdir=settings.WORKSPACE_ROOT, state_dir=state, scripted_llm_url=_scripted_llm_url())
+
+
+def acquire_server(*, directory):
+    """The server a run on `directory` should use, started or restarted as needed; pair with release_server.
+
+    OpenCode keeps an inotify instance for every directory it has served, for its whole life, and
+    Linux allows 128 per user: past that a server stops making progress. So a managed server serves
+    at most OPENCODE_SERVER_MAX_DIRECTORIES worktrees; then new runs get a fresh server and the old
+    one is stopped when its last run releases it. A directory served before goes back to its server
+    while that server lives (a paused task continues in its own OpenCode session).
+    """
+    global _current
+    with _lock:
+        served = next((entry for entry in [_current, *_retiring] if entry and directory in entry.directories), None)
+        if served is None:
+            full = _current is not None and len(_current.directories) >= settings.OPENCODE_SERVER_MAX_DIRECTORIES
+            if _current is None or (full and not settings.OPENCODE_URL):
+                if _current is not None:
+                    _retiring.append(_current)
+                    _stop_if_idle(_current)
+                _current = _Served(_new_server())
+            served = _current
+        served.directories.add(directory)
+        served.active += 1
+    try:
+        _in_keeper(served.server.ensure_running if served.server.url else served.server.start)
+    except BaseException:
+        release_server(served.server)
+        raise
+    return served.server
+
+
+def release_server(server):
+    with _lock:
+        for entry in [_current, *_retiring]:
+            if entry is not None and entry.server is server:
+                entry.active = max(0, entry.active - 1)
+                if entry in _retiring:
+                    _stop_if_idle(entry)
+                return
+
+
+def _stop_if_idle(entry):
+    if entry.active == 0 and entry in _retiring:
+        _retiring.remove(entry)
+        entry.server.stop()
+
+
+def shutdown():
+    """Stop what this process started (called when the worker shuts down)."""
+    global _current, _demo_llm
+    with _lock:
+        for entry in [_current, *_retiring]:
+            if entry is not None:
+                entry.server.stop()
+        _current = None
+        _retiring.clear()
+        if _demo_llm is not None:
+            _demo_llm.stop()
+            _demo_llm = None

@@ -1,0 +1,209 @@
+"""Isolated workspaces: one git worktree per coding session, on its own branch.
+
+Nothing here touches the database; functions take paths and return plain
+values, so the engine and the tests drive them directly. Checkpoints are
+commits on hidden refs (refs/ind/<reference>/checkpoints/<n>) made with a
+private index, so they never move the session's branch nor disturb the
+worktree's own index.
+"""
+
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import ValidationFailed
+
+GIT_IDENTITY = {
+    "GIT_AUTHOR_NAME": "Industrial Orchestrator",
+    "GIT_AUTHOR_EMAIL": "orchestrator@localhost",
+    "GIT_COMMITTER_NAME": "Industrial Orchestrator",
+    "GIT_COMMITTER_EMAIL": "orchestrator@localhost",
+}
+
+
+class GitError(RuntimeError):
+    pass
+
+
+def git(*args, cwd, env=None, check=True):
+    environment = dict(os.environ, **GIT_IDENTITY, **(env or {}))
+    result = subprocess.run(
+        ["git", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise GitError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def resolve_repository(path, *, allowed_roots):
+    """The repository's real path, refused unless it is a git repository under an allowed root.
+
+    Symlinks and `..` are resolved first, so no path escapes the allow-list.
+    """
+    if not path or not str(path).strip():
+        raise ValidationFailed(field="repository", rule="is required")
+    candidate = Path(path).expanduser()
+    if not candidate.is_absolute():
+        raise ValidationFailed(field="repository", rule="must be an absolute path")
+    real = candidate.resolve()
+    roots = [Path(root).resolve() for root in allowed_roots]
+    if not any(real == root or root in real.parents for root in roots):
+        raise ValidationFailed(
+            field="repository",
+            rule=f"must be under an allowed repository root ({', '.join(str(r) for r in roots)})",
+        )
+    if not real.is_dir():
+        raise ValidationFailed(field="repository", rule="does not exist")
+    inside = git("rev-parse", "--is-inside-work-tree", cwd=real, check=False).strip()
+    if inside != "true":
+        raise ValidationFailed(field="repository", rule="is not a git repository")
+    return real
+
+
+@dataclass(frozen=True)
+class Workspace:
+    repository: Path
+    path: Path
+    branch: str
+    base_commit: str
+
+
+def branch_name(reference):
+    return f"ind/{reference}"
+
+
+def checkpoint_ref(reference, name):
+    return f"refs/ind/{reference}/checkpoints/{name}"
+
+
+def prepare_workspace(*, repository, root, reference):
+    """Create (or reopen, on a retry) the session's worktree on branch ind/<reference>."""
+    repository = Path(repository)
+    path = Path(root) / reference
+    branch = branch_name(reference)
+    base_commit = git("rev-parse", "HEAD", cwd=repository).strip()
+    if (path / ".git").exists():
+        owner = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=path).strip()).resolve()
+        expected = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=repository).strip()).resolve()
+        if owner != expected:
+            raise GitError(f"workspace {path} already belongs to another repository ({owner.parent})")
+        return Workspace(repository, path, branch, _read_base(path) or base_commit)
+    if path.exists() and any(path.iterdir()):
+        raise GitError(f"workspace {path} exists and is not a worktree; remove it or choose another WORKSPACE_ROOT")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    git("worktree", "prune", cwd=repository)
+    branch_exists = git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repository, check=False)
+    if branch_exists.strip():
+        git("worktree", "add", str(path), branch, cwd=repository)
+        base_commit = git("merge-base", base_commit, branch, cwd=repository).strip() or base_commit
+    else:
+        git("worktree", "add", "-b", branch, str(path), base_commit, cwd=repository)
+    _base_file(path).write_text(base_commit)
+    return Workspace(repository, path, branch, base_commit)
+
+
+def _base_file(path):
+    # The worktree's private git folder (.git/worktrees/<name>): nothing in the
+    # repository's config or the work tree itself changes.
+    return Path(git("rev-parse", "--absolute-git-dir", cwd=path).strip()) / "ind-base"
+
+
+def _read_base(path):
+    base_file = _base_file(path)
+    return base_file.read_text().strip() if base_file.exists() else ""
+
+
+def snapshot_tree(path):
+    """A tree object of the worktree as it is now (tracked and untracked files, ignoring .gitignore'd)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
+        git("read-tree", "HEAD", cwd=path, env=env)
+        git("add", "-A", ".", cwd=path, env=env)
+        return git("write-tree", cwd=path, env=env).strip()
+
+
+def create_checkpoint(*, path, reference, name, message="checkpoint"):
+    """Commit the worktree's state on a hidden ref named `name`; return the commit id (the checkpoint's git ref).
+
+    The ref keeps the commit reachable (git gc would drop a dangling one); `name` must be unique
+    within the session (the OpenCode message id and a timestamp, say).
+    """
+    tree = snapshot_tree(path)
+    parent = git("rev-parse", "HEAD", cwd=path).strip()
+    commit = git("commit-tree", tree, "-p", parent, "-m", f"{message} {name}", cwd=path).strip()
+    git("update-ref", checkpoint_ref(reference, name), commit, cwd=path)
+    return commit
+
+
+def restore_checkpoint(*, path, commit):
+    """Make the worktree's files match the checkpoint commit exactly (the branch head stays)."""
+    git("read-tree", "-u", "--reset", commit, cwd=path)
+    git("clean", "-fdq", cwd=path)
+    # Keep the branch's index at HEAD so later diffs compare against the branch, not the checkpoint.
+    git("reset", "-q", "--mixed", "HEAD", cwd=path)
+
+
+def workspace_diff(*, path, base_commit):
+    """Files changed in the worktree since `base_commit`: [{file, additions, deletions, status}], patch."""
+    tree = snapshot_tree(path)
+    numstat = git("diff", "--numstat", "--no-renames", base_commit, tree, cwd=path)
+    statuses = dict(
+        (line.split("\t", 1)[1], line.split("\t", 1)[0])
+        for line in git("diff", "--name-status", "--no-renames", base_commit, tree, cwd=path).splitlines()
+        if "\t" in line
+    )
+    names = {"A": "added", "M": "modified", "D": "deleted", "T": "modified"}
+    files = []
+    for line in numstat.splitlines():
+        added, deleted, name = line.split("\t", 2)
+        files.append(
+            {
+                "file": name,
+                "additions": int(added) if added.isdigit() else 0,
+                "deletions": int(deleted) if deleted.isdigit() else 0,
+                "status": names.get(statuses.get(name, "M")[:1], "modified"),
+            }
+        )
+    patch = git("diff", "--no-renames", base_commit, tree, cwd=path)
+    return {
+        "files": files,
+        "additions": sum(f["additions"] for f in files),
+        "deletions": sum(f["deletions"] for f in files),
+        "patch": patch,
+    }
+
+
+def commit_workspace(*, path, message):
+    """Commit everything in the worktree onto the session's branch (end of a session). Returns the commit or None."""
+    git("add", "-A", ".", cwd=path)
+    if not git("status", "--porcelain", cwd=path).strip():
+        return None
+    git("commit", "-q", "-m", message, cwd=path)
+    return git("rev-parse", "HEAD", cwd=path).strip()
+
+
+def remove_workspace(*, repository, path):
+    """Remove the worktree folder; the branch and checkpoint refs stay in the repository."""
+    path = Path(path)
+    if path.exists():
+        git("worktree", "remove", "--force", str(path), cwd=repository, check=False)
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+    git("worktree", "prune", cwd=repository, check=False)
+
+
+def init_repository(path, files):
+    """Create a git repository at `path` with `files` ({relative path: text}) in one commit."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    git("init", "-q", "-b", "main", cwd=path)
+    for name, content in files.items():
+        target = path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    git("add", "-A", cwd=path)
+    git("commit", "-qm", "initial commit", cwd=path)
+    return path

@@ -1,0 +1,61 @@
+"""Celery jobs of the sessions app: thin, keyed by id, harmless when delivered twice."""
+
+import logging
+import os
+import socket
+
+from celery import shared_task
+
+from sessions.dispatch import session_claim_next, session_dispatch
+from sessions.models import CodingSession
+from sessions.recovery import session_cleanup_workspaces, session_reconcile
+
+logger = logging.getLogger(__name__)
+
+
+def worker_identity(task_request):
+    """A stable id for the worker process running this job: host, pid and Celery hostname."""
+    hostname = getattr(task_request, "hostname", None) or socket.gethostname()
+    return f"{hostname}:{os.getpid()}"
+
+
+@shared_task(name="sessions.execute_session", acks_late=True, bind=True)
+def execute_session(self, session_id):
+    """Claim the queued session and run it; then let the next queued session in.
+
+    A missing session is logged and ignored; a session that is no longer queued
+    (claimed by another delivery, cancelled, deleted) is left alone, and one over a
+    concurrency limit stays queued until `session_dispatch` enqueues it again.
+    """
+    if not CodingSession.objects.filter(pk=session_id).exists():
+        logger.warning("execute_session: session %s does not exist; nothing to do", session_id)
+        return None
+    session = session_claim_next(session_id=session_id, worker_id=worker_identity(self.request))
+    if session is None:
+        logger.info("execute_session: session %s not claimed (not queued, or waiting for a slot)", session_id)
+        return None
+    # Imported here: the execution engine pulls in OpenCode clients a web process never needs.
+    from sessions.execution import run_session
+
+    try:
+        return run_session(session_id=session.pk)
+    finally:
+        session_dispatch()
+
+
+@shared_task(name="sessions.dispatch", acks_late=True, ignore_result=True)
+def dispatch():
+    """Enqueue queued sessions that may start now (a slot freed, a retry's backoff ran out)."""
+    return session_dispatch()
+
+
+@shared_task(name="sessions.reconcile", acks_late=True, ignore_result=True)
+def reconcile():
+    """Recover sessions whose worker stopped heartbeating."""
+    return session_reconcile()
+
+
+@shared_task(name="sessions.cleanup_workspaces", acks_late=True, ignore_result=True)
+def cleanup_workspaces():
+    """Remove worktrees of sessions that ended past the retention period (branches stay)."""
+    return session_cleanup_workspaces()

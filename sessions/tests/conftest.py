@@ -1,0 +1,75 @@
+import uuid
+
+import pytest
+
+from orchestrator.celery import app as celery_app
+
+
+class BrokerQueues:
+    """Session queues with names unique to one test, read back from the real broker.
+
+    No worker listens on these names, so every enqueued job stays in the broker
+    until `drain` reads it; the test counts what the broker actually received.
+    """
+
+    def __init__(self, settings):
+        suffix = uuid.uuid4().hex[:10]
+        self.names = {priority: f"test-{suffix}-{name}" for priority, name in settings.SESSION_QUEUES.items()}
+        settings.SESSION_QUEUES = self.names
+
+    def delete(self):
+        """Remove the test queues from the broker (Redis keeps a binding per queue name otherwise)."""
+        with celery_app.connection_for_write() as connection:
+            for name in sorted(set(self.names.values())):
+                queue = connection.SimpleQueue(name)
+                try:
+                    queue.queue.delete()
+                finally:
+                    queue.close()
+
+    def drain(self, priority=None):
+        names = sorted(set(self.names.values() if priority is None else [self.names[priority]]))
+        received = []
+        with celery_app.connection_for_read() as connection:
+            for name in names:
+                queue = connection.SimpleQueue(name)
+                try:
+                    while True:
+                        try:
+                            message = queue.get(block=False)
+                        except queue.Empty:
+                            break
+                        args, kwargs, _ = message.payload
+                        received.append({"queue": name, "task": message.headers.get("task"), "kwargs": kwargs})
+                        message.ack()
+                finally:
+                    queue.close()
+        return received
+
+
+@pytest.fixture
+def broker_queues(settings):
+    queues = BrokerQueues(settings)
+    yield queues
+    queues.drain()
+    queues.delete()
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    # The shared user fixtures hash a password per test; PBKDF2 dominates a short test.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def roster(transactional_db):
+    """The default agent roster (transactional tests flush the rows its data migration made)."""
+    from agents.models import Agent
+    from agents.roster import DEFAULT_ROSTER
+    from agents.services import agent_register
+
+    for entry in DEFAULT_ROSTER:
+        if not Agent.objects.filter(name=entry["name"]).exists():
+            agent_register(**entry)
+    return list(Agent.objects.all())
+

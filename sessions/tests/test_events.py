@@ -1,0 +1,156 @@
+"""Events reach the channel layer only after commit, and the WebSocket feed replays then streams."""
+
+import asyncio
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.db import connections, transaction
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+
+from orchestrator.asgi import application
+from orchestrator.events import ALL_SESSIONS_GROUP, session_group
+from sessions import services
+from sessions.models import CodingSession
+from sessions.tests.factories import CodingSessionFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 15
+
+
+def record(session, type, **payload):
+    return services.session_record_event(session=session, type=type, payload=payload)
+
+
+def run(scenario):
+    async def wrapped():
+        try:
+            return await scenario()
+        finally:
+            layer = get_channel_layer()
+            if isinstance(layer, InMemoryChannelLayer):
+                # The in-process layers keep groups and pollers per process: reset them between
+                # tests. A Redis layer is left alone (its flush empties the whole shared prefix).
+                await layer.flush()
+            # The ORM calls ran in asgiref's thread-sensitive worker thread; close its
+            # connection there so the test database can be dropped at the end.
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+    return asyncio.run(wrapped())
+
+
+def test_rolled_back_event_is_never_published():
+    session = CodingSessionFactory(status="running")
+
+    def rolled_back():
+        with pytest.raises(RuntimeError):
+            with transaction.atomic():
+                services.session_pause(session=session)
+                raise RuntimeError("abort")
+
+    async def scenario():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(session_group(session.pk), channel)
+        await database_sync_to_async(rolled_back)()
+        await database_sync_to_async(record)(session, "committed")
+        return await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT)
+
+    message = run(scenario)
+    assert message["type"] == "session.event"
+    assert message["event"]["type"] == "committed"
+    assert CodingSession.objects.get(pk=session.pk).status == "running"
+
+
+def test_published_message_has_the_documented_shape():
+    session = CodingSessionFactory(status="running")
+
+    async def scenario():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(ALL_SESSIONS_GROUP, channel)
+        event = await database_sync_to_async(record)(session, "opencode.step", step=1)
+        return event, await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT)
+
+    event, message = run(scenario)
+    assert message == {
+        "type": "session.event",
+        "event": {
+            "id": event.id, "session_id": session.pk, "reference": session.reference, "type": "opencode.step",
+            "payload": {"step": 1}, "created_at": event.created_at.isoformat(),
+        },
+    }
+
+
+def connect(path):
+    async def go():
+        communicator = WebsocketCommunicator(application, path)
+        connected, code = await communicator.connect(timeout=TIMEOUT)
+        if connected:
+            await communicator.disconnect()
+        return connected, code
+
+    return run(go)
+
+
+def test_consumer_replays_missed_events_then_delivers_live_ones_once(operator_user):
+    token = Token.objects.create(user=operator_user)
+    session = CodingSessionFactory(status="running")
+    seen = record(session, "step", n=1)
+    missed = [record(session, "step", n=2), record(session, "step", n=3)]
+
+    async def scenario():
+        communicator = WebsocketCommunicator(
+            application, f"/ws/sessions/{session.pk}?after={seen.id}&token={token.key}"
+        )
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        replayed = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in missed]
+        # A late duplicate of a replayed event (replay and live overlapping) is not sent again.
+        await get_channel_layer().group_send(
+            session_group(session.pk), services.event_message(missed[-1], session.reference)
+        )
+        live = await database_sync_to_async(record)(session, "step", n=4)
+        received = await communicator.receive_json_from(timeout=TIMEOUT)
+        await communicator.disconnect()
+        return replayed, live, received
+
+    replayed, live, received = run(scenario)
+    assert [e["id"] for e in replayed] == [e.id for e in missed]
+    assert [e["payload"]["n"] for e in replayed] == [2, 3]
+    assert received["id"] == live.id and received["payload"] == {"n": 4}
+    assert received["reference"] == session.reference
+
+
+def test_all_sessions_feed_delivers_every_session(operator_user):
+    token = Token.objects.create(user=operator_user)
+    first, second = CodingSessionFactory(status="running"), CodingSessionFactory(status="running")
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, f"/ws/sessions?token={token.key}")
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        await database_sync_to_async(services.session_pause)(session=first)
+        await database_sync_to_async(record)(second, "step")
+        messages = [await communicator.receive_json_from(timeout=TIMEOUT) for _ in range(2)]
+        await communicator.disconnect()
+        return messages
+
+    messages = run(scenario)
+    assert [(m["session_id"], m["type"]) for m in messages] == [(first.pk, "session.transition"), (second.pk, "step")]
+
+
+def test_unauthenticated_socket_is_closed_with_4401():
+    session = CodingSessionFactory()
+    assert connect(f"/ws/sessions/{session.pk}") == (False, 4401)
+
+
+def test_unknown_or_deleted_session_socket_is_closed_with_4404(operator_user):
+    token = Token.objects.create(user=operator_user)
+    deleted = CodingSessionFactory(status="failed", deleted_at=timezone.now())
+    assert connect(f"/ws/sessions/999999?token={token.key}") == (False, 4404)
+    assert connect(f"/ws/sessions/{deleted.pk}?token={token.key}") == (False, 4404)

@@ -1,0 +1,103 @@
+"""Git worktree isolation: real git on throwaway repositories."""
+
+import pytest
+
+from orchestrator.errors import ValidationFailed
+from sessions.execution import workspace
+
+
+@pytest.fixture
+def repo(tmp_path):
+    root = tmp_path / "repos"
+    path = root / "demo"
+    path.mkdir(parents=True)
+    workspace.git("init", "-q", "-b", "main", cwd=path)
+    (path / "README.md").write_text("demo\n")
+    workspace.git("add", "-A", cwd=path)
+    workspace.git("commit", "-qm", "initial", cwd=path)
+    return path
+
+
+def test_repository_outside_the_allowed_roots_is_refused(repo, tmp_path):
+    with pytest.raises(ValidationFailed, match="must be under an allowed repository root"):
+        workspace.resolve_repository(str(repo / ".." / ".." / "elsewhere"), allowed_roots=[repo.parent])
+    with pytest.raises(ValidationFailed, match="must be under an allowed repository root"):
+        workspace.resolve_repository(str(repo), allowed_roots=[tmp_path / "other"])
+
+
+def test_symlink_out_of_the_root_is_refused(repo, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo.parent / "sneaky").symlink_to(outside)
+    with pytest.raises(ValidationFailed, match="allowed repository root"):
+        workspace.resolve_repository(str(repo.parent / "sneaky"), allowed_roots=[repo.parent])
+
+
+def test_a_folder_that_is_not_a_repository_is_refused(repo):
+    plain = repo.parent / "plain"
+    plain.mkdir()
+    with pytest.raises(ValidationFailed, match="is not a git repository"):
+        workspace.resolve_repository(str(plain), allowed_roots=[repo.parent])
+
+
+def test_worktree_is_isolated_on_its_own_branch(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000001")
+    (ws.path / "new.txt").write_text("from the agent\n")
+    assert ws.branch == "ind/IND-000001"
+    assert not (repo / "new.txt").exists()
+    assert workspace.git("rev-parse", "--abbrev-ref", "HEAD", cwd=ws.path).strip() == "ind/IND-000001"
+    assert workspace.git("status", "--porcelain", cwd=repo).strip() == ""
+
+
+def test_diff_lists_files_added_and_changed_since_the_base(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000002")
+    (ws.path / "README.md").write_text("demo\nmore\n")
+    (ws.path / "src").mkdir()
+    (ws.path / "src" / "app.py").write_text("print('hi')\n")
+    diff = workspace.workspace_diff(path=ws.path, base_commit=ws.base_commit)
+    assert diff["files"] == [
+        {"file": "README.md", "additions": 1, "deletions": 0, "status": "modified"},
+        {"file": "src/app.py", "additions": 1, "deletions": 0, "status": "added"},
+    ]
+    assert "+print('hi')" in diff["patch"]
+
+
+def test_checkpoint_restores_the_exact_files_without_moving_the_branch(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000003")
+    (ws.path / "notes.txt").write_text("one\n")
+    commit = workspace.create_checkpoint(path=ws.path, reference="IND-000003", name="msg_1")
+    head = workspace.git("rev-parse", "HEAD", cwd=ws.path).strip()
+    (ws.path / "notes.txt").write_text("two\n")
+    (ws.path / "later.txt").write_text("later\n")
+    workspace.restore_checkpoint(path=ws.path, commit=commit)
+    assert (ws.path / "notes.txt").read_text() == "one\n"
+    assert not (ws.path / "later.txt").exists()
+    assert workspace.git("rev-parse", "HEAD", cwd=ws.path).strip() == head
+    assert workspace.git("rev-parse", workspace.checkpoint_ref("IND-000003", "msg_1"), cwd=repo).strip() == commit
+
+
+def test_reopening_a_workspace_keeps_its_base_and_removal_keeps_the_branch(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000004")
+    (repo / "README.md").write_text("moved on\n")
+    workspace.git("commit", "-qam", "main moved", cwd=repo)
+    again = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000004")
+    assert again.base_commit == ws.base_commit
+    (ws.path / "done.txt").write_text("done\n")
+    assert workspace.commit_workspace(path=ws.path, message="session finished") is not None
+    workspace.remove_workspace(repository=repo, path=ws.path)
+    assert not ws.path.exists()
+    assert "ind/IND-000004" in workspace.git("branch", "--list", cwd=repo)
+    recreated = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000004")
+    assert (recreated.path / "done.txt").read_text() == "done\n"
+
+
+def test_a_worktree_of_another_repository_is_never_reused(repo, tmp_path):
+    other = tmp_path / "repos" / "other"
+    other.mkdir()
+    workspace.git("init", "-q", "-b", "main", cwd=other)
+    (other / "x.txt").write_text("x\n")
+    workspace.git("add", "-A", cwd=other)
+    workspace.git("commit", "-qm", "other", cwd=other)
+    workspace.prepare_workspace(repository=other, root=tmp_path / "ws", reference="IND-000009")
+    with pytest.raises(workspace.GitError, match="belongs to another repository"):
+        workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000009")

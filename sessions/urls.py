@@ -1,0 +1,18 @@
+from django.urls import path
+
+from sessions import views
+
+app_name = "sessions"
+
+urlpatterns = [
+    path("", views.session_list, name="list"),
+    path("new", views.session_create, name="create"),
+    path("<int:session_id>/", views.session_detail, name="detail"),
+    path("<int:session_id>/actions/<slug:action>", views.session_action, name="action"),
+    path("<int:session_id>/permissions", views.session_permissions, name="permissions"),
+    path(
+        "<int:session_id>/permissions/<int:request_id>/reply",
+        views.session_permission_reply,
+        name="permission-reply",
+    ),
+]

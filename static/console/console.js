@@ -1,0 +1,18 @@
+// The console's only script. A WebSocket that reconnects replays from the event id the page
+// was rendered with, so events already in the log can arrive again: append each one once.
+document.body.addEventListener("htmx:oobBeforeSwap", function (evt) {
+  var fragment = evt.detail.fragment;
+  var first = fragment && fragment.firstElementChild;
+  if (first && /^event-\d+$/.test(first.id) && document.getElementById(first.id)) {
+    evt.detail.shouldSwap = false;
+  }
+});
+
+// Say whether the live feed is connected.
+function setLiveState(evt, text) {
+  var card = evt.target.closest && evt.target.closest("[ws-connect]");
+  var label = card && card.querySelector(".live-state");
+  if (label) { label.textContent = text; label.classList.toggle("error", text !== "live"); }
+}
+document.body.addEventListener("htmx:wsOpen", function (evt) { setLiveState(evt, "live"); });
+document.body.addEventListener("htmx:wsClose", function (evt) { setLiveState(evt, "disconnected"); });

@@ -1,0 +1,743 @@
+"""Every write to tasks: creation, edits, dependencies, decomposition, transitions, readiness.
+
+Rules the execution engine relies on:
+- A session has one root task (`task_root_for_session`); a task created without a
+  parent goes under that root.
+- Only leaves are executed. A task with subtasks is a container: its status is
+  derived from its children by `tasks.readiness.container_status` and written by
+  `task_refresh_readiness`; its own transitions are refused, except cancel and skip,
+  which apply to the leaves below it that still allow them.
+- `task_refresh_readiness(session=...)` is the one place where pending tasks become
+  ready, dependents of failed, skipped or cancelled prerequisites become skipped and
+  containers follow their children. Every transition service calls it before
+  returning, and the engine may call it at any time: it is idempotent.
+"""
+
+from decimal import Decimal, InvalidOperation
+
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Exists, OuterRef, Q
+from django.utils import timezone
+from django_fsm import can_proceed
+
+from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
+from tasks import readiness
+from tasks.decomposition import CAPABILITIES, plan_decomposition
+from tasks.estimates import Estimate, validate_estimate
+from tasks.graph import ARROW, build_graph, cycle_if_added, cycle_text, expand_to_leaves, leaves_of
+from tasks.models import (
+    DependencyType,
+    Task,
+    TaskDependency,
+    TaskPriority,
+    TaskStatus,
+    priority_rank_expression,
+)
+
+S = TaskStatus
+TITLE_MAX = 200
+EDITABLE_FIELDS = frozenset(
+    {
+        "title", "description", "priority", "required_capabilities", "optimistic_hours", "likely_hours",
+        "pessimistic_hours", "estimated_tokens", "estimated_cost", "order",
+    }
+)
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def _validate_fields(values):
+    """Check the editable fields present in `values`; raise ValidationFailed naming each broken rule."""
+    errors = {}
+    if "title" in values:
+        title = values["title"]
+        if not isinstance(title, str) or not title.strip():
+            errors["title"] = ["must not be blank"]
+        elif len(title) > TITLE_MAX:
+            errors["title"] = [f"must be at most {TITLE_MAX} characters"]
+    if "priority" in values and values["priority"] not in TaskPriority.values:
+        errors["priority"] = [f"must be one of {', '.join(TaskPriority.values)}"]
+    if "required_capabilities" in values:
+        capabilities = values["required_capabilities"]
+        if not isinstance(capabilities, (list, tuple)) or not all(isinstance(c, str) for c in capabilities):
+            errors["required_capabilities"] = ["must be a list of capability names"]
+        else:
+            unknown = sorted(set(capabilities) - CAPABILITIES)
+            if unknown:
+                errors["required_capabilities"] = [f"unknown capabilities: {', '.join(unknown)}"]
+    for name in ("estimated_tokens", "order"):
+        if name in values and (isinstance(values[name], bool) or not isinstance(values[name], int) or values[name] < 0):
+            errors[name] = ["must be a non-negative integer"]
+    if "estimated_cost" in values:
+        try:
+            if Decimal(str(values["estimated_cost"])) < 0:
+                errors["estimated_cost"] = ["must not be negative"]
+        except (InvalidOperation, ValueError):
+            errors["estimated_cost"] = ["must be a number"]
+    if errors:
+        raise ValidationFailed(errors=errors)
+
+
+def _dedupe(capabilities):
+    return list(dict.fromkeys(capabilities))
+
+
+# --- creation and edits -------------------------------------------------------------
+
+
+@transaction.atomic
+def task_create(
+    *,
+    session,
+    title: str,
+    description: str = "",
+    parent: Task | None = None,
+    priority: str = TaskPriority.NORMAL,
+    required_capabilities=(),
+    optimistic_hours: float = 0.0,
+    likely_hours: float = 0.0,
+    pessimistic_hours: float = 0.0,
+    estimated_tokens: int = 0,
+    estimated_cost=Decimal("0"),
+    order: int | None = None,
+) -> Task:
+    """Create a pending task in `session`.
+
+    With no parent, the first task of a session becomes its root and any later one
+    goes under the root. A parent must belong to the same session and must not have
+    started (a started leaf cannot turn into a container) or finished.
+    """
+    values = {
+        "title": title, "priority": priority, "required_capabilities": list(required_capabilities),
+        "estimated_tokens": estimated_tokens, "estimated_cost": estimated_cost,
+    }
+    if order is not None:
+        values["order"] = order
+    _validate_fields(values)
+    validate_estimate(optimistic_hours, likely_hours, pessimistic_hours)
+
+    root = Task.objects.select_for_update().filter(session=session, parent__isnull=True).first()
+    if parent is None:
+        parent = root
+    if parent is not None:
+        parent = Task.objects.select_for_update().get(pk=parent.pk)
+        if parent.session_id != session.pk:
+            raise ValidationFailed(field="parent", rule="must belong to the same session")
+        _refuse_new_children(parent)
+    if order is None:
+        last = (
+            Task.objects.filter(session=session, parent=parent).order_by("-order").values_list("order", flat=True).first()
+            if parent is not None
+            else None
+        )
+        order = 0 if last is None else last + 1
+    task = Task(
+        session=session,
+        parent=parent,
+        title=title.strip(),
+        description=description or "",
+        priority=priority,
+        required_capabilities=_dedupe(required_capabilities),
+        optimistic_hours=float(optimistic_hours),
+        likely_hours=float(likely_hours),
+        pessimistic_hours=float(pessimistic_hours),
+        estimated_tokens=estimated_tokens,
+        estimated_cost=Decimal(str(estimated_cost)),
+        order=order,
+    )
+    try:
+        with transaction.atomic():
+            task.save()
+    except IntegrityError:
+        # Another request created the session's root between the read and the insert.
+        raise Conflict("The session's root task was created concurrently; retry") from None
+    if parent is not None:
+        _sync_ancestors(task)
+    return task
+
+
+def _refuse_new_children(parent):
+    has_children = parent.subtasks.exists()
+    if parent.status in readiness.TERMINAL:
+        raise Conflict(f"Task '{parent.title}' is {parent.status}; it takes no new subtasks")
+    if not has_children and parent.status not in (S.PENDING, S.READY):
+        raise Conflict(f"Task '{parent.title}' is {parent.status}; a started task cannot take subtasks")
+
+
+@transaction.atomic
+def task_update(*, task: Task, **changes) -> Task:
+    """Change editable fields (title, description, priority, capabilities, estimates, order).
+
+    Expected hours, sigma and complexity are recomputed. Status is never edited here:
+    it changes through the transition services.
+    """
+    unknown = sorted(set(changes) - EDITABLE_FIELDS)
+    if unknown:
+        raise ValidationFailed(errors={name: ["cannot be changed here"] for name in unknown})
+    _validate_fields(changes)
+    locked = Task.objects.select_for_update().get(pk=task.pk)
+    estimate = {name: changes.get(name, getattr(locked, name)) for name in ("optimistic_hours", "likely_hours", "pessimistic_hours")}
+    validate_estimate(*estimate.values())
+    for name, value in changes.items():
+        if name == "title":
+            value = value.strip()
+        elif name == "required_capabilities":
+            value = _dedupe(value)
+        elif name == "estimated_cost":
+            value = Decimal(str(value))
+        elif name in estimate:
+            value = float(value)
+        setattr(locked, name, value)
+    if changes:
+        locked.save(update_fields=list(changes))
+    return locked
+
+
+# --- dependencies -------------------------------------------------------------------
+
+
+def _session_structure(session_id):
+    """(titles, parents, children, stored edges) of a session's tasks in two queries."""
+    titles, parents, children = {}, {}, {}
+    for pk, parent_id, title in Task.objects.filter(session_id=session_id).values_list("id", "parent_id", "title"):
+        titles[pk] = title
+        parents[pk] = parent_id
+        if parent_id is not None:
+            children.setdefault(parent_id, []).append(pk)
+    edges = list(
+        TaskDependency.objects.filter(dependent__session_id=session_id).values_list(
+            "prerequisite_id", "dependent_id", "dependency_type", "is_required"
+        )
+    )
+    return titles, parents, children, edges
+
+
+def _ancestors(parents, node):
+    node = parents.get(node)
+    while node is not None:
+        yield node
+        node = parents.get(node)
+
+
+def _link_satisfied_for(leaf_status, dependency_type, prerequisite_status):
+    """Whether a new required link is already met for a leaf that is past `pending`."""
+    if leaf_status == S.PENDING or leaf_status in (S.FAILED, S.CANCELLED, S.SKIPPED):
+        return True
+    start_ok = readiness.start_allows(dependency_type, prerequisite_status)
+    if leaf_status == S.COMPLETED:
+        return start_ok and readiness.finish_allows(dependency_type, prerequisite_status)
+    return start_ok
+
+
+def task_add_dependency(
+    *,
+    prerequisite: Task,
+    dependent: Task,
+    dependency_type: str = DependencyType.FINISH_TO_START,
+    is_required: bool = True,
+) -> TaskDependency:
+    """Make `dependent` wait for `prerequisite`.
+
+    Refused with ValidationFailed, writing nothing: a task depending on itself, on
+    its own ancestor or descendant, on a task of another session, a pair that is
+    already linked, and any link that would close a cycle (the message names it:
+    "A → B → C → A"). Refused with Conflict: a required link that an already ready
+    or started dependent would not satisfy (it cannot go back to pending).
+    Edits of one session's graph are serialised by locking the session's root task.
+    Statuses are left alone: the next `task_refresh_readiness` applies the new link.
+    """
+    if dependency_type not in DependencyType.values:
+        raise ValidationFailed(field="dependency_type", rule=f"must be one of {', '.join(DependencyType.values)}")
+    if prerequisite.pk == dependent.pk:
+        raise ValidationFailed(
+            f"A task cannot depend on itself: {dependent.title}{ARROW}{dependent.title}",
+            errors={"prerequisite": ["must differ from the dependent"]},
+        )
+    if prerequisite.session_id != dependent.session_id:
+        raise ValidationFailed(field="prerequisite", rule="must belong to the dependent's session")
+
+    with transaction.atomic():
+        list(Task.objects.select_for_update().filter(session_id=dependent.session_id, parent__isnull=True))
+        titles, parents, children, edges = _session_structure(dependent.session_id)
+        if prerequisite.pk not in titles or dependent.pk not in titles:
+            raise NotFound("Task not found")
+        if prerequisite.pk in set(_ancestors(parents, dependent.pk)) or dependent.pk in set(
+            _ancestors(parents, prerequisite.pk)
+        ):
+            raise ValidationFailed(
+                f"'{dependent.title}' and '{prerequisite.title}' are in one subtree; a container already "
+                "follows its subtasks",
+                errors={"prerequisite": ["must not be an ancestor or descendant of the dependent"]},
+            )
+        if any(p == prerequisite.pk and d == dependent.pk for p, d, _t, _r in edges):
+            raise ValidationFailed(
+                f"'{dependent.title}' already depends on '{prerequisite.title}'",
+                errors={"prerequisite": ["this dependency already exists"]},
+            )
+        _refuse_cycle(titles, children, edges, prerequisite.pk, dependent.pk)
+        if is_required:
+            _refuse_unsatisfiable(children, prerequisite.pk, dependent.pk, dependency_type)
+        link = TaskDependency.objects.create(
+            prerequisite_id=prerequisite.pk,
+            dependent_id=dependent.pk,
+            dependency_type=dependency_type,
+            is_required=is_required,
+        )
+    return link
+
+
+def _refuse_cycle(titles, children, edges, prerequisite_id, dependent_id):
+    # First at the level the caller works at, then through containers (a link to a
+    # container binds each of its leaves).
+    nodes = [(pk, title, 0) for pk, title in titles.items()]
+    stored = build_graph(nodes, [(p, d) for p, d, _t, _r in edges])
+    cycle = cycle_if_added(stored, [(prerequisite_id, dependent_id)])
+    if cycle is None and children:
+        leaves = build_graph(nodes, [(e.prerequisite, e.dependent) for e in expand_to_leaves(edges, children)])
+        new = [(e.prerequisite, e.dependent) for e in expand_to_leaves([(prerequisite_id, dependent_id)], children)]
+        cycle = cycle_if_added(leaves, new)
+        stored = leaves
+    if cycle is not None:
+        text = cycle_text(stored, cycle)
+        raise ValidationFailed(
+            f"This dependency would create a cycle: {text}",
+            errors={"prerequisite": [f"would create the cycle {text}"]},
+        )
+
+
+def _refuse_unsatisfiable(children, prerequisite_id, dependent_id, dependency_type):
+    # A container's stored status is already the one derived from its children.
+    prerequisite_status = Task.objects.values_list("status", flat=True).get(pk=prerequisite_id)
+    leaf_ids = leaves_of(children)(dependent_id)
+    for _pk, title, status in Task.objects.filter(pk__in=leaf_ids).exclude(status=S.PENDING).values_list(
+        "id", "title", "status"
+    ):
+        if not _link_satisfied_for(status, dependency_type, prerequisite_status):
+            raise Conflict(
+                f"Task '{title}' is already {status}; a required {dependency_type} prerequisite that is "
+                f"{prerequisite_status} cannot hold it back. Add the dependency as not required, or earlier."
+            )
+
+
+def task_remove_dependency(*, dependency: TaskDependency) -> None:
+    """Delete a dependency; tasks it held back become ready at the next refresh."""
+    deleted, _ = TaskDependency.objects.filter(pk=dependency.pk).delete()
+    if not deleted:
+        raise NotFound("Dependency not found")
+
+
+# --- decomposition -----------------------------------------------------------------
+
+
+def _descendant_ids(task_id):
+    """Ids below a task, one query per level."""
+    found, frontier = [], [task_id]
+    while frontier:
+        frontier = list(Task.objects.filter(parent_id__in=frontier).values_list("id", flat=True))
+        found.extend(frontier)
+    return found
+
+
+@transaction.atomic
+def task_decompose(*, task: Task, template: str | None = None, max_depth: int = 3, auto_estimate: bool = True,
+                   replace: bool = False) -> dict:
+    """Break `task` into subtasks with a decomposition template (see tasks.decomposition).
+
+    The template is the one named, or chosen from the title and description; the
+    choice and its reason are stored on the task. With auto_estimate the subtasks
+    carry the template's PERT estimates (scaled to the task's own estimate when it
+    has one) and a task without an estimate takes the sum of its leaves; without it
+    they are left at zero for a person to fill in. Refused with Conflict when the
+    task already has subtasks (unless replace=True, which deletes them provided
+    none has started) or has itself started. Returns {"template", "reason",
+    "created", "subtasks"}.
+    """
+    locked = Task.objects.select_for_update().get(pk=task.pk)
+    existing = _descendant_ids(locked.pk)
+    if existing and not replace:
+        raise Conflict(
+            f"Task '{locked.title}' already has subtasks; decompose with replace=true to rebuild them",
+            details={"subtasks": len(existing)},
+        )
+    if existing:
+        started = Task.objects.filter(pk__in=existing).exclude(status__in=[S.PENDING, S.READY]).count()
+        if started:
+            raise Conflict(f"{started} subtasks of '{locked.title}' have started or finished; they cannot be replaced")
+        Task.objects.filter(pk__in=existing).delete()
+    elif locked.status not in (S.PENDING, S.READY):
+        raise Conflict(f"Task '{locked.title}' is {locked.status}; only a task that has not started can be decomposed")
+
+    own = locked.estimate
+    plan = plan_decomposition(
+        title=locked.title, description=locked.description, template=template, max_depth=max_depth,
+        estimate=own if own.expected > 0 else None,
+    )
+    created = _create_plan(locked, plan, auto_estimate=auto_estimate)
+
+    locked.decomposition_template = plan.template
+    locked.decomposition_reason = plan.reason
+    fields = ["decomposition_template", "decomposition_reason"]
+    if auto_estimate and own.expected == 0:
+        total = plan.leaf_estimate
+        locked.optimistic_hours, locked.likely_hours, locked.pessimistic_hours = (
+            total.optimistic, total.likely, total.pessimistic,
+        )
+        locked.estimated_tokens = sum(t.estimated_tokens for t in plan.walk() if not t.children)
+        fields += ["optimistic_hours", "likely_hours", "pessimistic_hours", "estimated_tokens"]
+    locked.save(update_fields=fields)
+    task_refresh_readiness(session=locked.session)
+    return {
+        "template": plan.template,
+        "reason": plan.reason,
+        "created": len(created),
+        "subtasks": [t for t in created if t.parent_id == locked.pk],
+    }
+
+
+def _create_plan(parent, plan, *, auto_estimate):
+    """Insert the planned tree level by level (one INSERT per level) and its dependencies."""
+    created = []
+    links = []
+    level = [(planned, parent) for planned in plan.subtasks]
+    while level:
+        rows = []
+        for planned, owner in level:
+            estimate = planned.estimate if auto_estimate else Estimate(0.0, 0.0, 0.0)
+            row = Task(
+                session_id=parent.session_id,
+                parent=owner,
+                title=planned.title[:TITLE_MAX],
+                description=planned.description,
+                priority=parent.priority,
+                required_capabilities=list(planned.capabilities),
+                optimistic_hours=estimate.optimistic,
+                likely_hours=estimate.likely,
+                pessimistic_hours=estimate.pessimistic,
+                estimated_tokens=planned.estimated_tokens if auto_estimate else 0,
+                order=planned.order,
+                decomposition_template=planned.template if planned.children else "",
+                decomposition_reason=planned.children[0].reason if planned.children else "",
+            )
+            row.derive_estimate()
+            rows.append(row)
+        Task.objects.bulk_create(rows)
+        created.extend(rows)
+        next_level = []
+        siblings = {}
+        for (planned, owner), row in zip(level, rows):
+            siblings.setdefault(owner.pk, []).append((planned, row))
+            next_level.extend((child, row) for child in planned.children)
+        for group in siblings.values():
+            for planned, row in group:
+                for index, dependency_type in planned.depends_on:
+                    links.append(
+                        TaskDependency(prerequisite=group[index][1], dependent=row, dependency_type=dependency_type)
+                    )
+        level = next_level
+    TaskDependency.objects.bulk_create(links)
+    return created
+
+
+# --- readiness, the one place --------------------------------------------------------
+
+
+def task_refresh_readiness(*, session) -> dict:
+    """Apply the readiness rules (tasks.readiness) to every task of `session`.
+
+    Pending leaves whose required dependencies allow them to start become ready;
+    pending or ready leaves with a failed, skipped or cancelled required prerequisite
+    become skipped (transitively); containers take the status their children give
+    them. Each write is a compare-and-set on the status read, so a task that moved
+    meanwhile is left alone (the next refresh sees it). Three queries when nothing
+    changes. Returns {"ready": [ids], "skipped": [ids], "containers": {id: status}}.
+    """
+    with transaction.atomic():
+        statuses, parents = {}, {}
+        for pk, parent_id, status in Task.objects.filter(session=session).values_list("id", "parent_id", "status"):
+            statuses[pk] = status
+            parents[pk] = parent_id
+        links = [
+            readiness.Link(*row)
+            for row in TaskDependency.objects.filter(dependent__session=session).values_list(
+                "prerequisite_id", "dependent_id", "dependency_type", "is_required"
+            )
+        ]
+        changes = readiness.plan_readiness(statuses, parents, links)
+        if changes:
+            _write_readiness(changes, statuses)
+    return {"ready": changes.ready, "skipped": list(changes.skipped), "containers": changes.containers}
+
+
+def _write_readiness(changes, statuses):
+    now = timezone.now()
+    if changes.ready:
+        Task.objects.filter(pk__in=changes.ready, status=S.PENDING).update(status=S.READY, updated_at=now)
+    by_cause = {}
+    for pk, cause in changes.skipped.items():
+        by_cause.setdefault(cause, []).append(pk)
+    if by_cause:
+        causes = dict(Task.objects.filter(pk__in=list(by_cause)).values_list("id", "title"))
+        for cause, pks in by_cause.items():
+            status = changes.containers.get(cause, statuses[cause])
+            Task.objects.filter(pk__in=pks, status__in=[S.PENDING, S.READY]).update(
+                status=S.SKIPPED,
+                ended_at=now,
+                updated_at=now,
+                error={
+                    "type": "prerequisite_not_completed",
+                    "message": f"Skipped: required prerequisite '{causes.get(cause, cause)}' {status}",
+                    "prerequisite": cause,
+                },
+            )
+    by_move = {}
+    for pk, status in changes.containers.items():
+        by_move.setdefault((statuses[pk], status), []).append(pk)
+    for (old, new), pks in by_move.items():
+        values = {"status": new, "updated_at": now}
+        if new in readiness.TERMINAL:
+            values["ended_at"] = now
+        if new == S.COMPLETED:
+            values["completed_at"] = now
+        if new in readiness.STARTED:
+            Task.objects.filter(pk__in=pks, started_at__isnull=True).update(started_at=now)
+        Task.objects.filter(pk__in=pks, status=old).update(**values)
+
+
+def _sync_ancestors(task):
+    """Re-derive the containers above `task` from their children (one query per level)."""
+    parent_id = task.parent_id
+    now = timezone.now()
+    while parent_id is not None:
+        children = list(Task.objects.filter(parent_id=parent_id).values_list("status", flat=True))
+        parent = Task.objects.filter(pk=parent_id).values_list("status", "parent_id").first()
+        if parent is None:
+            return
+        derived = readiness.container_status(children)
+        if derived is not None and derived != parent[0]:
+            Task.objects.filter(pk=parent_id, status=parent[0]).update(status=derived, updated_at=now)
+        parent_id = parent[1]
+
+
+# --- helpers for the execution engine ---------------------------------------------
+
+
+def task_root_for_session(*, session) -> Task:
+    """The session's root task, created from the session's title and prompt if missing."""
+    root = Task.objects.filter(session=session, parent__isnull=True).first()
+    if root is not None:
+        return root
+    try:
+        with transaction.atomic():
+            return Task.objects.create(
+                session=session, title=(session.title or "Session")[:TITLE_MAX], description=session.initial_prompt
+            )
+    except IntegrityError:
+        return Task.objects.get(session=session, parent__isnull=True)
+
+
+def _leaves(queryset):
+    return queryset.annotate(has_subtasks=Exists(Task.objects.filter(parent_id=OuterRef("pk")))).filter(
+        has_subtasks=False
+    )
+
+
+def task_ready_for_session(*, session):
+    """Ready leaves of the session, most urgent first: priority (blocker first), then order, then id."""
+    return (
+        _leaves(Task.objects.filter(session=session, status=S.READY))
+        .select_related("assigned_agent")
+        .order_by(priority_rank_expression(), "order", "id")
+    )
+
+
+def task_plan_finished(*, session) -> dict:
+    """Counts of the session's leaves by outcome, and whether the plan has finished.
+
+    {"total", "completed", "failed", "skipped", "cancelled", "other", "finished",
+    "outcome"}: outcome is None while anything else remains, "completed" when every
+    leaf completed (cancelled ones aside), "partially_completed" when some completed
+    and some failed or were skipped, "failed" when none completed.
+    """
+    counts = _leaves(Task.objects.filter(session=session)).aggregate(
+        total=Count("id"),
+        completed=Count("id", filter=Q(status=S.COMPLETED)),
+        failed=Count("id", filter=Q(status=S.FAILED)),
+        skipped=Count("id", filter=Q(status=S.SKIPPED)),
+        cancelled=Count("id", filter=Q(status=S.CANCELLED)),
+    )
+    counts["other"] = counts["total"] - counts["completed"] - counts["failed"] - counts["skipped"] - counts["cancelled"]
+    counts["finished"] = counts["other"] == 0
+    if not counts["finished"]:
+        outcome = None
+    elif counts["failed"] == 0 and counts["skipped"] == 0 and counts["completed"] > 0:
+        outcome = "completed"
+    elif counts["completed"] > 0:
+        outcome = "partially_completed"
+    else:
+        outcome = "failed"
+    counts["outcome"] = outcome
+    return counts
+
+
+# --- transitions ------------------------------------------------------------------
+
+
+def _refused(task, attempted, message=None):
+    return TransitionRefused(
+        kind="task", current=task.status, attempted=attempted, allowed=task.allowed_actions(), message=message
+    )
+
+
+def _gate_links(task):
+    """Required links binding `task`: its own and its ancestors', with the prerequisite's status and title."""
+    holders, parent_id = [task.pk], task.parent_id
+    while parent_id is not None:
+        holders.append(parent_id)
+        parent_id = Task.objects.filter(pk=parent_id).values_list("parent_id", flat=True).first()
+    return list(
+        TaskDependency.objects.filter(dependent_id__in=holders, is_required=True).values_list(
+            "dependency_type", "prerequisite__status", "prerequisite__title"
+        )
+    )
+
+
+def _transition(task, attempted, *, check=None, **kwargs):
+    """Run one transition on the locked row, save it, then refresh the session's readiness."""
+    with transaction.atomic():
+        try:
+            locked = Task.objects.select_for_update().select_related("session").get(pk=task.pk)
+        except Task.DoesNotExist:
+            raise NotFound("Task not found") from None
+        if locked.subtasks.exists():
+            raise TransitionRefused(
+                kind="task", current=locked.status, attempted=attempted, allowed=["cancel", "skip"],
+                message=f"Task '{locked.title}' has subtasks; its status follows them (only cancel and skip apply)",
+            )
+        method = getattr(locked, attempted)
+        if not can_proceed(method):
+            raise _refused(locked, attempted)
+        if check is not None:
+            check(locked)
+        fields = method(**kwargs)
+        locked.save(update_fields=["status", *fields])
+        task_refresh_readiness(session=locked.session)
+    # A fresh instance, not refresh_from_db(): django-fsm's refresh toggles the field's
+    # class-wide `protected` flag, which races with other threads of a worker.
+    return Task.objects.get(pk=locked.pk)
+
+
+def _check_start(task):
+    waiting = [(t, s, title) for t, s, title in _gate_links(task) if not readiness.start_allows(t, s)]
+    if waiting:
+        kind, status, title = waiting[0]
+        raise _refused(task, "start", f"Cannot start '{task.title}': its {kind} prerequisite '{title}' is {status}")
+
+
+def _check_finish(task):
+    waiting = [(t, s, title) for t, s, title in _gate_links(task) if not readiness.finish_allows(t, s)]
+    if waiting:
+        kind, status, title = waiting[0]
+        raise _refused(
+            task, "complete", f"Cannot complete '{task.title}' yet: its {kind} prerequisite '{title}' is {status}"
+        )
+
+
+def task_mark_ready(*, task: Task) -> Task:
+    """pending → ready by hand; refused while a required prerequisite holds it back."""
+    return _transition(task, "mark_ready", check=_check_start_for_ready)
+
+
+def _check_start_for_ready(task):
+    waiting = [(t, s, title) for t, s, title in _gate_links(task) if not readiness.start_allows(t, s)]
+    if waiting:
+        kind, status, title = waiting[0]
+        raise _refused(task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}")
+
+
+def task_assign(*, task: Task, agent) -> Task:
+    """pending or ready → assigned to `agent` (capacity is reserved by the agents app's routing)."""
+    missing = sorted(set(task.required_capabilities) - set(getattr(agent, "capabilities", task.required_capabilities)))
+    if missing:
+        raise ValidationFailed(
+            f"Agent {agent} lacks the capabilities {', '.join(missing)}", errors={"agent": [f"lacks {', '.join(missing)}"]}
+        )
+    return _transition(task, "assign", agent=agent)
+
+
+def task_start(*, task: Task) -> Task:
+    """assigned → in_progress; refused while a required start prerequisite is unmet."""
+    return _transition(task, "start", check=_check_start, now=timezone.now())
+
+
+def task_complete(*, task: Task, result: dict | None = None, output: str = "") -> Task:
+    """in_progress → completed; refused while a finish_to_finish or start_to_finish prerequisite is unmet."""
+    return _transition(task, "complete", check=_check_finish, now=timezone.now(), result=result or {}, output=output or "")
+
+
+def task_fail(*, task: Task, error: dict | str) -> Task:
+    """in_progress → failed; its pending and ready dependents are skipped by the refresh."""
+    if isinstance(error, str):
+        error = {"type": "error", "message": error}
+    return _transition(task, "fail", now=timezone.now(), error=error or {})
+
+
+def task_block(*, task: Task, reason: str = "") -> Task:
+    return _transition(task, "block", reason=reason)
+
+
+def task_pause(*, task: Task) -> Task:
+    return _transition(task, "pause")
+
+
+def task_resume(*, task: Task) -> Task:
+    """blocked or paused → in_progress."""
+    return _transition(task, "resume")
+
+
+def task_cancel(*, task: Task, reason: str = "") -> Task:
+    """Cancel a leaf, or every cancellable leaf below a container (running ones are left running)."""
+    return _cascade_or_transition(task, "cancel", reason=reason)
+
+
+def task_skip(*, task: Task, reason: str = "") -> Task:
+    """Skip a pending or ready leaf, or every such leaf below a container."""
+    return _cascade_or_transition(task, "skip", reason=reason)
+
+
+def _cascade_or_transition(task, attempted, *, reason):
+    if not Task.objects.filter(parent_id=task.pk).exists():
+        return _transition(task, attempted, now=timezone.now(), reason=reason)
+    sources = {"cancel": [S.PENDING, S.READY, S.ASSIGNED, S.BLOCKED, S.PAUSED], "skip": [S.PENDING, S.READY]}[attempted]
+    target = {"cancel": S.CANCELLED, "skip": S.SKIPPED}[attempted]
+    with transaction.atomic():
+        locked = Task.objects.select_for_update().select_related("session").get(pk=task.pk)
+        leaves = _leaves(Task.objects.filter(pk__in=_descendant_ids(locked.pk), status__in=sources))
+        now = timezone.now()
+        error = {"type": target, "message": reason or f"{attempted} of '{locked.title}'"}
+        changed = Task.objects.filter(pk__in=list(leaves.values_list("id", flat=True)), status__in=sources).update(
+            status=target, ended_at=now, updated_at=now, error=error
+        )
+        if not changed:
+            raise TransitionRefused(
+                kind="task", current=locked.status, attempted=attempted, allowed=[],
+                message=f"Nothing below '{locked.title}' can be {target} any more",
+            )
+        task_refresh_readiness(session=locked.session)
+    # A fresh instance, not refresh_from_db(): django-fsm's refresh toggles the field's
+    # class-wide `protected` flag, which races with other threads of a worker.
+    return Task.objects.get(pk=locked.pk)
+
+
+
+def task_set_opencode_session(*, task: Task, opencode_session_id: str) -> None:
+    """Record which OpenCode session runs the task (the execution engine calls this)."""
+    Task.objects.filter(pk=task.pk).update(opencode_session_id=opencode_session_id)
+    task.opencode_session_id = opencode_session_id
+
+
+def task_interrupted_for_session(*, session):
+    """Leaves a pause or a lost worker interrupted (assigned, in progress or paused), oldest first."""
+    return _leaves(
+        Task.objects.filter(session=session, status__in=[S.ASSIGNED, S.IN_PROGRESS, S.PAUSED])
+    ).select_related("assigned_agent").order_by("order", "id")
