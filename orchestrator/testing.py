@@ -1,6 +1,7 @@
 """Helpers for tests and benchmarks that run real parts: waiting, a real worker."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -84,6 +85,37 @@ def running_worker(*, concurrency=4, queues=None, env=None, log_path=None):
     finally:
         stop_process(process)
         log.close()
+
+
+_JOB_LINE = re.compile(rb"Task [\w.]+\[([0-9a-f-]{36})\] (\w+)")
+
+
+def wait_for_idle_worker(process, *, timeout=60, quiet_seconds=0.5):
+    """Wait until every job the worker received has ended, and none arrived for `quiet_seconds`.
+
+    Read from the worker's own log ("Task name[id] received" / "... succeeded in ..."), so it
+    needs no broadcast support from the broker. Tests call it before the database is flushed:
+    a job still writing while the tables are truncated deadlocks PostgreSQL.
+    """
+    def busy_jobs():
+        last_word = {}  # in log order: a retried job is received again under the same id
+        for job_id, word in _JOB_LINE.findall(process.log_path.read_bytes()):
+            last_word[job_id] = word
+        return {job_id.decode() for job_id, word in last_word.items() if word == b"received"}
+
+    quiet_since = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return  # a stopped worker writes nothing
+        if busy_jobs():
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_seconds:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the worker still runs jobs {sorted(busy_jobs())} after {timeout}s")
 
 
 def stop_process(process, *, timeout=15):

@@ -73,3 +73,18 @@ def roster(transactional_db):
             agent_register(**entry)
     return list(Agent.objects.all())
 
+
+
+@pytest.fixture(autouse=True)
+def idle_worker_before_flush(request):
+    """A module's shared worker must finish its jobs before the test database is flushed.
+
+    A job still writing (a paused session releasing its agent, say) while the tables are
+    truncated deadlocks PostgreSQL's TRUNCATE. Being autouse and set up after pytest-django's
+    own database fixture, this runs its teardown first.
+    """
+    yield
+    if "worker" in request.fixturenames:
+        from orchestrator.testing import wait_for_idle_worker
+
+        wait_for_idle_worker(request.getfixturevalue("worker"))
