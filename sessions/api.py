@@ -385,10 +385,7 @@ class SessionViewSet(viewsets.ViewSet):
 
     def create(self, request):
         data = dict(self._input(SessionCreateSerializer))
-        start = data.pop("start")
         session = services.session_create(actor=self._actor(), **data)
-        if start:
-            session = services.session_start(session=session, actor=self._actor())
         return self._detail(session, status.HTTP_201_CREATED)
 
     def retrieve(self, request, pk=None):

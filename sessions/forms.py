@@ -62,6 +62,7 @@ class SessionCreateForm(forms.Form):
             "priority": data.get("priority"),
             "max_duration_seconds": data.get("max_duration_seconds"),
             "permission_policy": {"bash": bash} if bash else None,
+            "start": bool(data.get("start")),
         }
 
     def add_service_errors(self, errors):

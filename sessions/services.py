@@ -179,11 +179,16 @@ def session_create(
     agent=None,
     tags=None,
     metadata=None,
+    start=False,
 ):
-    """Validate and create a pending session with its IND-nnnnnn reference.
+    """Validate and create a pending session with its IND-nnnnnn reference; with `start`,
+    also start it (pending -> queued, job enqueued) in the same transaction.
 
     The reference derives from the primary key, so concurrent creates never
     collide. Raises ValidationFailed naming each field and the rule it broke.
+    Creating and starting at once is one commit instead of two and needs no row
+    lock (nobody else can see the row before it commits); the audit trail is the
+    same as session_create followed by session_start.
     """
     data = {
         "title": title, "initial_prompt": initial_prompt, "repository": repository,
@@ -223,12 +228,17 @@ def session_create(
             created_by=actor.user,
         )
         session.reference = CodingSession.reference_for(session.pk)
-        CodingSession.objects.filter(pk=session.pk).update(reference=session.reference)
         _write_event(
             session,
             "session.created",
             {"status": session.status, "title": session.title, "actor": _actor_payload(actor)},
         )
+        if start:
+            session, _ = _apply_transition(session, method="start", attempted="start", actor=actor,
+                                           also_save=["reference"])
+            _enqueue_execution(session)
+        else:
+            CodingSession.objects.filter(pk=session.pk).update(reference=session.reference)
     return session
 
 
@@ -257,8 +267,15 @@ def _transition(session, *, method, attempted, actor, reason="", payload=None, o
     `only_from` narrows the transition's sources (claim is run() from queued only).
     The caller opens the transaction.
     """
+    return _apply_transition(_lock(session), method=method, attempted=attempted, actor=actor, reason=reason,
+                             payload=payload, only_from=only_from, **kwargs)
+
+
+def _apply_transition(locked, *, method, attempted, actor, reason="", payload=None, only_from=None,
+                      also_save=(), **kwargs):
+    """The body of _transition, for a row the caller has locked (or just created):
+    the FSM method, the row update (plus `also_save` fields), the audit row and the event."""
     actor = as_actor(actor)
-    locked = _lock(session)
     bound = getattr(locked, method)
     if not can_proceed(bound) or (only_from is not None and locked.status not in only_from):
         raise _refused(locked, attempted)
@@ -266,7 +283,7 @@ def _transition(session, *, method, attempted, actor, reason="", payload=None, o
     now = timezone.now()
     changed = bound(now=now, **kwargs) or []
     locked.updated_at = now
-    locked.save(update_fields=sorted({"status", "updated_at", *changed}))
+    locked.save(update_fields=sorted({"status", "updated_at", *changed, *also_save}))
     record = SessionTransition.objects.create(
         session=locked,
         from_status=from_status,

@@ -187,12 +187,6 @@ def session_create(request):
             session = services.session_create(actor=request.user, **form.service_arguments())
         except ValidationFailed as failure:
             form.add_service_errors(failure.errors)
-    if session is not None and form.cleaned_data.get("start"):
-        try:
-            session = services.session_start(session=session.pk, actor=request.user)
-        except Conflict as refused:
-            # Created but not started: the detail page shows its state and the start button.
-            messages.error(request, refused.message)
     if session is None:
         if request.htmx:
             return render(request, "sessions/list.html#new-session", {"form": form})

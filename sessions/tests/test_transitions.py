@@ -242,3 +242,37 @@ def test_retry_starts_a_fresh_attempt_clock_but_keeps_total_duration():
     assert retried.attempt_seconds == 0
     assert retried.duration_seconds == stopped.duration_seconds > 0
     assert retried.error == {}
+
+
+def _trail(session):
+    transitions = list(SessionTransition.objects.filter(session=session).order_by("id")
+                       .values_list("from_status", "to_status", "action", "actor_kind", "actor_label"))
+    events = list(SessionEvent.objects.filter(session=session).order_by("id").values_list("type", flat=True))
+    return transitions, events
+
+
+def test_create_with_start_leaves_the_same_trail_as_create_then_start(operator_user, broker_queues,
+                                                                      django_capture_on_commit_callbacks):
+    fields = {"title": "Fix the parser", "initial_prompt": "Fix it.", "repository": "/srv/r", "actor": operator_user}
+    with django_capture_on_commit_callbacks(execute=True):
+        one_call = services.session_create(start=True, **fields)
+    with django_capture_on_commit_callbacks(execute=True):
+        two_calls = services.session_start(session=services.session_create(**fields), actor=operator_user)
+
+    stored = CodingSession.objects.get(pk=one_call.pk)
+    assert (stored.status, stored.reference) == ("queued", CodingSession.reference_for(one_call.pk))
+    assert stored.queued_at is not None
+    assert _trail(one_call) == _trail(two_calls)
+    assert _trail(one_call)[0] == [("pending", "queued", "start", "user", operator_user.username)]
+    assert len(broker_queues.drain()) == 2  # one job per started session
+
+
+def test_create_with_start_rolled_back_leaves_nothing(operator_user, broker_queues):
+    from django.db import transaction
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.session_create(title="Fix the parser", initial_prompt="Fix it.", repository="/srv/r",
+                                actor=operator_user, start=True)
+        raise RuntimeError("the caller's transaction fails")
+    assert not CodingSession.objects.exists() and not SessionEvent.objects.exists()
+    assert broker_queues.drain() == []
