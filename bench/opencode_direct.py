@@ -124,6 +124,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="sequential single-job rounds")
     parser.add_argument("--directories", choices=("fresh", "shared", "both"), default="both",
                         help="one git worktree per job (as the orchestrator does), one shared directory, or both")
+    parser.add_argument("--snapshot", choices=("on", "off"), default="on",
+                        help="OpenCode's own snapshots: on (its default) or off (as the orchestrator runs it)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     options = parser.parse_args(argv)
 
@@ -138,11 +140,11 @@ def main(argv=None):
     llm = ScriptedLLM()
     llm.start()
     server = OpenCodeServer(workdir=root / "workdir", state_dir=root / "state", binary=settings.OPENCODE_BIN,
-                            config=opencode_config(llm.base_url))
+                            config=opencode_config(llm.base_url, snapshot=options.snapshot == "on"))
     try:
         started = time.perf_counter()
         server.start()
-        print(f"opencode {server.version} started in {(time.perf_counter() - started) * 1000:.0f} ms "
+        print(f"snapshots {options.snapshot}; opencode {server.version} started in {(time.perf_counter() - started) * 1000:.0f} ms "
               f"(pid {server.pid}, {server.url})")
         repo = make_repository(root)
         client = server.client()

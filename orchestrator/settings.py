@@ -253,6 +253,8 @@ OPENCODE_STARTUP_TIMEOUT = env_float("OPENCODE_STARTUP_TIMEOUT", 60.0, minimum=1
 # OpenCode keeps an inotify instance per directory it served (Linux allows 128 per user): a managed
 # server is replaced after this many worktrees.
 OPENCODE_SERVER_MAX_DIRECTORIES = env_int("OPENCODE_SERVER_MAX_DIRECTORIES", 64, minimum=1, maximum=1000)
+# OpenCode's own snapshots of each worktree: off, as git already holds our checkpoints and diffs.
+OPENCODE_SNAPSHOTS = env_bool("OPENCODE_SNAPSHOTS", False)
 OPENCODE_REQUEST_TIMEOUT = env_float("OPENCODE_REQUEST_TIMEOUT", 30.0, minimum=0.1)
 # The demo model: the project's own scripted LLM, for machines with no LLM account.
 OPENCODE_DEMO_MODEL = env_bool("OPENCODE_DEMO_MODEL", not (OPENCODE_CONFIG or OPENCODE_CONFIG_CONTENT))

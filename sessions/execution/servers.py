@@ -85,7 +85,8 @@ def _new_server():
     if settings.OPENCODE_URL:
         return ExistingServer()
     state = Path(settings.VAR_DIR) / "opencode-state" / f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}"
-    return OpenCodeServer(workdir=settings.WORKSPACE_ROOT, state_dir=state, scripted_llm_url=_scripted_llm_url())
+    return OpenCodeServer(workdir=settings.WORKSPACE_ROOT, state_dir=state, scripted_llm_url=_scripted_llm_url(),
+                          snapshots=settings.OPENCODE_SNAPSHOTS)
 
 
 def acquire_server(*, directory):

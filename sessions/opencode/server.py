@@ -17,9 +17,11 @@ Choices:
 - Configuration: explicit `config` (dict or JSON text) or `config_path`, else the settings
   OPENCODE_CONFIG_CONTENT / OPENCODE_CONFIG passed through unchanged, else, when given
   `scripted_llm_url`, the scripted demo model's configuration.
-- Snapshots stay on (OpenCode's default): the per-turn diff (`GET /session/{id}/diff?messageID=`)
-  needs them. `"snapshot": false` in the configuration makes turns ~3x cheaper but the session diff
-  empty (git gives the diff instead).
+- Snapshots off by default (`snapshots=False`, written as the server's global configuration, so
+  any configuration that sets `"snapshot"` wins): OpenCode's snapshots are a second git store of
+  every worktree, updated at every step; the orchestrator keeps its own checkpoints and diffs in
+  git, so they only cost time (a job's first prompt in a new directory ~1.2 s sooner). OpenCode's
+  own per-turn diff (`GET /session/{id}/diff`) is empty without them; nothing here uses it.
 - `ensure_running()` restarts a server whose process died (sessions it was running are lost to it
   and must be reconciled by the caller); `stop()` sends TERM to its process group, then KILL.
 - `ExistingServer` gives the same interface over a server started elsewhere (OPENCODE_URL).
@@ -105,11 +107,12 @@ class OpenCodeServer:
     - `config` (dict or JSON text), `config_path`, or `scripted_llm_url`: see the module docstring.
     - `password`: Basic-auth password (default: generated).
     - `env`: extra environment variables.
+    - `snapshots`: OpenCode's own snapshots (default off; see the module docstring).
     """
 
     def __init__(self, *, workdir=None, state_dir=None, binary=None, config=None, config_path=None,
                  scripted_llm_url=None, permission=None, password=None, startup_timeout=None,
-                 request_timeout=None, env=None):
+                 request_timeout=None, env=None, snapshots=False):
         var_dir = Path(_setting("VAR_DIR", Path.cwd() / "var"))
         self.state_dir = Path(state_dir or var_dir / "opencode-state" / str(os.getpid())).resolve()
         self.workdir = Path(workdir or self.state_dir / "workdir").resolve()
@@ -118,6 +121,7 @@ class OpenCodeServer:
         self.startup_timeout = float(startup_timeout or _setting("OPENCODE_STARTUP_TIMEOUT", 60.0))
         self.request_timeout = float(request_timeout or _setting("OPENCODE_REQUEST_TIMEOUT", 30.0))
         self.extra_env = dict(env or {})
+        self.snapshots = bool(snapshots)
         self.config_env = self._config_env(config, config_path, scripted_llm_url, permission)
         self.process = None
         self.url = None
@@ -177,6 +181,9 @@ class OpenCodeServer:
             self.workdir.mkdir(parents=True, exist_ok=True)
             env = self.environment()
             write_plugin_stub(Path(env["XDG_CONFIG_HOME"]) / "opencode")
+            # The global configuration has the lowest precedence: explicit configurations win.
+            (Path(env["XDG_CONFIG_HOME"]) / "opencode" / "opencode.json").write_text(
+                json.dumps({"snapshot": self.snapshots}))
             logs = self.state_dir / "logs"
             logs.mkdir(parents=True, exist_ok=True)
             self.starts += 1

@@ -58,6 +58,7 @@ def server(llm, repo, tmp_path_factory):
     managed = OpenCodeServer(
         workdir=repo, state_dir=state, binary=settings.OPENCODE_BIN,
         config=opencode_config(llm.base_url, cost=(1.0, 2.0)), startup_timeout=60, request_timeout=15,
+        snapshots=True,  # this module documents OpenCode's own behaviour, per-turn diffs included
     )
     managed.start()
     yield managed
@@ -179,6 +180,30 @@ def test_diff_of_the_turn_by_user_message_id(finished_turn, oc):
     assert "+Hello from the scripted LLM" in by_file["notes/hello.txt"]["patch"]
     assert oc.diff(finished_turn) == []
     assert {"notes/hello.txt", "listing.txt"} <= {entry["file"] for entry in oc.vcs_diff(mode="git")}
+
+
+def test_a_default_server_runs_without_snapshots_unless_configured(llm, repo, tmp_path, server, oc):
+    """The orchestrator's servers turn OpenCode's snapshots off (git holds our checkpoints); an
+    explicit `"snapshot"` in the configuration still wins over that default."""
+    assert oc.config()["snapshot"] is True  # the module's server asked for them
+    default = OpenCodeServer(workdir=repo, state_dir=tmp_path / "state", binary=settings.OPENCODE_BIN,
+                             config=opencode_config(llm.base_url), startup_timeout=60, request_timeout=15)
+    default.start()
+    try:
+        client = default.client(repo)
+        assert client.config()["snapshot"] is False
+        collector = EventCollector(default.events(repo))
+        collector.start()
+        try:
+            session_id = start_turn(client, THREE_STEPS, title="no snapshots")
+            assert collector.wait(is_event("session.idle", session_id), timeout=60) is not None
+        finally:
+            collector.stop()
+        user_message_id = client.messages(session_id)[0]["info"]["id"]
+        assert client.diff(session_id, message_id=user_message_id) == []  # no snapshot, no per-turn diff
+        assert "notes/hello.txt" in {entry["file"] for entry in client.vcs_diff(mode="git")}
+    finally:
+        default.stop()
 
 
 def test_snapshot_after_the_turn_is_idle_and_finished(finished_turn, oc):
