@@ -376,7 +376,7 @@ def first_tool_request(llm, key):
     return min(times) if times else None
 
 
-def event_latencies(runs, llm, opencode_db):
+def event_latencies(runs, llm, opencode_stores):
     """Per-event figures (ms): opencode->row, row->client, opencode->client, llm->row, by kind."""
     call_ids, message_ids = set(), set()
     for run in runs:
@@ -385,7 +385,7 @@ def event_latencies(runs, llm, opencode_db):
                 call_ids.add(event["payload"].get("call_id"))
             elif event["type"] == "opencode.step":
                 message_ids.add(event["payload"].get("message_id"))
-    tool_end, message_done = opencode_times(opencode_db, call_ids=call_ids, message_ids=message_ids)
+    tool_end, message_done = opencode_times(opencode_stores, call_ids=call_ids, message_ids=message_ids)
     figures = {name: [] for name in (
         "row_client_all", "opencode_row_tool", "opencode_row_step", "row_client_tracked",
         "opencode_client", "llm_row_tool", "llm_row_step",
@@ -433,9 +433,9 @@ def print_event_figures(title, figures):
     line("upper bound: LLM request of the step -> opencode.step row", figures["llm_row_step"])
 
 
-def dispatch_breakdown(runs, llm, opencode_db):
+def dispatch_breakdown(runs, llm, opencode_stores):
     """Dispatch latency (ms) per run and its segments, from the runs' own event rows."""
-    created = opencode_session_created(opencode_db, [run.opencode_session_id for run in runs])
+    created = opencode_session_created(opencode_stores, [run.opencode_session_id for run in runs])
     totals, segments, ours = [], {}, []
 
     def add(name, value):
@@ -575,7 +575,7 @@ def measure(options, stack, orchestrator, direct):
 
     # --- 2 and 3: sequential sessions ---
     sequential = [orchestrator.single() for _ in range(options.dispatch)]
-    opencode_db = stack.opencode_database()
+    opencode_stores = stack.opencode_stores()
 
     print()
     print("=== 1. Overhead: the 3-step job (write, bash, final) directly on OpenCode vs through the "
@@ -603,7 +603,7 @@ def measure(options, stack, orchestrator, direct):
     print()
     print(f"=== 2. Dispatch latency: POST /start sent -> the scripted LLM receives the session's first "
           f"request with tools ({options.dispatch} sequential sessions, PostgreSQL + Redis) ===")
-    totals, segments, ours = dispatch_breakdown(sequential, llm, opencode_db)
+    totals, segments, ours = dispatch_breakdown(sequential, llm, opencode_stores)
     line("API start -> LLM first prompt", totals, target_p99=250)
     print("  segments (p50 / p99 ms), each from the previous mark:")
     for name, values in segments.items():
@@ -611,7 +611,7 @@ def measure(options, stack, orchestrator, direct):
     line("the orchestrator's part: API start -> prompt accepted by OpenCode (task.prompted row)", ours)
     line("floor, direct on OpenCode: before create session -> LLM first prompt",
          [ms(s) for s in direct_dispatch])
-    busy, busy_segments, busy_ours = dispatch_breakdown(concurrent_runs, llm, opencode_db)
+    busy, busy_segments, busy_ours = dispatch_breakdown(concurrent_runs, llm, opencode_stores)
     print(f"  for reference, under {options.concurrency} concurrent starts (part 1 batches):")
     line("  API start -> LLM first prompt", busy)
     for name, values in busy_segments.items():
@@ -624,9 +624,9 @@ def measure(options, stack, orchestrator, direct):
           "/ws/sessions/{id} (client connected before start) ===")
     print("  OpenCode's time = its own store: tool state.time.end / assistant message time.completed; "
           "row = SessionEvent.created_at; client = receipt in this process")
-    print_event_figures(f" {options.dispatch} sequential sessions:", event_latencies(sequential, llm, opencode_db))
+    print_event_figures(f" {options.dispatch} sequential sessions:", event_latencies(sequential, llm, opencode_stores))
     print_event_figures(f" under {options.concurrency} concurrent sessions (part 1 batches):",
-                        event_latencies(concurrent_runs, llm, opencode_db))
+                        event_latencies(concurrent_runs, llm, opencode_stores))
     agents = Counter()
     for item in sequential + concurrent_runs:
         for _, event, _ in item.received:

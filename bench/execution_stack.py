@@ -73,10 +73,10 @@ class Stack:
         found = opencode_servers_in(Path(settings.WORKSPACE_ROOT))
         return found[0] if found else None
 
-    def opencode_database(self):
-        """The SQLite store of the OpenCode server the worker started (None before its first session)."""
-        found = sorted((self.var_dir / "opencode-state").glob(f"*-{self.worker.pid}/data/opencode/opencode.db"))
-        return found[0] if found else None
+    def opencode_stores(self):
+        """The SQLite stores of the OpenCode servers the worker started (a server retires after
+        OPENCODE_SERVER_MAX_DIRECTORIES worktrees; its state folder is <host>-<pid>-<time>)."""
+        return sorted((self.var_dir / "opencode-state").glob(f"*-{self.worker.pid}-*/data/opencode/opencode.db"))
 
 
 def _signal_to_exit(signum, frame):
@@ -232,48 +232,44 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False):
             _clear_run_folders(var_dir)
 
 
-def opencode_times(database_path, *, call_ids=(), message_ids=()):
-    """OpenCode's own times (epoch seconds) from its SQLite store: {call_id: tool end} and
-    {message_id: assistant message completed}. Read-only; the server may still be running."""
+def _read_stores(database_paths, query):
+    """Rows of `query` from each OpenCode SQLite store, read-only (the servers may still run)."""
+    for database_path in database_paths or ():
+        connection = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=10)
+        try:
+            yield from connection.execute(query)
+        finally:
+            connection.close()
+
+
+def opencode_times(database_paths, *, call_ids=(), message_ids=()):
+    """OpenCode's own times (epoch seconds) from its SQLite stores: {call_id: tool end} and
+    {message_id: assistant message completed}."""
     tools, messages = {}, {}
-    if database_path is None:
-        return tools, messages
-    connection = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=10)
-    try:
-        wanted_calls = set(call_ids)
-        for call_id, end in connection.execute(
-            "SELECT json_extract(data, '$.callID'), json_extract(data, '$.state.time.end') FROM part "
-            "WHERE json_extract(data, '$.type') = 'tool'"
-        ):
-            if call_id in wanted_calls and end is not None:
-                tools[call_id] = end / 1000
-        wanted_messages = set(message_ids)
-        for message_id, completed in connection.execute(
-            "SELECT id, json_extract(data, '$.time.completed') FROM message "
-            "WHERE json_extract(data, '$.role') = 'assistant'"
-        ):
-            if message_id in wanted_messages and completed is not None:
-                messages[message_id] = completed / 1000
-    finally:
-        connection.close()
+    wanted_calls, wanted_messages = set(call_ids), set(message_ids)
+    for call_id, end in _read_stores(database_paths, (
+        "SELECT json_extract(data, '$.callID'), json_extract(data, '$.state.time.end') FROM part "
+        "WHERE json_extract(data, '$.type') = 'tool'"
+    )):
+        if call_id in wanted_calls and end is not None:
+            tools[call_id] = end / 1000
+    for message_id, completed in _read_stores(database_paths, (
+        "SELECT id, json_extract(data, '$.time.completed') FROM message "
+        "WHERE json_extract(data, '$.role') = 'assistant'"
+    )):
+        if message_id in wanted_messages and completed is not None:
+            messages[message_id] = completed / 1000
     return tools, messages
 
 
-def opencode_session_created(database_path, session_ids):
-    """{OpenCode session id: its creation time (epoch seconds)} from the server's store."""
-    if database_path is None:
-        return {}
-    connection = sqlite3.connect(f"file:{database_path}?mode=ro", uri=True, timeout=10)
-    try:
-        wanted = set(session_ids)
-        return {
-            session_id: created / 1000
-            for session_id, created in connection.execute("SELECT id, time_created FROM session")
-            if session_id in wanted
-        }
-    finally:
-        connection.close()
-
+def opencode_session_created(database_paths, session_ids):
+    """{OpenCode session id: its creation time (epoch seconds)} from the servers' stores."""
+    wanted = set(session_ids)
+    return {
+        session_id: created / 1000
+        for session_id, created in _read_stores(database_paths, "SELECT id, time_created FROM session")
+        if session_id in wanted
+    }
 
 
 def cpu_seconds(pid):
