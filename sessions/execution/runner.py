@@ -11,7 +11,8 @@ has claimed the session (queued -> running). It:
    worktree, and followed on OpenCode's event stream until its turn ends;
 3. records everything on the way as SessionEvents (published after commit),
    keeps token and cost figures in step, checkpoints after every completed
-   assistant step (OpenCode message id + a hidden git ref);
+   assistant step (OpenCode message id + a hidden git ref; taken on a checkpoint
+   thread so git never delays the next event, and waited for at the turn's end);
 4. ends the session completed, partially_completed or failed, with the diff.
 
 Control: every half second the run re-reads the session row. When an operator
@@ -116,8 +117,14 @@ class SessionRun:
         self.last_text = ""
         self.last_error = None
         self.restored_checkpoint = None
+        self.last_diff = None  # the latest turn's diff; the session's own when the tree has not changed since
         self._ending = threading.Event()
         self._ended_by = None
+        # Step checkpoints (git snapshots, ~50-100 ms) are taken off the event path, one at a time
+        # in order, so OpenCode's next events are recorded while git works; see checkpoint_soon.
+        self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{session.reference}-checkpoint")
+        self._pending_checkpoints = []
+        self._checkpoint_lock = threading.Lock()
 
     # --- the whole run -------------------------------------------------------------
 
@@ -134,6 +141,12 @@ class SessionRun:
             logger.exception("%s: run failed unexpectedly", self.session.reference)
             self.fail_session(error_type="internal_error", message=f"{type(error).__name__}: {error}")
         finally:
+            try:
+                self.wait_for_checkpoints()
+            except Exception:  # the run has already ended one way or another; keep the first reason
+                logger.exception("%s: a step checkpoint failed while the run ended", self.session.reference)
+            self._checkpointer.submit(connection.close).result()  # that thread's database connection
+            self._checkpointer.shutdown(wait=True)
             if self.server is not None:
                 release_server(self.server)
         return CodingSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
@@ -244,7 +257,9 @@ class SessionRun:
 
     def finish(self):
         summary = task_services.task_plan_finished(session=self.session)
-        diff = workspace.workspace_diff(path=self.ws.path, base_commit=self.ws.base_commit)
+        tree = workspace.snapshot_tree(self.ws.path)
+        diff = self.last_diff if self.last_diff and self.last_diff["tree"] == tree else \
+            workspace.diff_between(path=self.ws.path, base_commit=self.ws.base_commit, tree=tree)
         commit = workspace.commit_workspace(
             path=self.ws.path, message=f"{self.session.reference}: {self.session.title}"
         )
@@ -459,10 +474,30 @@ class SessionRun:
 
     # --- checkpoints and health -----------------------------------------------------------
 
+    def checkpoint_soon(self, *, task, message_id, task_step):
+        """Queue a step checkpoint on the run's checkpoint thread and return at once."""
+        future = self._checkpointer.submit(self._checkpoint_now, task=task, message_id=message_id,
+                                           task_step=task_step, reason="step")
+        with self._checkpoint_lock:
+            self._pending_checkpoints.append(future)
+
+    def wait_for_checkpoints(self):
+        """Wait for every queued checkpoint; raise the first failure (a git error fails the run)."""
+        with self._checkpoint_lock:
+            pending, self._pending_checkpoints = self._pending_checkpoints, []
+        for future in pending:
+            future.result()
+
     def checkpoint(self, *, task, message_id, task_step, reason="step"):
+        """Checkpoint now, after any queued ones (so sequences follow the steps)."""
+        self.wait_for_checkpoints()
+        self._checkpoint_now(task=task, message_id=message_id, task_step=task_step, reason=reason)
+
+    def _checkpoint_now(self, *, task, message_id, task_step, reason):
         """Commit the worktree on a hidden ref and record it with the OpenCode message id."""
         commit = workspace.create_checkpoint(
-            path=self.ws.path, reference=self.session.reference, name=f"{message_id or reason}-{time.time_ns()}"
+            path=self.ws.path, reference=self.session.reference, name=f"{message_id or reason}-{time.time_ns()}",
+            parent=self.ws.head,
         )
         try:
             session_services.session_add_checkpoint(
@@ -700,7 +735,8 @@ class TaskTurn:
             permissions.expire(now)
         if degraded_by_us:
             run_._recover("turn ended")
-        diff = workspace.workspace_diff(path=run_.ws.path, base_commit=run_.ws.base_commit)
+        run_.wait_for_checkpoints()  # the task's outcome comes after its step checkpoints
+        diff = run_.last_diff = workspace.workspace_diff(path=run_.ws.path, base_commit=run_.ws.base_commit)
         outcome = TurnOutcome(
             completed=translator.error is None and not translator.rejected_permissions,
             text=translator.final_text, tokens=self.usage["tokens"],
@@ -754,7 +790,7 @@ class TaskTurn:
             tokens_reasoning=step.reasoning, tokens_cache_read=step.cache_read,
             tokens_cache_write=step.cache_write, cost=step.cost, api_calls=1,
         )
-        run_.checkpoint(task=self.task, message_id=step.message_id, task_step=self.task_step)
+        run_.checkpoint_soon(task=self.task, message_id=step.message_id, task_step=self.task_step)
 
 
 def _pump(stream, events):

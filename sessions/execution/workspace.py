@@ -10,7 +10,7 @@ worktree's own index.
 import os
 import shutil
 import subprocess
-import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class Workspace:
     path: Path
     branch: str
     base_commit: str
+    head: str  # the branch head when the run began (checkpoints' parent; it moves only at the end)
 
 
 def branch_name(reference):
@@ -90,7 +91,8 @@ def prepare_workspace(*, repository, root, reference):
         expected = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=repository).strip()).resolve()
         if owner != expected:
             raise GitError(f"workspace {path} already belongs to another repository ({owner.parent})")
-        return Workspace(repository, path, branch, _read_base(path) or base_commit)
+        head = git("rev-parse", "HEAD", cwd=path).strip()
+        return Workspace(repository, path, branch, _read_base(path) or base_commit, head)
     if path.exists() and any(path.iterdir()):
         raise GitError(f"workspace {path} exists and is not a worktree; remove it or choose another WORKSPACE_ROOT")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,16 +101,18 @@ def prepare_workspace(*, repository, root, reference):
     if branch_exists.strip():
         git("worktree", "add", str(path), branch, cwd=repository)
         base_commit = git("merge-base", base_commit, branch, cwd=repository).strip() or base_commit
+        head = branch_exists.strip()
     else:
         git("worktree", "add", "-b", branch, str(path), base_commit, cwd=repository)
+        head = base_commit
     _base_file(path).write_text(base_commit)
-    return Workspace(repository, path, branch, base_commit)
+    return Workspace(repository, path, branch, base_commit, head)
 
 
 def _base_file(path):
     # The worktree's private git folder (.git/worktrees/<name>): nothing in the
     # repository's config or the work tree itself changes.
-    return Path(git("rev-parse", "--absolute-git-dir", cwd=path).strip()) / "ind-base"
+    return _git_dir(path) / "ind-base"
 
 
 def _read_base(path):
@@ -116,23 +120,46 @@ def _read_base(path):
     return base_file.read_text().strip() if base_file.exists() else ""
 
 
+_snapshot_locks = {}
+_snapshot_locks_guard = threading.Lock()
+
+
+def _snapshot_lock(path):
+    """One lock per worktree in this process: snapshots of one worktree share its private index."""
+    key = str(Path(path).resolve())
+    with _snapshot_locks_guard:
+        return _snapshot_locks.setdefault(key, threading.Lock())
+
+
 def snapshot_tree(path):
-    """A tree object of the worktree as it is now (tracked and untracked files, ignoring .gitignore'd)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        env = {"GIT_INDEX_FILE": str(Path(scratch) / "index")}
-        git("read-tree", "HEAD", cwd=path, env=env)
+    """A tree object of the worktree as it is now (tracked and untracked files, ignoring .gitignore'd).
+
+    The private index lives in the worktree's own git folder and is kept between snapshots, so git
+    only re-reads files whose size or time changed (a fresh index would hash every file each time).
+    It never touches the worktree's real index.
+    """
+    index = _git_dir(path) / "ind-index"
+    env = {"GIT_INDEX_FILE": str(index)}
+    with _snapshot_lock(path):
+        if not index.exists():
+            git("read-tree", "HEAD", cwd=path, env=env)
         git("add", "-A", ".", cwd=path, env=env)
         return git("write-tree", cwd=path, env=env).strip()
 
 
-def create_checkpoint(*, path, reference, name, message="checkpoint"):
+def _git_dir(path):
+    return Path(git("rev-parse", "--absolute-git-dir", cwd=path).strip())
+
+
+def create_checkpoint(*, path, reference, name, message="checkpoint", parent=None):
     """Commit the worktree's state on a hidden ref named `name`; return the commit id (the checkpoint's git ref).
 
     The ref keeps the commit reachable (git gc would drop a dangling one); `name` must be unique
-    within the session (the OpenCode message id and a timestamp, say).
+    within the session (the OpenCode message id and a timestamp, say). `parent` is the branch head
+    when the caller knows it (it saves a git call per checkpoint).
     """
     tree = snapshot_tree(path)
-    parent = git("rev-parse", "HEAD", cwd=path).strip()
+    parent = parent or git("rev-parse", "HEAD", cwd=path).strip()
     commit = git("commit-tree", tree, "-p", parent, "-m", f"{message} {name}", cwd=path).strip()
     git("update-ref", checkpoint_ref(reference, name), commit, cwd=path)
     return commit
@@ -147,32 +174,37 @@ def restore_checkpoint(*, path, commit):
 
 
 def workspace_diff(*, path, base_commit):
-    """Files changed in the worktree since `base_commit`: [{file, additions, deletions, status}], patch."""
+    """Files changed in the worktree since `base_commit`: [{file, additions, deletions, status}], patch, tree."""
     tree = snapshot_tree(path)
-    numstat = git("diff", "--numstat", "--no-renames", base_commit, tree, cwd=path)
-    statuses = dict(
-        (line.split("\t", 1)[1], line.split("\t", 1)[0])
-        for line in git("diff", "--name-status", "--no-renames", base_commit, tree, cwd=path).splitlines()
-        if "\t" in line
-    )
+    return diff_between(path=path, base_commit=base_commit, tree=tree)
+
+
+def diff_between(*, path, base_commit, tree):
+    """The diff from `base_commit` to `tree`, from one `git diff` (raw status + numstat + patch)."""
+    output = git("diff", "--no-renames", "--raw", "--numstat", "--patch", base_commit, tree, cwd=path)
+    summary, separator, patch = output.partition("\ndiff --git ")
+    patch = "diff --git " + patch if separator else ""
     names = {"A": "added", "M": "modified", "D": "deleted", "T": "modified"}
-    files = []
-    for line in numstat.splitlines():
-        added, deleted, name = line.split("\t", 2)
-        files.append(
-            {
+    statuses, files = {}, []
+    for line in summary.splitlines():
+        if line.startswith(":") and "\t" in line:  # :100644 100644 <a> <b> M\tname
+            meta, name = line.split("\t", 1)
+            statuses[name] = meta.split()[-1][:1]
+        elif line.count("\t") >= 2:  # additions\tdeletions\tname ("-" for binary files)
+            added, deleted, name = line.split("\t", 2)
+            files.append({
                 "file": name,
                 "additions": int(added) if added.isdigit() else 0,
                 "deletions": int(deleted) if deleted.isdigit() else 0,
-                "status": names.get(statuses.get(name, "M")[:1], "modified"),
-            }
-        )
-    patch = git("diff", "--no-renames", base_commit, tree, cwd=path)
+            })
+    for entry in files:
+        entry["status"] = names.get(statuses.get(entry["file"], "M"), "modified")
     return {
         "files": files,
         "additions": sum(f["additions"] for f in files),
         "deletions": sum(f["deletions"] for f in files),
         "patch": patch,
+        "tree": tree,
     }
 
 

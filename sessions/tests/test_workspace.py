@@ -101,3 +101,22 @@ def test_a_worktree_of_another_repository_is_never_reused(repo, tmp_path):
     workspace.prepare_workspace(repository=other, root=tmp_path / "ws", reference="IND-000009")
     with pytest.raises(workspace.GitError, match="belongs to another repository"):
         workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000009")
+
+
+def test_diff_names_deleted_and_binary_files_and_reuses_its_private_index(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000009")
+    (ws.path / "README.md").unlink()
+    (ws.path / "logo.bin").write_bytes(b"\x00\x01\x02binary")
+    first = workspace.workspace_diff(path=ws.path, base_commit=ws.base_commit)
+    assert first["files"] == [
+        {"file": "README.md", "additions": 0, "deletions": 1, "status": "deleted"},
+        {"file": "logo.bin", "additions": 0, "deletions": 0, "status": "added"},
+    ]
+    assert first["patch"].startswith("diff --git a/README.md b/README.md")
+    assert "Binary files /dev/null and b/logo.bin differ" in first["patch"]
+    # A later snapshot starts from the kept private index and sees only what changed since.
+    (ws.path / "logo.bin").unlink()
+    second = workspace.workspace_diff(path=ws.path, base_commit=ws.base_commit)
+    assert [f["file"] for f in second["files"]] == ["README.md"] and second["tree"] != first["tree"]
+    # The worktree's real index is untouched by snapshots.
+    assert workspace.git("diff", "--cached", "--name-only", cwd=ws.path).strip() == ""
