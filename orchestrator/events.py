@@ -50,13 +50,19 @@ def publish_now(groups, message):
     The database row is the durable copy of every event: a lost broadcast is
     recovered by clients that reconnect with the last event id they saw.
     """
+    publish_many_now(groups, [message])
+
+
+def publish_many_now(groups, messages):
+    """Send messages to channel-layer groups, one after the other (so each group gets them in order)."""
     groups = [groups] if isinstance(groups, str) else list(groups)
     layer = get_channel_layer()
-    if layer is None or not groups:
+    if layer is None or not groups or not messages:
         return
 
     async def send_all():
-        await asyncio.gather(*(layer.group_send(group, message) for group in groups))
+        for message in messages:
+            await asyncio.gather(*(layer.group_send(group, message) for group in groups))
 
     try:
         asyncio.run_coroutine_threadsafe(send_all(), _loop()).result(timeout=PUBLISH_TIMEOUT)
@@ -65,7 +71,11 @@ def publish_now(groups, message):
 
 
 def publish_on_commit(groups, message, *, using=None):
-    transaction.on_commit(lambda: publish_now(groups, message), using=using)
+    publish_many_on_commit(groups, [message], using=using)
+
+
+def publish_many_on_commit(groups, messages, *, using=None):
+    transaction.on_commit(lambda: publish_many_now(groups, messages), using=using)
 
 
 def enqueue_on_commit(job, *, args=(), kwargs=None, queue=None, countdown=None, using=None):

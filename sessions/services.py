@@ -134,25 +134,41 @@ def event_message(event, reference):
 
 
 def _write_event(session, type, payload):
-    """Append one event and publish it after commit. The caller holds the session row lock,
-    which keeps event ids in commit order within a session, so a client resuming
-    after id N never misses an event committed later with a smaller id."""
-    event = SessionEvent.objects.create(session=session, type=type, payload=payload)
-    events.publish_on_commit(
-        [events.session_group(session.pk), events.ALL_SESSIONS_GROUP],
-        event_message(event, session.reference),
+    """Append one event and publish it after commit (see _write_events)."""
+    return _write_events(session, [(type, payload)])[0]
+
+
+def _write_events(session, entries):
+    """Append events [(type, payload)] in order and publish them after commit, in that order.
+
+    The caller holds the session row lock, which keeps event ids in commit order within a
+    session, so a client resuming after id N never misses an event committed later with a
+    smaller id. One INSERT and one broadcast task for the lot.
+    """
+    rows = SessionEvent.objects.bulk_create(
+        [SessionEvent(session=session, type=type, payload=payload) for type, payload in entries]
     )
-    return event
+    events.publish_many_on_commit(
+        [events.session_group(session.pk), events.ALL_SESSIONS_GROUP],
+        [event_message(row, session.reference) for row in rows],
+    )
+    return rows
 
 
 def session_record_event(*, session, type, payload=None):
     """Append an event to the session's log and publish it to the session's group
     and the all-sessions group once the transaction commits."""
-    if not type or len(type) > 100:
-        raise ValidationFailed(field="type", rule="must be 1-100 characters")
+    return session_record_events(session=session, entries=[(type, payload)])[0]
+
+
+def session_record_events(*, session, entries):
+    """Append several events [(type, payload)] in order, under one lock, in one transaction."""
+    for type, _ in entries:
+        if not type or len(type) > 100:
+            raise ValidationFailed(field="type", rule="must be 1-100 characters")
     with transaction.atomic():
         locked = _lock(session, include_deleted=True)
-        return _write_event(locked, type, payload or {})
+        return _write_events(locked, [(type, payload or {}) for type, payload in entries])
 
 
 # --- creating -------------------------------------------------------------------------

@@ -570,11 +570,11 @@ class SessionRun:
 
     def record(self, records, *, task=None):
         """Write events (one transaction for the batch); they are published after commit."""
-        with transaction.atomic():
-            for kind, payload in records:
-                if task is not None:
-                    payload = {**payload, "task_id": task.pk}
-                session_services.session_record_event(session=self.session_id, type=kind, payload=payload)
+        if not records:
+            return
+        if task is not None:
+            records = [(kind, {**payload, "task_id": task.pk}) for kind, payload in records]
+        session_services.session_record_events(session=self.session_id, entries=records)
 
 
 class TaskTurn:
@@ -682,17 +682,21 @@ class TaskTurn:
         degraded_by_us = False
         permissions = PermissionWatch(run_, self)
         while not translator.finished:
-            try:
-                item = events.get(timeout=0.25)
-            except queue.Empty:
-                item = None
+            batch = _take_events(events, timeout=0.25)
             now = time.monotonic()
-            if isinstance(item, Exception):
-                raise item
-            if item is not None:
-                if item.type == RECONNECTED:
-                    self._rebuild_after_reconnect()
-                records = translator.feed(item.as_dict())
+            if batch:
+                # Everything that arrived meanwhile is recorded in one transaction, so a burst of
+                # OpenCode events does not queue behind one commit per event.
+                records = []
+                for item in batch:
+                    if isinstance(item, Exception):
+                        run_.record(records, task=self.task)
+                        raise item
+                    if item.type == RECONNECTED:
+                        run_.record(records, task=self.task)
+                        records = []
+                        self._rebuild_after_reconnect()
+                    records += translator.feed(item.as_dict())
                 if records:
                     last_progress = now
                     run_.record(records, task=self.task)
@@ -791,6 +795,20 @@ class TaskTurn:
             tokens_cache_write=step.cache_write, cost=step.cost, api_calls=1,
         )
         run_.checkpoint_soon(task=self.task, message_id=step.message_id, task_step=self.task_step)
+
+
+def _take_events(events, *, timeout, limit=200):
+    """The next event (waiting up to `timeout`) and every other one already queued; [] if none came."""
+    try:
+        batch = [events.get(timeout=timeout)]
+    except queue.Empty:
+        return []
+    while len(batch) < limit:
+        try:
+            batch.append(events.get_nowait())
+        except queue.Empty:
+            break
+    return batch
 
 
 def _pump(stream, events):

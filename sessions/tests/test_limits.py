@@ -53,7 +53,9 @@ def most_at_once(intervals):
 
 
 def test_global_limit_holds_and_queued_sessions_start_in_priority_then_age_order(worker, roster, operator_user):
-    blockers = [make_session(operator_user, "@@sleep 3\n@@final blocker done", title=f"Blocker {n}") for n in (1, 2)]
+    # The blockers hold both slots while the others are queued (8 s is well beyond that on a busy machine):
+    # a slot freed early would let a session start before the higher-priority ones exist.
+    blockers = [make_session(operator_user, "@@sleep 8\n@@final blocker done", title=f"Blocker {n}") for n in (1, 2)]
     for blocker in blockers:
         session_start(session=blocker, actor=operator_user)
     wait_until(lambda: CodingSession.objects.filter(pk__in=[b.pk for b in blockers], status="running").count() == 2,
