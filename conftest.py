@@ -66,7 +66,25 @@ def fresh_workspaces():
     for folder in [Path(settings.WORKSPACE_ROOT), *map(Path, settings.REPOSITORY_ROOTS)]:
         if folder.exists() and var_dir in folder.resolve().parents:
             shutil.rmtree(folder)
+    _purge_worker_queues()
     yield
+
+
+def _purge_worker_queues():
+    """Drop jobs an interrupted earlier run left in the broker: they name sessions of a test
+    database that no longer exists, and a new worker would pick them up."""
+    from orchestrator.celery import app
+
+    try:
+        with app.connection_for_write() as connection:
+            for name in sorted(set(settings.WORKER_QUEUES)):
+                queue = connection.SimpleQueue(name)
+                try:
+                    queue.clear()
+                finally:
+                    queue.close()
+    except OSError:
+        pass  # no broker reachable: the tests that need one say so themselves
 
 
 @pytest.fixture

@@ -145,7 +145,8 @@ class SessionRun:
                 self.wait_for_checkpoints()
             except Exception:  # the run has already ended one way or another; keep the first reason
                 logger.exception("%s: a step checkpoint failed while the run ended", self.session.reference)
-            self._checkpointer.submit(connection.close).result()  # that thread's database connection
+            # That thread's own database connection: `connection` resolves per thread, so look it up there.
+            self._checkpointer.submit(lambda: connection.close()).result()
             self._checkpointer.shutdown(wait=True)
             if self.server is not None:
                 release_server(self.server)

@@ -87,4 +87,7 @@ def idle_worker_before_flush(request):
     if "worker" in request.fixturenames:
         from orchestrator.testing import wait_for_idle_worker
 
-        wait_for_idle_worker(request.getfixturevalue("worker"))
+        worker = request.getfixturevalue("worker")
+        wait_for_idle_worker(worker)
+        crashed = [line for line in worker.log_path.read_text(errors="replace").splitlines() if "raised unexpected" in line]
+        assert not crashed, f"a job crashed in the worker: {crashed[0]}"
