@@ -71,6 +71,7 @@ SCRIPT = (
 )
 EXPECTED_STEPS = ["write", "bash", "final"]
 JOB_TIMEOUT = 300.0
+SILENCE_RECONNECT = 30.0  # seconds without a message before the client reconnects with ?after=
 TOOL_STEP = {"write": 0, "bash": 1}
 
 
@@ -299,7 +300,18 @@ class Orchestrator:
         deadline = started + JOB_TIMEOUT
         while True:
             try:
-                raw = await asyncio.wait_for(socket.recv(), timeout=max(0.1, deadline - time.perf_counter()))
+                window = min(SILENCE_RECONNECT, deadline - time.perf_counter())
+                raw = await asyncio.wait_for(socket.recv(), timeout=max(0.1, window))
+            except asyncio.TimeoutError:
+                if time.perf_counter() >= deadline:
+                    raise
+                # A client's rule for a quiet socket: reconnect with the last id seen, as after a drop.
+                # Counted ("silent"): a missed broadcast shows up here instead of hanging the run.
+                run.drops.append("silent")
+                await socket.close()
+                socket = await self._connect(run, after=last_id)
+                connected_at = time.time()
+                continue
             except websockets.ConnectionClosed as closed:
                 # The documented recovery: reconnect with the last id seen; the server replays the
                 # rest from the database. Replayed events are not live and are left out of latencies.
