@@ -20,6 +20,7 @@ import time
 
 RATIO_LINE = re.compile(r"(\d+) concurrent \(\d+ rounds each.*?direct p50 (\d+) ms, orchestrator p50 (\d+) ms, ratio ([\d.]+)")
 CPU_LINE = re.compile(r"CPU per job at \d+ concurrent, (direct|orchestrator): (\d+) ms")
+DROPS_LINE = re.compile(r"WebSocket drops \(reconnected with \?after=<last id>\): (\d+) (\{.*?\})")
 
 
 def run_level(concurrency):
@@ -32,10 +33,12 @@ def run_level(concurrency):
     if finished.returncode != 0 or match is None:
         raise RuntimeError(f"level {concurrency} failed (exit {finished.returncode}):\n{output[-3000:]}")
     cpu = dict(CPU_LINE.findall(output))
+    drops = DROPS_LINE.search(output)
     return {
         "concurrency": concurrency, "direct_ms": int(match.group(2)), "orchestrator_ms": int(match.group(3)),
         "ratio": float(match.group(4)), "cpu_direct": int(cpu.get("direct", 0)),
         "cpu_orchestrator": int(cpu.get("orchestrator", 0)), "seconds": time.perf_counter() - started,
+        "reconnects": f"{drops.group(1)} {drops.group(2)}" if drops else "?",
     }
 
 
@@ -54,7 +57,7 @@ def main(argv=None):
         results.append(result)
         print(f"{concurrency:>8} {result['direct_ms']:>10} ms {result['orchestrator_ms']:>15} ms "
               f"{result['ratio']:>6.2f} {result['cpu_direct']:>12} ms {result['cpu_orchestrator']:>11} ms"
-              f"   ({result['seconds']:.0f} s)", flush=True)
+              f"   WebSocket reconnects {result['reconnects']} ({result['seconds']:.0f} s)", flush=True)
     within = [r["concurrency"] for r in results if r["ratio"] <= options.limit]
     beyond = [r["concurrency"] for r in results if r["ratio"] > options.limit]
     if within and not beyond:
