@@ -6,6 +6,7 @@ import socket
 
 from celery import shared_task
 
+from orchestrator.errors import NotFound
 from sessions.dispatch import session_claim_next, session_dispatch
 from sessions.models import CodingSession
 from sessions.recovery import session_cleanup_workspaces, session_reconcile
@@ -39,6 +40,11 @@ def execute_session(self, session_id):
 
     try:
         return run_session(session_id=session.pk)
+    except NotFound:
+        # Sessions are only soft-deleted; a row that vanished mid-run (a flushed test database)
+        # leaves nothing to record.
+        logger.warning("execute_session: session %s disappeared during its run", session_id)
+        return None
     finally:
         session_dispatch()
 

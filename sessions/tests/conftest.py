@@ -83,11 +83,15 @@ def idle_worker_before_flush(request):
     truncated deadlocks PostgreSQL's TRUNCATE. Being autouse and set up after pytest-django's
     own database fixture, this runs its teardown first.
     """
+    worker = request.getfixturevalue("worker") if "worker" in request.fixturenames else None
+    log_start = worker.log_path.stat().st_size if worker is not None else 0
     yield
-    if "worker" in request.fixturenames:
+    if worker is not None:
         from orchestrator.testing import wait_for_idle_worker
 
-        worker = request.getfixturevalue("worker")
         wait_for_idle_worker(worker)
-        crashed = [line for line in worker.log_path.read_text(errors="replace").splitlines() if "raised unexpected" in line]
-        assert not crashed, f"a job crashed in the worker: {crashed[0]}"
+        with open(worker.log_path, "rb") as log:
+            log.seek(log_start)
+            new_lines = log.read().decode(errors="replace").splitlines()
+        crashed = [line for line in new_lines if "raised unexpected" in line]
+        assert not crashed, f"a job crashed in the worker during this test: {crashed[0]}"

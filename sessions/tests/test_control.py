@@ -265,7 +265,8 @@ def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_
     assert (worktree / "a.txt").read_text() == "one\n"
     assert not (worktree / "junk.txt").exists()
     assert workspace.snapshot_tree(worktree) == workspace.git("rev-parse", f"{checkpoint.git_ref}^{{tree}}", cwd=worktree).strip()
-    session_stop(session=session, actor=operator_user, reason="test done")
+    if status_of(session) in ("queued", "running", "degraded"):  # clean-up: this test is about the worktree
+        session_stop(session=session, actor=operator_user, reason="test done")
 
 
 @pytest.mark.django_db(transaction=True)
