@@ -103,19 +103,18 @@ def wait_for_idle_worker(process, *, timeout=60, quiet_seconds=0.5):
             last_word[job_id] = word
         return {job_id.decode() for job_id, word in last_word.items() if word == b"received"}
 
-    quiet_since = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    quiet = {"since": None}
+
+    def idle():
         if process.poll() is not None:
-            return  # a stopped worker writes nothing
+            return True  # a stopped worker writes nothing
         if busy_jobs():
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since >= quiet_seconds:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the worker still runs jobs {sorted(busy_jobs())} after {timeout}s")
+            quiet["since"] = None
+            return False
+        quiet["since"] = quiet["since"] or time.monotonic()
+        return time.monotonic() - quiet["since"] >= quiet_seconds
+
+    wait_until(idle, timeout=timeout, interval=0.05, message="the worker to finish its jobs")
 
 
 def stop_process(process, *, timeout=15):

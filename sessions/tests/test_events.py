@@ -14,7 +14,8 @@ from rest_framework.authtoken.models import Token
 from orchestrator.asgi import application
 from orchestrator.events import ALL_SESSIONS_GROUP, session_group
 from sessions import services
-from sessions.models import CodingSession
+from orchestrator.errors import ValidationFailed
+from sessions.models import CodingSession, SessionEvent
 from sessions.tests.factories import CodingSessionFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -84,6 +85,33 @@ def test_published_message_has_the_documented_shape():
             "payload": {"step": 1}, "created_at": event.created_at.isoformat(),
         },
     }
+
+
+def test_a_batch_of_events_is_stored_and_published_in_order():
+    session = CodingSessionFactory(status="running")
+    entries = [("tool.started", {"n": 1}), ("tool.completed", {"n": 2}), ("opencode.step", {"n": 3})]
+
+    async def scenario():
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        await layer.group_add(session_group(session.pk), channel)
+        rows = await database_sync_to_async(services.session_record_events)(session=session, entries=entries)
+        received = [await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT) for _ in entries]
+        return rows, received
+
+    rows, received = run(scenario)
+    ids = [row.id for row in rows]
+    assert ids == sorted(ids) and None not in ids
+    assert [(m["event"]["id"], m["event"]["type"], m["event"]["payload"]) for m in received] == [
+        (row_id, kind, payload) for row_id, (kind, payload) in zip(ids, entries)
+    ]
+
+
+def test_a_batch_with_a_bad_type_writes_nothing():
+    session = CodingSessionFactory(status="running")
+    with pytest.raises(ValidationFailed):
+        services.session_record_events(session=session, entries=[("ok", {}), ("", {})])
+    assert not SessionEvent.objects.filter(session=session).exists()
 
 
 def connect(path):
