@@ -70,11 +70,6 @@ def populate(user):
             batch = []
     if batch:
         CodingSession.objects.bulk_create(batch)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "UPDATE coding_sessions_codingsession SET reference = 'IND-' || lpad(id::text, 6, '0') "
-            "WHERE reference IS NULL"
-        )
     with connection.schema_editor() as editor:
         search_indexes.create_indexes(None, editor)
     with connection.cursor() as cursor:

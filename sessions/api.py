@@ -386,7 +386,9 @@ class SessionViewSet(viewsets.ViewSet):
     def create(self, request):
         data = dict(self._input(SessionCreateSerializer))
         session = services.session_create(actor=self._actor(), **data)
-        return self._detail(session, status.HTTP_201_CREATED)
+        # The instance just inserted is complete (its creator and agent are the objects passed in):
+        # no need to read it back.
+        return Response(SessionDetailSerializer(session).data, status=status.HTTP_201_CREATED)
 
     def retrieve(self, request, pk=None):
         return Response(SessionDetailSerializer(self._get(pk)).data)

@@ -9,7 +9,8 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import Case, Q, Value, When
+from django.db.models.functions import Cast, Concat, LPad
 from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
 
@@ -88,7 +89,20 @@ def _has_retries_left(session):
 
 
 class CodingSession(FSMModelMixin, models.Model):
-    reference = models.CharField(max_length=20, unique=True, null=True, editable=False)
+    # IND-000042, computed by the database from the id (so creating a session is one INSERT,
+    # not an INSERT and an UPDATE); six digits at least, never truncated.
+    reference = models.GeneratedField(
+        expression=Concat(
+            Value("IND-"),
+            Case(
+                When(id__lt=1_000_000, then=LPad(Cast("id", models.CharField()), 6, Value("0"))),
+                default=Cast("id", models.CharField()),
+            ),
+        ),
+        output_field=models.CharField(max_length=20),
+        db_persist=True,
+        unique=True,
+    )
     title = models.CharField(max_length=rules.TITLE_MAX)
     description = models.TextField(blank=True, default="")
     session_type = models.CharField(max_length=20, choices=SessionType.choices, default=SessionType.EXECUTION)
@@ -192,10 +206,6 @@ class CodingSession(FSMModelMixin, models.Model):
         return f"{self.reference or 'IND-?'} {self.title}"
 
     # --- computed ------------------------------------------------------------
-
-    @staticmethod
-    def reference_for(pk):
-        return f"IND-{pk:06d}"
 
     def elapsed_seconds(self, now=None):
         """Running time of the current attempt, pauses excluded (what the deadline counts)."""

@@ -96,7 +96,7 @@ def session_list(*, filters=None, cursor=None, page_size=PAGE_SIZE_DEFAULT):
     return Page(items=rows, next_cursor=rows[-1].pk if more and rows else None)
 
 
-SEARCH_WINDOW = 5_000
+SEARCH_WINDOW = 1_000  # newest rows tested by LIKE alone: ~5 ms; a common term fills a page well within it
 
 
 def _search_rows(queryset, cursor, limit):

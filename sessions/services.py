@@ -221,40 +221,40 @@ def session_create(
     if errors:
         raise ValidationFailed(errors=errors)
     actor = as_actor(actor)
+    session = CodingSession(
+        title=title.strip(),
+        initial_prompt=initial_prompt,
+        repository=repository.strip(),
+        description=description or "",
+        session_type=session_type or "execution",
+        priority=rules.parse_priority(rules.PRIORITY_DEFAULT if priority is None else priority),
+        model_identifier=model_identifier or "",
+        max_duration_seconds=rules.DURATION_DEFAULT if max_duration_seconds is None else max_duration_seconds,
+        max_retries=rules.RETRIES_DEFAULT if max_retries is None else max_retries,
+        token_budget_soft=token_budget_soft,
+        token_budget_hard=token_budget_hard,
+        cost_budget_soft=None if cost_budget_soft is None else Decimal(str(cost_budget_soft)),
+        cost_budget_hard=None if cost_budget_hard is None else Decimal(str(cost_budget_hard)),
+        permission_policy=permission_policy or {},
+        parent=parent,
+        agent=agent,
+        tags=rules.normalize_tags(tags),
+        metadata=metadata or {},
+        created_by=actor.user,
+    )
+    created = ("session.created", {"status": session.status, "title": session.title, "actor": _actor_payload(actor)})
     with transaction.atomic():
-        session = CodingSession.objects.create(
-            title=title.strip(),
-            initial_prompt=initial_prompt,
-            repository=repository.strip(),
-            description=description or "",
-            session_type=session_type or "execution",
-            priority=rules.parse_priority(rules.PRIORITY_DEFAULT if priority is None else priority),
-            model_identifier=model_identifier or "",
-            max_duration_seconds=rules.DURATION_DEFAULT if max_duration_seconds is None else max_duration_seconds,
-            max_retries=rules.RETRIES_DEFAULT if max_retries is None else max_retries,
-            token_budget_soft=token_budget_soft,
-            token_budget_hard=token_budget_hard,
-            cost_budget_soft=None if cost_budget_soft is None else Decimal(str(cost_budget_soft)),
-            cost_budget_hard=None if cost_budget_hard is None else Decimal(str(cost_budget_hard)),
-            permission_policy=permission_policy or {},
-            parent=parent,
-            agent=agent,
-            tags=rules.normalize_tags(tags),
-            metadata=metadata or {},
-            created_by=actor.user,
-        )
-        session.reference = CodingSession.reference_for(session.pk)
-        _write_event(
-            session,
-            "session.created",
-            {"status": session.status, "title": session.title, "actor": _actor_payload(actor)},
-        )
-        if start:
-            session, _ = _apply_transition(session, method="start", attempted="start", actor=actor,
-                                           also_save=["reference"])
-            _enqueue_execution(session)
-        else:
-            CodingSession.objects.filter(pk=session.pk).update(reference=session.reference)
+        if not start:
+            session.save(force_insert=True)
+            _write_events(session, [created])
+            return session
+        # The start transition runs on the unsaved row, so the INSERT already holds the
+        # queued state: one INSERT per table, no UPDATE of a row nobody else can see yet.
+        step = _fsm_step(session, method="start", attempted="start", not_before=None)
+        session.save(force_insert=True)
+        record, started = _transition_record(session, step, attempted="start", actor=actor)
+        _write_events(session, [created, started])
+        _enqueue_execution(session)
     return session
 
 
@@ -287,36 +287,47 @@ def _transition(session, *, method, attempted, actor, reason="", payload=None, o
                              payload=payload, only_from=only_from, **kwargs)
 
 
-def _apply_transition(locked, *, method, attempted, actor, reason="", payload=None, only_from=None,
-                      also_save=(), **kwargs):
-    """The body of _transition, for a row the caller has locked (or just created):
-    the FSM method, the row update (plus `also_save` fields), the audit row and the event."""
-    actor = as_actor(actor)
-    bound = getattr(locked, method)
-    if not can_proceed(bound) or (only_from is not None and locked.status not in only_from):
-        raise _refused(locked, attempted)
-    from_status = locked.status
+@dataclass(frozen=True)
+class _Step:
+    """What a transition's FSM method did: where it came from, when, and which fields it set."""
+
+    from_status: str
+    now: object
+    changed: tuple
+
+
+def _fsm_step(session, *, method, attempted, only_from=None, **kwargs):
+    """Run the django-fsm transition `method` on the instance (no database write yet);
+    TransitionRefused when the FSM (or `only_from`) does not allow it."""
+    bound = getattr(session, method)
+    if not can_proceed(bound) or (only_from is not None and session.status not in only_from):
+        raise _refused(session, attempted)
+    from_status = session.status
     now = timezone.now()
     changed = bound(now=now, **kwargs) or []
-    locked.updated_at = now
-    locked.save(update_fields=sorted({"status", "updated_at", *changed, *also_save}))
+    session.updated_at = now
+    return _Step(from_status=from_status, now=now, changed=tuple(changed))
+
+
+def _transition_record(session, step, *, attempted, actor, reason="", payload=None):
+    """Write the SessionTransition audit row of `step`; return it with its event entry (type, payload)."""
+    actor = as_actor(actor)
     record = SessionTransition.objects.create(
-        session=locked,
-        from_status=from_status,
-        to_status=locked.status,
+        session=session,
+        from_status=step.from_status,
+        to_status=session.status,
         action=attempted,
         actor_kind=actor.kind,
         actor_user=actor.user,
         actor_label=actor.label,
         reason=reason or "",
-        created_at=now,
+        created_at=step.now,
     )
-    _write_event(
-        locked,
+    event = (
         "session.transition",
         {
-            "from": from_status,
-            "to": locked.status,
+            "from": step.from_status,
+            "to": session.status,
             "action": attempted,
             "actor": _actor_payload(actor),
             "reason": reason or "",
@@ -324,6 +335,17 @@ def _apply_transition(locked, *, method, attempted, actor, reason="", payload=No
             **(payload or {}),
         },
     )
+    return record, event
+
+
+def _apply_transition(locked, *, method, attempted, actor, reason="", payload=None, only_from=None, **kwargs):
+    """The body of _transition, for a row the caller has locked:
+    the FSM method, the row update, the audit row and the event."""
+    step = _fsm_step(locked, method=method, attempted=attempted, only_from=only_from, **kwargs)
+    locked.save(update_fields=sorted({"status", "updated_at", *step.changed}))
+    record, event = _transition_record(locked, step, attempted=attempted, actor=actor, reason=reason,
+                                       payload=payload)
+    _write_events(locked, [event])
     return locked, record
 
 

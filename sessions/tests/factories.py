@@ -12,14 +12,8 @@ class CodingSessionFactory(factory.django.DjangoModelFactory):
 
     class Meta:
         model = CodingSession
-        skip_postgeneration_save = True
 
     title = factory.Sequence(lambda n: f"Refactor the billing module, part {n}")
     initial_prompt = "Split billing.py into invoices and payments; keep the tests green."
     repository = "/srv/repos/billing"
 
-    @factory.post_generation
-    def reference(self, create, extracted, **kwargs):
-        if create and not self.reference:
-            self.reference = CodingSession.reference_for(self.pk)
-            CodingSession.objects.filter(pk=self.pk).update(reference=self.reference)

@@ -3,7 +3,9 @@
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.forms.models import model_to_dict
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from orchestrator.errors import NotFound, TransitionRefused
@@ -260,11 +262,31 @@ def test_create_with_start_leaves_the_same_trail_as_create_then_start(operator_u
         two_calls = services.session_start(session=services.session_create(**fields), actor=operator_user)
 
     stored = CodingSession.objects.get(pk=one_call.pk)
-    assert (stored.status, stored.reference) == ("queued", CodingSession.reference_for(one_call.pk))
+    assert (stored.status, stored.reference) == ("queued", f"IND-{one_call.pk:06d}")
     assert stored.queued_at is not None
     assert _trail(one_call) == _trail(two_calls)
     assert _trail(one_call)[0] == [("pending", "queued", "start", "user", operator_user.username)]
     assert len(broker_queues.drain()) == 2  # one job per started session
+
+
+def test_create_with_start_writes_one_row_per_table(operator_user, broker_queues):
+    # The session INSERT already holds the queued state and the reference; the two events go in one INSERT.
+    with CaptureQueriesContext(connection) as captured:
+        session = services.session_create(title="Fix", initial_prompt="Fix it.", repository="/srv/r",
+                                          actor=operator_user, start=True)
+    statements = [q["sql"].split()[0:3] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
+    assert statements == [
+        ["INSERT", "INTO", '"coding_sessions_codingsession"'],
+        ["INSERT", "INTO", '"coding_sessions_sessiontransition"'],
+        ["INSERT", "INTO", '"coding_sessions_sessionevent"'],
+    ]
+    assert (session.status, session.reference) == ("queued", f"IND-{session.pk:06d}")
+
+
+def test_reference_is_the_id_with_six_digits_at_least():
+    assert CodingSessionFactory(id=42).reference == "IND-000042"
+    assert CodingSessionFactory(id=1_234_567).reference == "IND-1234567"
+    assert CodingSession.objects.get(reference="IND-000042").pk == 42
 
 
 def test_create_with_start_rolled_back_leaves_nothing(operator_user, broker_queues):
