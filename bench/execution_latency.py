@@ -4,7 +4,8 @@
     ORCHESTRATOR_VAR_DIR=/work/main/var/bench-exec .venv/bin/python -m bench.execution_latency
 
 Options: --rounds 3 (single-job rounds per side), --batches 1 (concurrent rounds per side),
---concurrency 20, --dispatch 30 (sequential sessions for dispatch and event latency), --keep,
+--concurrency 20, --dispatch 30 (sequential sessions for dispatch and event latency, on one repository),
+--gap 4 (seconds between their starts), --keep,
 --py-spy PATH (sample the worker and daphne during the concurrent batches and print where the
 time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`).
 
@@ -31,9 +32,11 @@ directory, kept for the server's life, against the kernel's 128 per user, hence 
    time of the batch). Target: ratio <= 1.10 at 20 concurrent.
 2. Dispatch latency: just before POST /start is sent -> the scripted LLM receives the first request
    with tools of that session's OpenCode session (LLM log `time`, matched by the OpenCode session
-   id). Sequential sessions; p50/p99, target p99 <= 250 ms; with the path broken into segments from
-   the session's own event rows and OpenCode's store, and the same OpenCode-only segment measured
-   directly as a floor.
+   id). Sequential sessions on one repository, --gap seconds apart, after SHARED_WARM_UP sessions
+   there (so the worker keeps spare worktrees of it, already opened in its OpenCode: the steady state
+   of a team's repository); p50/p99, target p99 <= 250 ms; with the path broken into segments from
+   the session's own event rows and OpenCode's store, and the OpenCode-only segment measured directly
+   in a new directory as a floor.
 3. Event latency, OpenCode event -> SessionEvent row -> WebSocket client (a `websockets` client
    connected before start). OpenCode's event time: its own store (read-only) gives the tool's end
    time (`state.time.end`, for `tool.completed` rows) and the assistant message's completion time
@@ -71,6 +74,9 @@ SCRIPT = (
 )
 EXPECTED_STEPS = ["write", "bash", "final"]
 JOB_TIMEOUT = 300.0
+# Sessions on the shared repository before parts 2 and 3 are measured: the worker keeps spare
+# worktrees of a repository from its second session on (sessions.execution.spares).
+SHARED_WARM_UP = 3
 SILENCE_RECONNECT = 30.0  # seconds without a message before the client reconnects with ?after=
 TOOL_STEP = {"write": 0, "bash": 1}
 
@@ -266,8 +272,9 @@ class Orchestrator:
         self.numbers += count
         return range(first, first + count)
 
-    async def _create(self, http, number):
-        repository = await asyncio.to_thread(self.stack.repository, f"repo-{number}")
+    async def _create(self, http, number, repository=None):
+        if repository is None:
+            repository = await asyncio.to_thread(self.stack.repository, f"repo-{number}")
         started = time.perf_counter()
         response = await http.post("/api/v1/sessions", json={
             "title": f"Benchmark job {number}", "initial_prompt": SCRIPT.format(number=number),
@@ -332,34 +339,35 @@ class Orchestrator:
         run.detail = response.json()
         return run
 
-    async def _batch(self, numbers):
+    async def _batch(self, numbers, repository=None):
         import httpx
 
         limits = httpx.Limits(max_connections=2 * len(numbers) + 4)
         async with httpx.AsyncClient(base_url=self.stack.api_url, headers=self.headers, timeout=60,
                                      limits=limits) as http:
-            runs = [await self._create(http, number) for number in numbers]
+            runs = [await self._create(http, number, repository) for number in numbers]
             sockets = [await self._connect(run) for run in runs]
             started = time.perf_counter()
             await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
             return time.perf_counter() - started, runs
 
-    def batch(self, count):
-        """`count` sessions started at once; returns (wall seconds, runs), each checked."""
-        wall, runs = asyncio.run(self._batch(list(self.next_numbers(count))))
+    def batch(self, count, repository=None):
+        """`count` sessions started at once, each in a repository of its own unless `repository` is
+        given; returns (wall seconds, runs), each checked."""
+        wall, runs = asyncio.run(self._batch(list(self.next_numbers(count)), repository))
         for run in runs:
             self.check(run)
         return wall, runs
 
-    def single(self):
-        return self.batch(1)[1][0]
+    def single(self, repository=None):
+        return self.batch(1, repository)[1][0]
 
     def check(self, run):
         status = run.detail.get("status")
         if status != "completed":
             error = (run.detail.get("metrics") or {}).get("error")
             raise RuntimeError(f"{run.reference} ended {status}: {error}")
-        out = self.stack.worktree(run.reference) / "out.txt"
+        out = Path(run.detail["opencode"]["workspace_path"]) / "out.txt"
         if not out.exists() or out.read_text() != f"job {run.number}\n":
             raise RuntimeError(f"{run.reference}: out.txt missing or wrong in its worktree")
         steps = [entry["kind"] for entry in self.stack.llm.requests_for(run.opencode_session_id) if entry["tools"]]
@@ -445,6 +453,10 @@ def print_event_figures(title, figures):
     line("upper bound: LLM request of the step -> opencode.step row", figures["llm_row_step"])
 
 
+def started_in_spare(run):
+    return any(event["type"] == "workspace.ready" and event["payload"].get("spare") for _, event, _ in run.received)
+
+
 def dispatch_breakdown(runs, llm, opencode_stores):
     """Dispatch latency (ms) per run and its segments, from the runs' own event rows."""
     created = opencode_session_created(opencode_stores, [run.opencode_session_id for run in runs])
@@ -473,7 +485,7 @@ def dispatch_breakdown(runs, llm, opencode_stores):
             ("task.routed row (plan, context, routing)", rows.get("task.routed")),
             ("OpenCode session created (task start, create call)", opencode_created),
             ("task.prompted row (event stream, prompt_async accepted)", rows.get("task.prompted")),
-            ("LLM first request (OpenCode's own work, new directory)", first),
+            ("LLM first request (OpenCode's own work)", first),
         ]
         for (_, before), (name, after) in zip(marks, marks[1:]):
             if before is not None and after is not None:
@@ -495,6 +507,9 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, default=1, help="concurrent rounds per side")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--dispatch", type=int, default=30, help="sequential sessions for parts 2 and 3")
+    # Sessions of a team start minutes apart, not back to back: the gap lets the worker ready its spare
+    # worktrees between starts (bursts of starts are what part 1's concurrent batches measure).
+    parser.add_argument("--gap", type=float, default=4.0, help="seconds between the sequential sessions' starts")
     parser.add_argument("--keep", action="store_true", help="keep workspaces, repositories and OpenCode state")
     parser.add_argument("--py-spy", default=None, metavar="PATH",
                         help="py-spy binary: sample the worker and daphne during the orchestrator's concurrent batches")
@@ -585,8 +600,14 @@ def measure(options, stack, orchestrator, direct):
         print(f"  round {index + 1}: {options.concurrency} concurrent, direct wall {ms(wall):.0f} ms, "
               f"orchestrator wall {ms(orch_wall):.0f} ms, ratio {orch_wall / wall:.2f}")
 
-    # --- 2 and 3: sequential sessions ---
-    sequential = [orchestrator.single() for _ in range(options.dispatch)]
+    # --- 2 and 3: sequential sessions, all on one repository (as a team's sessions are) ---
+    shared = stack.repository("repo-sequential")
+    for _ in range(SHARED_WARM_UP):
+        orchestrator.single(shared)
+    sequential = []
+    for _ in range(options.dispatch):
+        time.sleep(options.gap)
+        sequential.append(orchestrator.single(shared))
     opencode_stores = stack.opencode_stores()
 
     print()
@@ -617,6 +638,9 @@ def measure(options, stack, orchestrator, direct):
           f"request with tools ({options.dispatch} sequential sessions, PostgreSQL + Redis) ===")
     totals, segments, ours = dispatch_breakdown(sequential, llm, opencode_stores)
     line("API start -> LLM first prompt", totals, target_p99=250)
+    in_spares = sum(1 for run in sequential if started_in_spare(run))
+    print(f"  {in_spares} of {len(sequential)} sessions started in a spare worktree (one opened by the worker's "
+          f"OpenCode beforehand; {SHARED_WARM_UP} sessions on the repository ran first, excluded)")
     print("  segments (p50 / p99 ms), each from the previous mark:")
     for name, values in segments.items():
         print(f"    {name}: {percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}")

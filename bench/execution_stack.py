@@ -62,11 +62,6 @@ class Stack:
 
         return make_git_repository(settings.REPOSITORY_ROOTS[0] / (name or f"repo-{uuid.uuid4().hex[:8]}"))
 
-    def worktree(self, reference):
-        from django.conf import settings
-
-        return Path(settings.WORKSPACE_ROOT) / reference
-
     def worker_opencode_pid(self):
         from django.conf import settings
 
@@ -217,7 +212,7 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False):
             # Registered before the worker is entered, so it runs after the worker has stopped.
             stack.callback(stop_orphans)
             worker = stack.enter_context(running_worker(
-                concurrency=worker_concurrency, env={"OPENCODE_SCRIPTED_LLM_URL": llm.base_url},
+                concurrency=worker_concurrency, env={"OPENCODE_SCRIPTED_LLM_URL": llm.base_url, "WORKSPACE_SPARES": settings.WORKSPACE_SPARES},
                 log_path=logs / "worker.log",
             ))
             yield Stack(

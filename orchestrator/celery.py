@@ -16,7 +16,8 @@ app.autodiscover_tasks(related_name="jobs")
 
 @worker_shutdown.connect
 def stop_opencode_servers(**kwargs):
-    """Stop the OpenCode server (and demo model) this worker started."""
-    from sessions.execution.servers import shutdown
+    """Remove this worker's spare worktrees; stop the OpenCode server (and demo model) it started."""
+    from sessions.execution import servers, spares
 
-    shutdown()
+    spares.shutdown()
+    servers.shutdown()

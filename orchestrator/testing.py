@@ -59,8 +59,13 @@ def free_port():
 
 @contextmanager
 def running_worker(*, concurrency=4, queues=None, env=None, log_path=None):
-    """Start a real Celery worker process; stop it (by PID) on exit."""
+    """Start a real Celery worker process; stop it (by PID) on exit.
+
+    Spare worktrees are off unless `env` sets WORKSPACE_SPARES: a test's sessions then run in
+    <WORKSPACE_ROOT>/<reference>, and no background git or OpenCode work outlives the test.
+    """
     queues = queues or settings.WORKER_QUEUES
+    env = {"WORKSPACE_SPARES": 0, **(env or {})}
     log_path = Path(log_path or Path(settings.VAR_DIR) / f"worker-{os.getpid()}-{time.time_ns()}.log")
     log = open(log_path, "wb")
     command = [
@@ -70,7 +75,7 @@ def running_worker(*, concurrency=4, queues=None, env=None, log_path=None):
         "--hostname", f"test-{os.getpid()}-{time.time_ns()}@%h",
     ]
     process = subprocess.Popen(
-        command, cwd=BASE_DIR, env=subprocess_env(**(env or {})), stdout=log, stderr=subprocess.STDOUT,
+        command, cwd=BASE_DIR, env=subprocess_env(**env), stdout=log, stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     try:

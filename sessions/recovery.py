@@ -10,7 +10,8 @@ the checkpoint. A session is therefore never left running with nobody running it
 """
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
@@ -139,4 +140,17 @@ def session_cleanup_workspaces(*, now=None):
             workspace.remove_workspace(repository=repository, path=path)
             removed += 1
         CodingSession.objects.filter(pk=session.pk).update(workspace_path="")
+    removed += _cleanup_stale_spares(cutoff)
+    return removed
+
+
+def _cleanup_stale_spares(cutoff):
+    """Spare worktrees no session took, older than the cutoff (a killed worker's, or long unused)."""
+    root = Path(settings.WORKSPACE_ROOT)
+    removed = 0
+    for path in sorted(root.glob(f"{workspace.SPARE_PREFIX}*")) if root.is_dir() else []:
+        made = datetime.fromtimestamp(path.stat().st_mtime, tz=dt_timezone.utc)
+        if made < cutoff and workspace.is_unadopted_spare(path):
+            workspace.remove_workspace(repository=workspace.repository_of(path), path=path)
+            removed += 1
     return removed

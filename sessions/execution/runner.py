@@ -36,7 +36,7 @@ from agents.services import NoAgentAvailable, agent_record_result, agent_release
 from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from sessions import services as session_services
-from sessions.execution import workspace
+from sessions.execution import spares, workspace
 from sessions.execution.servers import acquire_server, release_server
 from sessions.execution.translate import TurnTranslator
 from sessions.execution.approvals import PermissionWatch
@@ -155,9 +155,14 @@ class SessionRun:
     def prepare(self):
         session = self.session
         repository = workspace.resolve_repository(session.repository, allowed_roots=settings.REPOSITORY_ROOTS)
-        self.ws = workspace.prepare_workspace(
-            repository=repository, root=settings.WORKSPACE_ROOT, reference=session.reference
-        )
+        self.ws = self._spare_workspace(repository) if not session.workspace_path else None
+        from_spare = self.ws is not None
+        if self.ws is None:
+            self.ws = workspace.prepare_workspace(
+                repository=repository, root=settings.WORKSPACE_ROOT, reference=session.reference,
+                path=session.workspace_path or None,
+            )
+        spares.note_run(repository)
         restore = session.resume_checkpoint
         if restore is not None and restore.git_ref:
             # A retry or an operator's restore: the worktree goes back to that checkpoint, and
@@ -173,10 +178,24 @@ class SessionRun:
             branch_name=self.ws.branch,
             opencode_server_url=self.server.url or "",
         )
-        self.record(
-            [("workspace.ready", {"path": str(self.ws.path), "branch": self.ws.branch, "base_commit": self.ws.base_commit})]
-        )
+        self.record([("workspace.ready", {
+            "path": str(self.ws.path), "branch": self.ws.branch, "base_commit": self.ws.base_commit,
+            "spare": from_spare,
+        })])
         context_for_session(session=session)
+
+    def _spare_workspace(self, repository):
+        """The session's first worktree from a spare this worker opened in OpenCode beforehand, or None."""
+        spare = spares.take(repository)
+        if spare is None:
+            return None
+        try:
+            return workspace.adopt_spare(repository=repository, path=spare.path, reference=self.session.reference,
+                                         base_commit=spare.base_commit)
+        except workspace.GitError as error:  # its branch exists already: it ran before
+            logger.info("%s: spare worktree not used (%s)", self.session.reference, error)
+            spares.discard(spare)
+            return None
 
     def execute_plan(self):
         task_services.task_root_for_session(session=self.session)

@@ -119,6 +119,12 @@ def acquire_server(*, directory):
     return served.server
 
 
+def is_current(server):
+    """Whether `server` is the one new runs get (not replaced, not retiring)."""
+    with _lock:
+        return _current is not None and _current.server is server
+
+
 def release_server(server):
     with _lock:
         for entry in [_current, *_retiring]:

@@ -80,10 +80,11 @@ def checkpoint_ref(reference, name):
     return f"refs/ind/{reference}/checkpoints/{name}"
 
 
-def prepare_workspace(*, repository, root, reference):
-    """Create (or reopen, on a retry) the session's worktree on branch ind/<reference>."""
+def prepare_workspace(*, repository, root, reference, path=None):
+    """Create (or reopen, on a retry) the session's worktree on branch ind/<reference>,
+    at `path` (where an earlier run of the session had it) or <root>/<reference>."""
     repository = Path(repository)
-    path = Path(root) / reference
+    path = Path(path) if path else Path(root) / reference
     branch = branch_name(reference)
     base_commit = git("rev-parse", "HEAD", cwd=repository).strip()
     if (path / ".git").exists():
@@ -107,6 +108,48 @@ def prepare_workspace(*, repository, root, reference):
         head = base_commit
     _base_file(path).write_text(base_commit)
     return Workspace(repository, path, branch, base_commit, head)
+
+
+SPARE_PREFIX = "spare-"
+
+
+def head_commit(repository):
+    return git("rev-parse", "HEAD", cwd=repository).strip()
+
+
+def create_spare(*, repository, root, name):
+    """A worktree of the repository's HEAD, detached (no branch yet), at <root>/<name>: (path, base commit).
+
+    See sessions.execution.spares: a session adopts it later with adopt_spare."""
+    path = Path(root) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base_commit = head_commit(repository)
+    git("worktree", "add", "--detach", str(path), base_commit, cwd=repository)
+    return path, base_commit
+
+
+def adopt_spare(*, repository, path, reference, base_commit):
+    """Make the spare worktree at `path` the session's: its branch ind/<reference> starts there.
+
+    GitError when the branch already exists (the session ran before): the caller takes the cold path."""
+    branch = branch_name(reference)
+    git("checkout", "-q", "-b", branch, cwd=path)
+    _base_file(path).write_text(base_commit)
+    return Workspace(Path(repository), Path(path), branch, base_commit, base_commit)
+
+
+def is_unadopted_spare(path):
+    """A spare worktree no session took: named spare-* and still without a branch."""
+    path = Path(path)
+    if not path.name.startswith(SPARE_PREFIX) or not (path / ".git").exists():
+        return False
+    return git("symbolic-ref", "-q", "HEAD", cwd=path, check=False).strip() == ""
+
+
+def repository_of(path):
+    """The main checkout of the repository a worktree belongs to."""
+    common = git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=path).strip()
+    return Path(common).resolve().parent
 
 
 def _base_file(path):

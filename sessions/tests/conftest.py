@@ -3,6 +3,7 @@ import uuid
 import pytest
 
 from orchestrator.celery import app as celery_app
+from sessions.opencode.scripted_llm import ScriptedLLM
 
 
 class BrokerQueues:
@@ -95,3 +96,12 @@ def idle_worker_before_flush(request):
             new_lines = log.read().decode(errors="replace").splitlines()
         crashed = [line for line in new_lines if "raised unexpected" in line]
         assert not crashed, f"a job crashed in the worker during this test: {crashed[0]}"
+
+
+@pytest.fixture(scope="module")
+def scripted_llm():
+    """The project's scripted LLM in this process (its request log is readable here); workers get its URL."""
+    llm = ScriptedLLM()
+    llm.start()
+    yield llm
+    llm.stop()

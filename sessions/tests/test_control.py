@@ -14,7 +14,6 @@ from orchestrator.errors import TransitionRefused
 from orchestrator.testing import answered_directives, make_git_repository, running_worker, wait_until
 from sessions.execution import workspace
 from sessions.models import Checkpoint, CodingSession, PermissionRequest, SessionEvent, SessionTransition
-from sessions.opencode.scripted_llm import ScriptedLLM
 from sessions.services import (
     session_create,
     session_pause,
@@ -29,14 +28,6 @@ from tasks.models import Task
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
 
 TERMINAL = {"completed", "partially_completed", "failed", "timeout", "stopped", "cancelled", "orphaned"}
-
-
-@pytest.fixture(scope="module")
-def scripted_llm():
-    llm = ScriptedLLM()
-    llm.start()
-    yield llm
-    llm.stop()
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,12 @@ from django.conf import settings
 
 from orchestrator.testing import make_git_repository, running_worker, wait_until
 from sessions.models import SessionEvent
-from sessions.opencode.scripted_llm import ScriptedLLM
 from sessions.services import session_create, session_start
 from tasks.models import Task
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
 
 TERMINAL = {"completed", "partially_completed", "failed", "timeout", "stopped", "cancelled", "orphaned"}
-
-
-@pytest.fixture(scope="module")
-def scripted_llm():
-    llm = ScriptedLLM()
-    llm.start()
-    yield llm
-    llm.stop()
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +188,4 @@ def test_twenty_concurrent_sessions_all_complete(worker, roster, operator_user):
     assert not failures, failures
     for index, session in enumerate(sessions):
         assert (settings.WORKSPACE_ROOT / session.reference / "out.txt").read_text() == f"job {index}\n"
+

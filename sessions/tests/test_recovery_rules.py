@@ -1,5 +1,7 @@
 """Recovery and dispatch rules without a worker: lost sessions, retries, limits, workspace retention."""
 
+import os
+import time
 from datetime import timedelta
 
 import pytest
@@ -102,3 +104,21 @@ def test_workspaces_of_sessions_ended_long_ago_are_removed_and_their_branch_kept
     assert recent_space.path.exists()
     assert f"ind/{session.reference}" in workspace.git("branch", "--list", cwd=repository)
     assert CodingSession.objects.get(pk=session.pk).workspace_path == ""
+
+
+def test_spare_worktrees_left_behind_are_removed_after_the_retention_period(settings, tmp_path):
+    settings.WORKSPACE_ROOT = tmp_path / "ws"
+    settings.WORKSPACE_RETENTION_HOURS = 24
+    repository = make_git_repository(tmp_path / "repos" / "demo")
+    stale, base = workspace.create_spare(repository=repository, root=settings.WORKSPACE_ROOT, name="spare-h-1-1")
+    fresh, _ = workspace.create_spare(repository=repository, root=settings.WORKSPACE_ROOT, name="spare-h-1-2")
+    adopted, _ = workspace.create_spare(repository=repository, root=settings.WORKSPACE_ROOT, name="spare-h-1-3")
+    workspace.adopt_spare(repository=repository, path=adopted, reference="IND-000077", base_commit=base)
+    day_old = time.time() - 25 * 3600
+    for path in (stale, adopted):
+        os.utime(path, (day_old, day_old))
+
+    assert session_cleanup_workspaces() == 1
+    assert not stale.exists()
+    assert fresh.exists() and adopted.exists()  # a recent spare, and a session's worktree (its row decides)
+    assert str(stale) not in workspace.git("worktree", "list", cwd=repository)

@@ -120,3 +120,27 @@ def test_diff_names_deleted_and_binary_files_and_reuses_its_private_index(repo, 
     assert [f["file"] for f in second["files"]] == ["README.md"] and second["tree"] != first["tree"]
     # The worktree's real index is untouched by snapshots.
     assert workspace.git("diff", "--cached", "--name-only", cwd=ws.path).strip() == ""
+
+
+def test_a_spare_worktree_is_detached_until_a_session_adopts_it(repo, tmp_path):
+    path, base = workspace.create_spare(repository=repo, root=tmp_path / "ws", name="spare-test-1")
+    assert base == workspace.head_commit(repo)
+    assert (path / "README.md").read_text() == "demo\n"
+    assert workspace.is_unadopted_spare(path)
+
+    ws = workspace.adopt_spare(repository=repo, path=path, reference="IND-000010", base_commit=base)
+    assert (ws.path, ws.branch, ws.base_commit, ws.head) == (path, "ind/IND-000010", base, base)
+    assert workspace.git("symbolic-ref", "HEAD", cwd=path).strip() == "refs/heads/ind/IND-000010"
+    assert not workspace.is_unadopted_spare(path)
+    assert workspace.repository_of(path) == repo.resolve()
+    # A retry finds the adopted worktree where the session recorded it.
+    again = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000010", path=path)
+    assert (again.path, again.base_commit) == (path, base)
+
+
+def test_a_spare_cannot_take_a_branch_that_exists(repo, tmp_path):
+    workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000011")
+    path, base = workspace.create_spare(repository=repo, root=tmp_path / "ws", name="spare-test-2")
+    with pytest.raises(workspace.GitError, match="already exists"):
+        workspace.adopt_spare(repository=repo, path=path, reference="IND-000011", base_commit=base)
+    assert workspace.is_unadopted_spare(path)
