@@ -5,7 +5,7 @@
 
 Options: --rounds 3 (single-job rounds per side), --batches 1 (concurrent rounds per side),
 --concurrency 20, --dispatch 30 (sequential sessions for dispatch and event latency, on one repository),
---gap 4 (seconds between their starts), --keep,
+--gap 6 (seconds between their starts), --keep,
 --py-spy PATH (sample the worker and daphne during the concurrent batches and print where the
 time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`).
 
@@ -509,7 +509,7 @@ def main(argv=None):
     parser.add_argument("--dispatch", type=int, default=30, help="sequential sessions for parts 2 and 3")
     # Sessions of a team start minutes apart, not back to back: the gap lets the worker ready its spare
     # worktrees between starts (bursts of starts are what part 1's concurrent batches measure).
-    parser.add_argument("--gap", type=float, default=4.0, help="seconds between the sequential sessions' starts")
+    parser.add_argument("--gap", type=float, default=6.0, help="seconds between the sequential sessions' starts")
     parser.add_argument("--keep", action="store_true", help="keep workspaces, repositories and OpenCode state")
     parser.add_argument("--py-spy", default=None, metavar="PATH",
                         help="py-spy binary: sample the worker and daphne during the orchestrator's concurrent batches")

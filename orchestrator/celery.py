@@ -16,8 +16,11 @@ app.autodiscover_tasks(related_name="jobs")
 
 @worker_shutdown.connect
 def stop_opencode_servers(**kwargs):
-    """Remove this worker's spare worktrees; stop the OpenCode server (and demo model) it started."""
+    """Remove this worker's spare worktrees; stop the OpenCode server (and demo model) it started;
+    let the last broadcasts go out."""
+    from orchestrator.events import wait_for_broadcasts
     from sessions.execution import servers, spares
 
     spares.shutdown()
     servers.shutdown()
+    wait_for_broadcasts()

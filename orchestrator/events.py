@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -22,52 +23,86 @@ def session_group(session_id):
     return f"session-{session_id}"
 
 
-_publisher_loop = None
+_publisher = None  # (loop, queue) of this process
 _publisher_pid = None
 _publisher_lock = threading.Lock()
+_unsent = 0  # broadcasts handed over and not yet sent (see wait_for_broadcasts)
+_unsent_lock = threading.Lock()
 PUBLISH_TIMEOUT = 5.0
 
 
 def _loop():
-    """One event loop per process, in its own thread, for every broadcast.
+    """One event loop per process, in its own thread, and the queue of broadcasts it sends.
 
-    async_to_sync would build a fresh loop (and, with Redis, a fresh connection)
-    for each event; a long-lived loop keeps the channel layer's connections.
+    async_to_sync would build a fresh loop (and, with Redis, a fresh connection) for each
+    event; a long-lived loop keeps the channel layer's connections. One coroutine sends the
+    queued broadcasts one after the other, so every group gets them in the order they were
+    handed over, and the caller (a request, a worker's run) never waits for Redis.
     """
-    global _publisher_loop, _publisher_pid
+    global _publisher, _publisher_pid
     with _publisher_lock:
         # A forked child (prefork pools, multiprocessing) inherits the loop but not its thread.
-        if _publisher_loop is None or _publisher_loop.is_closed() or _publisher_pid != os.getpid():
-            loop = asyncio.new_event_loop()
+        if _publisher is None or _publisher[0].is_closed() or _publisher_pid != os.getpid():
+            loop, queue = asyncio.new_event_loop(), asyncio.Queue()
             threading.Thread(target=loop.run_forever, name="event-publisher", daemon=True).start()
-            _publisher_loop, _publisher_pid = loop, os.getpid()
-        return _publisher_loop
+            loop.call_soon_threadsafe(lambda: loop.create_task(_send_queued(queue)))
+            _publisher, _publisher_pid = (loop, queue), os.getpid()
+        return _publisher
+
+
+async def _send_queued(queue):
+    global _unsent
+    while True:
+        groups, messages = await queue.get()
+        try:
+            await asyncio.wait_for(_send(groups, messages), PUBLISH_TIMEOUT)
+        except Exception:  # the broadcast is best effort; the event row is the record
+            logger.exception("broadcast to %s failed", ", ".join(groups))
+        finally:
+            with _unsent_lock:
+                _unsent -= 1
+
+
+async def _send(groups, messages):
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    for message in messages:
+        await asyncio.gather(*(layer.group_send(group, message) for group in groups))
 
 
 def publish_now(groups, message):
-    """Send one message to channel-layer groups; a failure is logged, never raised.
-
-    The database row is the durable copy of every event: a lost broadcast is
-    recovered by clients that reconnect with the last event id they saw.
-    """
+    """Broadcast one message to channel-layer groups (see publish_many_now)."""
     publish_many_now(groups, [message])
 
 
 def publish_many_now(groups, messages):
-    """Send messages to channel-layer groups, one after the other (so each group gets them in order)."""
+    """Broadcast messages to channel-layer groups, in order, without waiting for them to be sent.
+
+    A failure is logged, never raised: the database row is the durable copy of every event,
+    and a client that missed a broadcast recovers it by reconnecting with the last event id it saw.
+    """
+    global _unsent
     groups = [groups] if isinstance(groups, str) else list(groups)
-    layer = get_channel_layer()
-    if layer is None or not groups or not messages:
+    if not groups or not messages or get_channel_layer() is None:
         return
+    loop, queue = _loop()
+    with _unsent_lock:
+        _unsent += 1
+    loop.call_soon_threadsafe(queue.put_nowait, (groups, list(messages)))
 
-    async def send_all():
-        for message in messages:
-            await asyncio.gather(*(layer.group_send(group, message) for group in groups))
 
-    try:
-        asyncio.run_coroutine_threadsafe(send_all(), _loop()).result(timeout=PUBLISH_TIMEOUT)
-    except Exception:  # the broadcast is best effort; the event row is the record
-        logger.exception("broadcast to %s failed", ", ".join(groups))
+def wait_for_broadcasts(timeout=PUBLISH_TIMEOUT):
+    """Wait until every broadcast handed over so far has been sent (or failed); False on timeout.
+
+    For a process about to exit, and for tests that read a group right after an action."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with _unsent_lock:
+            if _unsent <= 0:
+                return True
+        time.sleep(0.005)
+    return False
 
 
 def publish_on_commit(groups, message, *, using=None):

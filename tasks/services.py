@@ -604,6 +604,12 @@ def _gate_links(task):
 
 def _transition(task, attempted, *, check=None, **kwargs):
     """Run one transition on the locked row, save it, then refresh the session's readiness."""
+    return _transitions(task, [(attempted, check, kwargs)])
+
+
+def _transitions(task, steps):
+    """Run transitions [(name, check, kwargs)] one after the other on the locked row, then save it
+    once and refresh the session's readiness; any refusal leaves the row as it was."""
     with transaction.atomic():
         try:
             locked = Task.objects.select_for_update().select_related("session").get(pk=task.pk)
@@ -611,16 +617,18 @@ def _transition(task, attempted, *, check=None, **kwargs):
             raise NotFound("Task not found") from None
         if locked.subtasks.exists():
             raise TransitionRefused(
-                kind="task", current=locked.status, attempted=attempted, allowed=["cancel", "skip"],
+                kind="task", current=locked.status, attempted=steps[0][0], allowed=["cancel", "skip"],
                 message=f"Task '{locked.title}' has subtasks; its status follows them (only cancel and skip apply)",
             )
-        method = getattr(locked, attempted)
-        if not can_proceed(method):
-            raise _refused(locked, attempted)
-        if check is not None:
-            check(locked)
-        fields = method(**kwargs)
-        locked.save(update_fields=["status", *fields])
+        fields = set()
+        for attempted, check, kwargs in steps:
+            method = getattr(locked, attempted)
+            if not can_proceed(method):
+                raise _refused(locked, attempted)
+            if check is not None:
+                check(locked)
+            fields.update(method(**kwargs))
+        locked.save(update_fields=["status", *sorted(fields)])
         task_refresh_readiness(session=locked.session)
     # A fresh instance, not refresh_from_db(): django-fsm's refresh toggles the field's
     # class-wide `protected` flag, which races with other threads of a worker.
@@ -655,14 +663,22 @@ def _check_start_for_ready(task):
         raise _refused(task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}")
 
 
-def task_assign(*, task: Task, agent) -> Task:
-    """pending or ready → assigned to `agent` (capacity is reserved by the agents app's routing)."""
+def _check_capabilities(task, agent):
     missing = sorted(set(task.required_capabilities) - set(getattr(agent, "capabilities", task.required_capabilities)))
     if missing:
         raise ValidationFailed(
             f"Agent {agent} lacks the capabilities {', '.join(missing)}", errors={"agent": [f"lacks {', '.join(missing)}"]}
         )
-    return _transition(task, "assign", agent=agent)
+
+
+def task_assign(*, task: Task, agent, start=False) -> Task:
+    """pending or ready → assigned to `agent` (capacity is reserved by the agents app's routing);
+    with `start`, on to in_progress in the same transaction (a worker that runs it now)."""
+    _check_capabilities(task, agent)
+    steps = [("assign", None, {"agent": agent})]
+    if start:
+        steps.append(("start", _check_start, {"now": timezone.now()}))
+    return _transitions(task, steps)
 
 
 def task_start(*, task: Task) -> Task:

@@ -97,3 +97,16 @@ def test_a_forked_child_publishes_through_its_own_loop():
     process.start()
     process.join(timeout=20)
     assert results.get(timeout=5) is True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broadcasts_reach_a_group_in_the_order_they_were_handed_over():
+    # The caller does not wait for the channel layer; one sender keeps the order.
+    from orchestrator import events
+
+    def many():
+        for n in range(50):
+            events.publish_now(GROUP, {"type": "test.message", "n": n})
+        assert events.wait_for_broadcasts()
+
+    assert [message["n"] for message in _collect(many)] == list(range(50))

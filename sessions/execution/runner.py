@@ -394,12 +394,17 @@ class SessionRun:
         if task.status == TaskStatus.PAUSED:
             return task_services.task_resume(task=task)
         if task.status in (TaskStatus.PENDING, TaskStatus.READY):
-            task = task_services.task_assign(task=task, agent=agent)
+            return task_services.task_assign(task=task, agent=agent, start=True)
         if task.status == TaskStatus.ASSIGNED:
             task = task_services.task_start(task=task)
         return task
 
     def run_task(self, task, resume=False):
+        # OpenCode's event stream connects (~30-40 ms) while the task is routed and started.
+        with TurnEvents(self.server.client(directory=str(self.ws.path)), name=f"events-task-{task.pk}") as events:
+            self._run_task(task, events, resume)
+
+    def _run_task(self, task, events, resume):
         try:
             agent = self._take_agent(task)
         except NoAgentAvailable as error:
@@ -414,7 +419,7 @@ class SessionRun:
         outcome = None
         try:
             task = self._begin_task(task, agent)
-            outcome = TaskTurn(self, task, agent).run(resume=resume)
+            outcome = TaskTurn(self, task, agent, events).run(resume=resume)
         except SessionEnded as ended:
             self._end_task_early(task, ended)
             raise
@@ -600,10 +605,11 @@ class SessionRun:
 class TaskTurn:
     """One OpenCode turn of one task: prompt (or continue, or re-attach), follow the stream, record."""
 
-    def __init__(self, run, task, agent):
+    def __init__(self, run, task, agent, events):
         self.run_ = run
         self.task = task
         self.agent = agent
+        self.events = events
         self.client = run.server.client(directory=str(run.ws.path))
         self.opencode_id = ""
         self.translator = None
@@ -612,16 +618,12 @@ class TaskTurn:
 
     def run(self, *, resume=False):
         run_, task = self.run_, self.task
-        how, prompt = self._choose_start(resume)
-        task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
-        session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
-        self.translator = TurnTranslator(self.opencode_id)
-        events = queue.Queue()
-        stream = EventStream(self.client, directory=str(run_.ws.path))
-        reader = threading.Thread(target=_pump, args=(stream, events), daemon=True, name=f"events-{self.opencode_id}")
-        reader.start()
         try:
-            if not stream.connected.wait(STREAM_CONNECT_TIMEOUT):
+            how, prompt = self._choose_start(resume)
+            task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
+            session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
+            self.translator = TurnTranslator(self.opencode_id)
+            if not self.events.stream.connected.wait(STREAM_CONNECT_TIMEOUT):
                 raise OpenCodeError("OpenCode's event stream did not connect")
             model = run_.session.model_identifier or self.agent.model_identifier
             if how == "reattach":
@@ -640,16 +642,14 @@ class TaskTurn:
                 "opencode_agent": self.agent.opencode_agent, "model": model or "default", "how": how,
                 "steps_done": self.task_step,
             })])
-            return self._follow(events)
+            return self._follow(self.events.queue)
         except SessionEnded as ended:
-            _abort_quietly(self.client, self.opencode_id)
+            if self.opencode_id:
+                _abort_quietly(self.client, self.opencode_id)
             if ended.status == S.PAUSED:
                 run_.checkpoint(task=task, message_id=self.translator.last_message_id if self.translator else "",
                                 task_step=self.task_step, reason="pause")
             raise
-        finally:
-            stream.stop()
-            reader.join(timeout=2)
 
     def _choose_start(self, resume):
         """("new" | "continue" | "reattach" | "resume", prompt): how this turn begins.
@@ -817,6 +817,23 @@ class TaskTurn:
         run_.checkpoint_soon(task=self.task, message_id=step.message_id, task_step=self.task_step)
 
 
+class TurnEvents:
+    """OpenCode's event stream of a worktree, read on a thread of its own into `queue` (while in a with block)."""
+
+    def __init__(self, client, *, name):
+        self.queue = queue.Queue()
+        self.stream = EventStream(client, directory=client.directory)
+        self.reader = threading.Thread(target=_pump, args=(self.stream, self.queue), daemon=True, name=name)
+
+    def __enter__(self):
+        self.reader.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stream.stop()
+        self.reader.join(timeout=2)
+
+
 def _take_events(events, *, timeout, limit=200):
     """The next event (waiting up to `timeout`) and every other one already queued; [] if none came."""
     try:
@@ -864,3 +881,4 @@ def _diff_payload(diff):
     payload["patch"] = patch if len(patch) <= PATCH_LIMIT else patch[:PATCH_LIMIT]
     payload["patch_truncated"] = len(patch) > PATCH_LIMIT
     return payload
+

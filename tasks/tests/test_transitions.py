@@ -101,6 +101,19 @@ def test_start_is_refused_while_a_finish_to_start_prerequisite_is_open(make_task
 
 
 @pytest.mark.django_db
+def test_assign_with_start_goes_to_in_progress_at_once_or_not_at_all(make_task, agent):
+    a, b, c = make_task("A"), make_task("B"), make_task("C")
+    services.task_add_dependency(prerequisite=a, dependent=b)
+    started = services.task_assign(task=c, agent=agent, start=True)
+    assert (started.status, started.assigned_agent, started.started_at is not None) == ("in_progress", agent, True)
+
+    with pytest.raises(TransitionRefused, match="finish_to_start prerequisite 'A'"):
+        services.task_assign(task=b, agent=agent, start=True)
+    b.refresh_from_db()
+    assert (b.status, b.assigned_agent) == ("pending", None)  # the assign step rolled back with the start
+
+
+@pytest.mark.django_db
 def test_an_agent_missing_a_capability_is_refused(make_task):
     from tasks.tests.factories import AgentFactory
 
