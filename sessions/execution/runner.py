@@ -447,7 +447,9 @@ class SessionRun:
         task = Task.objects.get(pk=task.pk)
         if task.status != TaskStatus.IN_PROGRESS:
             return
-        if ended.status == S.PAUSED:
+        if ended.status in (S.PAUSED, S.STOPPED, S.TIMEOUT):
+            # Interrupted, not failed: a resume (paused) or a retry (stopped, timed out) carries it on
+            # from its last checkpoint. A failed task would leave a retried session nothing to run.
             task_services.task_pause(task=task)
         elif ended.status in ("lost", "ending", "deleted"):
             return  # another run (or nobody) carries on; leave the task as it is

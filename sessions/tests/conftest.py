@@ -80,11 +80,14 @@ def roster(transactional_db):
 def idle_worker_before_flush(request):
     """A module's shared worker must finish its jobs before the test database is flushed.
 
-    A job still writing (a paused session releasing its agent, say) while the tables are
-    truncated deadlocks PostgreSQL's TRUNCATE. Being autouse and set up after pytest-django's
-    own database fixture, this runs its teardown first.
+    A job still writing (a paused session's last checkpoint, say) while the tables are
+    truncated deadlocks PostgreSQL's TRUNCATE. The database fixture is set up here, inside this
+    one, so its teardown (the flush) runs after this wait: autouse fixtures are set up before
+    the test's own, so a database requested by the test's fixtures would be flushed first.
     """
     worker = request.getfixturevalue("worker") if "worker" in request.fixturenames else None
+    if worker is not None:
+        request.getfixturevalue("transactional_db")  # a worker is another process: only committed rows reach it
     log_start = worker.log_path.stat().st_size if worker is not None else 0
     yield
     if worker is not None:

@@ -242,7 +242,8 @@ def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_
     session_start(session=session, actor=operator_user)
     wait_for_event(session, "session.checkpoint")
     session_stop(session=session, actor=operator_user)
-    wait_until(lambda: root_task(session).status == "failed", timeout=30, message="the task to stop")
+    # The stopped run's task is interrupted (paused), so the retry below carries it on.
+    wait_until(lambda: root_task(session).status == "paused", timeout=30, message="the task to stop")
     worktree = settings.WORKSPACE_ROOT / session.reference
     (worktree / "a.txt").write_text("tampered\n")
     (worktree / "junk.txt").write_text("junk\n")
@@ -256,8 +257,11 @@ def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_
     assert (worktree / "a.txt").read_text() == "one\n"
     assert not (worktree / "junk.txt").exists()
     assert workspace.snapshot_tree(worktree) == workspace.git("rev-parse", f"{checkpoint.git_ref}^{{tree}}", cwd=worktree).strip()
-    if status_of(session) in ("queued", "running", "degraded"):  # clean-up: this test is about the worktree
-        session_stop(session=session, actor=operator_user, reason="test done")
+    # The retried run resumes the interrupted task: in a new OpenCode session told that one step is done.
+    prompted = wait_for_event(session, "task.prompted", how="resume")[0]
+    assert prompted.payload["steps_done"] == 1
+    assert status_of(session) in ("running", "degraded")
+    session_stop(session=session, actor=operator_user, reason="test done")  # it sleeps 30 s in step 2
 
 
 @pytest.mark.django_db(transaction=True)
