@@ -7,7 +7,7 @@ import socket
 from celery import shared_task
 
 from orchestrator.errors import NotFound
-from sessions.dispatch import session_claim_next, session_dispatch
+from sessions.dispatch import limits_configured, session_claim_next, session_dispatch
 from sessions.models import CodingSession
 from sessions.recovery import session_cleanup_workspaces, session_reconcile
 
@@ -35,6 +35,10 @@ def execute_session(self, session_id):
     if session is None:
         logger.info("execute_session: session %s not claimed (not queued, or waiting for a slot)", session_id)
         return None
+    if limits_configured():
+        # A session that found this one ahead of it in the queue stepped back and waits to be
+        # dispatched; now that this one holds its slot, let it in if another slot is free.
+        session_dispatch()
     # Imported here: the execution engine pulls in OpenCode clients a web process never needs.
     from sessions.execution import run_session
 

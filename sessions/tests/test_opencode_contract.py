@@ -17,7 +17,7 @@ from orchestrator.testing import free_port, wait_until
 from sessions.opencode import errors
 from sessions.opencode.client import OpenCodeClient
 from sessions.opencode.events import RECONNECTED, EventCollector, session_snapshot
-from sessions.opencode.scripted_llm import ScriptedLLM, opencode_config
+from sessions.opencode.scripted_llm import opencode_config
 from sessions.opencode.server import ExistingServer, OpenCodeServer
 
 pytestmark = pytest.mark.opencode
@@ -35,11 +35,8 @@ def git(*args, cwd):
 
 
 @pytest.fixture(scope="module")
-def llm():
-    server = ScriptedLLM()
-    server.start()
-    yield server
-    server.stop()
+def llm(scripted_llm):
+    return scripted_llm
 
 
 @pytest.fixture(scope="module")

@@ -29,11 +29,8 @@ SCRIPT = "Make a file.\n@@text Working on it\n@@write notes/hello.txt Hello\\nwo
 
 
 @pytest.fixture(scope="module")
-def llm():
-    server = ScriptedLLM()
-    server.start()
-    yield server
-    server.stop()
+def llm(scripted_llm):
+    return scripted_llm
 
 
 def chat(llm, messages, *, stream=True, tools=TOOLS, include_usage=True, headers=None):
