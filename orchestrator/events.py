@@ -9,7 +9,6 @@ import asyncio
 import logging
 import os
 import threading
-import time
 
 from channels.layers import get_channel_layer
 from django.db import transaction
@@ -27,7 +26,7 @@ _publisher = None  # (loop, queue) of this process
 _publisher_pid = None
 _publisher_lock = threading.Lock()
 _unsent = 0  # broadcasts handed over and not yet sent (see wait_for_broadcasts)
-_unsent_lock = threading.Lock()
+_unsent_changed = threading.Condition()
 PUBLISH_TIMEOUT = 5.0
 
 
@@ -59,8 +58,9 @@ async def _send_queued(queue):
         except Exception:  # the broadcast is best effort; the event row is the record
             logger.exception("broadcast to %s failed", ", ".join(groups))
         finally:
-            with _unsent_lock:
+            with _unsent_changed:
                 _unsent -= 1
+                _unsent_changed.notify_all()
 
 
 async def _send(groups, messages):
@@ -87,7 +87,7 @@ def publish_many_now(groups, messages):
     if not groups or not messages or get_channel_layer() is None:
         return
     loop, queue = _loop()
-    with _unsent_lock:
+    with _unsent_changed:
         _unsent += 1
     loop.call_soon_threadsafe(queue.put_nowait, (groups, list(messages)))
 
@@ -96,13 +96,8 @@ def wait_for_broadcasts(timeout=PUBLISH_TIMEOUT):
     """Wait until every broadcast handed over so far has been sent (or failed); False on timeout.
 
     For a process about to exit, and for tests that read a group right after an action."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with _unsent_lock:
-            if _unsent <= 0:
-                return True
-        time.sleep(0.005)
-    return False
+    with _unsent_changed:
+        return _unsent_changed.wait_for(lambda: _unsent <= 0, timeout=timeout)
 
 
 def publish_on_commit(groups, message, *, using=None):

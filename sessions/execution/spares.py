@@ -30,6 +30,7 @@ from pathlib import Path
 from django.conf import settings
 
 from sessions.execution import servers, workspace
+from sessions.opencode.errors import OpenCodeError
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ def _submit(job, *, due=0.0):
     """Run `job` on the spares thread, in submission order, not before the monotonic time `due`."""
     global _thread
     with _lock:
-        if _thread is None:
+        if _thread is None or not _thread.is_alive():  # an unexpected error ends the thread: the next job starts another
             _thread = threading.Thread(target=_work, name="spare-worktrees", daemon=True)
             _thread.start()
     _jobs.put((due, job))
@@ -124,10 +125,11 @@ def _submit(job, *, due=0.0):
 def _work():
     while True:
         due, job = _jobs.get()
-        time.sleep(max(0.0, due - time.monotonic()))
+        # Wait for the job's time, but not past the worker's shutdown (a stopping worker makes no spares).
+        _stopping.wait(max(0.0, due - time.monotonic()))
         try:
             job()
-        except Exception:  # a spare is an optimisation: log and go on
+        except (workspace.GitError, OpenCodeError, OSError):  # a spare is an optimisation: log and go on
             logger.exception("spare worktrees: a job failed")
 
 
