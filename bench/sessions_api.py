@@ -159,6 +159,10 @@ def run_processes(count, per_client, work):
 
     for connection in connections.all():
         connection.close()
+        if getattr(connection, "pool", None) is not None:
+            # A forked child must not inherit the pool's open sockets (nor its threads, which
+            # fork does not copy): each process opens a pool of its own.
+            connection.close_pool()
     context = multiprocessing.get_context("fork")
     barrier = context.Barrier(count + 1)
     results = context.Queue()

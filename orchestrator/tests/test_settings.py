@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -87,3 +88,27 @@ def test_secret_key_is_required_when_debug_is_off():
     assert result.returncode != 0
     assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
     assert "started" in _start_django(DEBUG="false", SECRET_KEY="x" * 50).stdout
+
+
+def _database_entry(**env):
+    code = ("import json, django; django.setup(); from django.conf import settings; "
+            "d = settings.DATABASES['default']; print(json.dumps({'options': d.get('OPTIONS', {}), "
+            "'max_age': d.get('CONN_MAX_AGE')}))")
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("DATABASE_")}
+    environment.update(env)
+    result = subprocess.run([sys.executable, "-c", code], cwd=settings.BASE_DIR, env=environment,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_postgresql_connections_come_from_a_pool_unless_turned_off():
+    url = "postgresql://app@db.local:5432/orchestrator"
+    pooled = _database_entry(DATABASE_URL=url, DATABASE_POOL_MAX_SIZE="40")
+    assert pooled["options"]["pool"]["max_size"] == 40
+    assert pooled["options"]["pool"]["min_size"] == 2
+    assert pooled["max_age"] == 0  # Django refuses persistent connections together with a pool
+    unpooled = _database_entry(DATABASE_URL=url, DATABASE_POOL_MAX_SIZE="0", DATABASE_CONN_MAX_AGE="60")
+    assert "pool" not in unpooled["options"]
+    assert unpooled["max_age"] == 60
+    assert "pool" not in _database_entry()["options"]  # SQLite: no pool

@@ -62,6 +62,8 @@ SILENCE_CHECK_SECONDS = 10.0
 NO_AGENT_EVER = frozenset({"missing_capabilities", "no_agent_has_all"})
 # What a task that names no capabilities needs, by the session's type: an execution session's
 # prompt is work on the code, so it must not land on a read-only planner.
+# OpenCode calls a task thread starts and collects later (the early session create of TaskTurn).
+_OPENCODE_CALLS = ThreadPoolExecutor(max_workers=32, thread_name_prefix="opencode-call")
 SESSION_TYPE_CAPABILITIES = {
     "execution": ["code_generation"],
     "planning": ["task_decomposition"],
@@ -364,25 +366,25 @@ class SessionRun:
                 connection.close()
 
     def _take_agent(self, task):
-        """The agent for `task` with one unit of its capacity reserved for this run.
+        """(agent, routing records): the agent for `task` with one unit of its capacity reserved.
 
         A task interrupted by a lost worker still holds its reservation (nobody
-        released it), so it keeps its agent; any other task is routed afresh,
-        preferring the agent it had.
+        released it), so it keeps its agent (no records); any other task is routed
+        afresh, preferring the agent it had. The `task.routed` record is written
+        with the task's start (one transaction).
         """
         if task.status in (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS) and task.assigned_agent_id:
-            return task.assigned_agent
+            return task.assigned_agent, []
         decision = agent_route(
             required_capabilities=list(task.required_capabilities or SESSION_TYPE_CAPABILITIES[self.session.session_type]),
             preferred_agent=task.assigned_agent_id or self.session.agent_id,
             reserve=True,
         )
-        self.record([("task.routed", {
+        return decision.agent, [("task.routed", {
             "task_id": task.pk, "title": task.title, "agent": decision.agent.name, "score": decision.score,
             "reason": decision.reason,
             "alternatives": [{"agent": alt.agent.name, "score": alt.score} for alt in decision.alternatives],
-        })])
-        return decision.agent
+        })]
 
     def _skip_unroutable(self, task, error):
         """No agent can ever take the task (nobody holds what it needs): it is skipped, saying why."""
@@ -416,7 +418,7 @@ class SessionRun:
 
     def _run_task(self, task, events, resume):
         try:
-            agent = self._take_agent(task)
+            agent, routed = self._take_agent(task)
         except NoAgentAvailable as error:
             if error.details.get("reason") not in NO_AGENT_EVER:
                 raise WaitForAgent(task.pk, error.message) from error
@@ -427,13 +429,20 @@ class SessionRun:
             return
         started = time.monotonic()
         outcome = None
+        turn = TaskTurn(self, task, agent, events)
         try:
-            task = self._begin_task(task, agent)
-            outcome = TaskTurn(self, task, agent, events).run(resume=resume)
+            # A new task's OpenCode session is created while the task starts here (neither needs
+            # the other): ~10 ms off the way to the prompt.
+            turn.create_opencode_session_early(resume=resume)
+            with transaction.atomic():
+                self.record(routed)
+                task = self._begin_task(task, agent)
+            outcome = turn.run(task, resume=resume)
         except SessionEnded as ended:
             self._end_task_early(task, ended)
             raise
         finally:
+            turn.drop_unused_opencode_session()
             agent_release(agent=agent)
             if outcome is not None:
                 agent_record_result(
@@ -627,13 +636,31 @@ class TaskTurn:
         self.translator = None
         self.task_step = 0
         self.usage = {"tokens": 0, "cost": Decimal("0")}
+        self._early_session = None  # a Future of the OpenCode session id, see create_opencode_session_early
 
-    def run(self, *, resume=False):
-        run_, task = self.run_, self.task
+    def create_opencode_session_early(self, *, resume):
+        """Start creating a new task's OpenCode session in the background (a resumed task decides later)."""
+        if not resume:
+            self._early_session = _OPENCODE_CALLS.submit(self._new_opencode_session)
+
+    def drop_unused_opencode_session(self):
+        """Delete the session created early when the turn never took it (the task could not start)."""
+        early, self._early_session = self._early_session, None
+        if early is None:
+            return
+        try:
+            self.client.delete_session(early.result())
+        except OpenCodeError as error:
+            logger.info("%s: unused OpenCode session not deleted: %s", self.run_.session.reference, error)
+
+    def run(self, task, *, resume=False):
+        run_ = self.run_
+        self.task = task
         try:
             how, prompt = self._choose_start(resume)
-            task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
-            session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
+            with transaction.atomic():
+                task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
+                session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
             self.translator = TurnTranslator(self.opencode_id)
             self.events.start()  # already connecting if the directory was open
             run_.directory_open = True
@@ -690,7 +717,8 @@ class TaskTurn:
                     "Continue the task from where it stopped (it was interrupted). "
                     "Do not repeat steps that are already done."
                 )
-        self.opencode_id = self._new_opencode_session()
+        self.opencode_id = self._early_session.result() if self._early_session else self._new_opencode_session()
+        self._early_session = None
         if not resume:
             return "new", run_.task_prompt(task)
         self.task_step = run_.steps_done(task, up_to_sequence=restored.sequence if restored else None)
@@ -898,4 +926,5 @@ def _diff_payload(diff):
     payload["patch"] = patch if len(patch) <= PATCH_LIMIT else patch[:PATCH_LIMIT]
     payload["patch_truncated"] = len(patch) > PATCH_LIMIT
     return payload
+
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .client import OpenCodeClient
+from .client import OpenCodeClient, tls_context
 from .errors import OpenCodeError, Unreachable, error_for_status
 
 RECONNECTED = "stream.reconnected"
@@ -206,6 +206,7 @@ class EventStream:
         self._http = httpx.Client(
             base_url=client.base_url, auth=client.auth,
             timeout=httpx.Timeout(self.idle_timeout, connect=self.connect_timeout),
+            verify=tls_context(),
         )
 
     def _path(self):

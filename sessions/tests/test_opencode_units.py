@@ -122,3 +122,31 @@ def test_server_start_fails_clearly_when_the_binary_is_missing(tmp_path):
         server.start()
 
     assert "missing-opencode" in str(caught.value)
+
+
+def test_clients_and_event_streams_share_one_tls_context(monkeypatch):
+    """httpx loads the whole CA bundle for every Client it builds unless given a context (~25 ms of
+    CPU each); a worker builds a client per event stream, so they all share the process's one."""
+    import ssl
+
+    from sessions.opencode.client import tls_context
+    from sessions.opencode.events import EventStream
+
+    tls_context()  # the process's one load
+    loads = []
+    real_load = ssl.SSLContext.load_verify_locations
+
+    def counting_load(self, *args, **kwargs):
+        loads.append(args)
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counting_load)
+    client = OpenCodeClient("http://127.0.0.1:9", directory="/tmp/x")
+    stream = EventStream(client)
+    stream._connect_client()
+    try:
+        assert loads == []
+        assert stream._http._transport._pool._ssl_context is tls_context()
+    finally:
+        stream._http.close()
+        client.close()
