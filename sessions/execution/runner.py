@@ -215,7 +215,10 @@ class SessionRun:
                 last_heartbeat = time.monotonic()
                 replan = True
                 while True:
-                    self.check_control()
+                    if not running:
+                        # A task thread following its turn checks control itself every half second;
+                        # checking here as well doubled the polling of every running session.
+                        self.check_control()
                     now = time.monotonic()
                     if now - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
                         last_heartbeat = now
@@ -286,7 +289,7 @@ class SessionRun:
             workspace.diff_between(path=self.ws.path, base_commit=self.ws.base_commit, tree=tree)
         commit = workspace.commit_workspace(
             path=self.ws.path, message=f"{self.session.reference}: {self.session.title}"
-        )
+        ) if diff["files"] else None
         self.record([("session.diff", _diff_payload(diff))])
         result = {
             "final_text": self.last_text,

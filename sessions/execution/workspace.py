@@ -191,6 +191,17 @@ def snapshot_tree(path):
 
 
 def _git_dir(path):
+    """The worktree's git folder, read from its `.git` file ("gitdir: <path>") without running git:
+    snapshots ask for it at every checkpoint. Anything else asks git."""
+    dot_git = Path(path) / ".git"
+    if dot_git.is_dir():
+        return dot_git.resolve()
+    try:
+        first_line = dot_git.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        first_line = ""
+    if first_line.startswith("gitdir: "):
+        return (Path(path) / first_line[len("gitdir: "):].strip()).resolve()
     return Path(git("rev-parse", "--absolute-git-dir", cwd=path).strip())
 
 

@@ -1,5 +1,8 @@
 """Git worktree isolation: real git on throwaway repositories."""
 
+import os
+from pathlib import Path
+
 import pytest
 
 from orchestrator.errors import ValidationFailed
@@ -144,3 +147,14 @@ def test_a_spare_cannot_take_a_branch_that_exists(repo, tmp_path):
     with pytest.raises(workspace.GitError, match="already exists"):
         workspace.adopt_spare(repository=repo, path=path, reference="IND-000011", base_commit=base)
     assert workspace.is_unadopted_spare(path)
+
+
+def test_the_git_folder_is_read_from_the_worktree_as_git_would_answer(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000077")
+    for path in (ws.path, repo):
+        asked = workspace.git("rev-parse", "--absolute-git-dir", cwd=path).strip()
+        assert workspace._git_dir(path) == Path(asked).resolve()
+    # A relative "gitdir:" (git worktree add --relative-paths) resolves from the worktree.
+    relative = Path(os.path.relpath(workspace._git_dir(ws.path), ws.path))
+    (ws.path / ".git").write_text(f"gitdir: {relative}\n")
+    assert workspace._git_dir(ws.path) == Path(workspace.git("rev-parse", "--absolute-git-dir", cwd=ws.path).strip())
