@@ -170,7 +170,7 @@ def _ensure_roster(concurrency):
 
 
 @contextmanager
-def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False):
+def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False, worker_env=None):
     """Yield a `Stack`; everything started is stopped by PID on the way out."""
     production_like_environment()
     setup_django()
@@ -212,7 +212,8 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False):
             # Registered before the worker is entered, so it runs after the worker has stopped.
             stack.callback(stop_orphans)
             worker = stack.enter_context(running_worker(
-                concurrency=worker_concurrency, env={"OPENCODE_SCRIPTED_LLM_URL": llm.base_url, "WORKSPACE_SPARES": settings.WORKSPACE_SPARES},
+                concurrency=worker_concurrency, env={"OPENCODE_SCRIPTED_LLM_URL": llm.base_url, "WORKSPACE_SPARES": settings.WORKSPACE_SPARES,
+                                                  **(worker_env or {})},
                 log_path=logs / "worker.log",
             ))
             yield Stack(
@@ -225,6 +226,14 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False):
             signal.signal(sig, handler)
         if not keep:
             _clear_run_folders(var_dir)
+
+
+def inotify_instance_limit():
+    """fs.inotify.max_user_instances, or None where it cannot be read."""
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_stores(database_paths, query):

@@ -128,6 +128,7 @@ class SessionRun:
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{session.reference}-checkpoint")
         self._pending_checkpoints = []
         self._checkpoint_lock = threading.Lock()
+        self._waiting_sessions = {}  # task id -> Future of an OpenCode session kept while it waits for an agent
 
     # --- the whole run -------------------------------------------------------------
 
@@ -144,6 +145,8 @@ class SessionRun:
             logger.exception("%s: run failed unexpectedly", self.session.reference)
             self.fail_session(error_type="internal_error", message=f"{type(error).__name__}: {error}")
         finally:
+            for new_session in self._waiting_sessions.values():  # tasks still waiting for an agent
+                self._drop_opencode_session(new_session)
             try:
                 self.wait_for_checkpoints()
             except Exception:  # the run has already ended one way or another; keep the first reason
@@ -420,23 +423,32 @@ class SessionRun:
             events.stop()
 
     def _run_task(self, task, events, resume):
+        # A new task's OpenCode session is made while the task is routed and started (neither needs
+        # the other): 10-20 ms off the way to the prompt. One made for an attempt that then waited
+        # for an agent is kept for the next attempt.
+        new_session = None if resume else (
+            self._waiting_sessions.pop(task.pk, None) or _OPENCODE_CALLS.submit(self.create_opencode_session, task)
+        )
         try:
             agent, routed = self._take_agent(task)
         except NoAgentAvailable as error:
             if error.details.get("reason") not in NO_AGENT_EVER:
+                if new_session is not None:
+                    self._waiting_sessions[task.pk] = new_session
                 raise WaitForAgent(task.pk, error.message) from error
+            self._drop_opencode_session(new_session)
             self._skip_unroutable(task, error)
             return
-        except ValidationFailed as error:
-            self._skip_unroutable(task, error)
-            return
+        except BaseException as error:
+            self._drop_opencode_session(new_session)
+            if isinstance(error, ValidationFailed):
+                self._skip_unroutable(task, error)
+                return
+            raise
         started = time.monotonic()
         outcome = None
-        turn = TaskTurn(self, task, agent, events)
+        turn = TaskTurn(self, task, agent, events, new_session=new_session)
         try:
-            # A new task's OpenCode session is created while the task starts here (neither needs
-            # the other): ~10 ms off the way to the prompt.
-            turn.create_opencode_session_early(resume=resume)
             with transaction.atomic():
                 self.record(routed)
                 task = self._begin_task(task, agent)
@@ -445,7 +457,7 @@ class SessionRun:
             self._end_task_early(task, ended)
             raise
         finally:
-            turn.drop_unused_opencode_session()
+            self._drop_opencode_session(turn.new_session)  # made, but the task never started
             agent_release(agent=agent)
             if outcome is not None:
                 agent_record_result(
@@ -454,6 +466,24 @@ class SessionRun:
                     tokens=outcome.tokens, cost=outcome.cost,
                 )
         self._record_task_outcome(task, agent, outcome)
+
+    def create_opencode_session(self, task):
+        """A new OpenCode session for `task` in the worktree (the session's permission policy applied)."""
+        policy = self.session.permission_policy or {}
+        created = self.server.client(directory=str(self.ws.path)).create_session(
+            title=f"{self.session.reference} · {task.title}"[:120],
+            permission=permission_rules(policy) if policy else None,
+        )
+        return created["id"]
+
+    def _drop_opencode_session(self, new_session):
+        """Delete an OpenCode session made for a task that did not take it (a Future, or None)."""
+        if new_session is None:
+            return
+        try:
+            self.server.client(directory=str(self.ws.path)).delete_session(new_session.result())
+        except OpenCodeError as error:
+            logger.info("%s: unused OpenCode session not deleted: %s", self.session.reference, error)
 
     def _end_task_early(self, task, ended):
         task = Task.objects.get(pk=task.pk)
@@ -629,7 +659,7 @@ class SessionRun:
 class TaskTurn:
     """One OpenCode turn of one task: prompt (or continue, or re-attach), follow the stream, record."""
 
-    def __init__(self, run, task, agent, events):
+    def __init__(self, run, task, agent, events, *, new_session=None):
         self.run_ = run
         self.task = task
         self.agent = agent
@@ -639,22 +669,9 @@ class TaskTurn:
         self.translator = None
         self.task_step = 0
         self.usage = {"tokens": 0, "cost": Decimal("0")}
-        self._early_session = None  # a Future of the OpenCode session id, see create_opencode_session_early
-
-    def create_opencode_session_early(self, *, resume):
-        """Start creating a new task's OpenCode session in the background (a resumed task decides later)."""
-        if not resume:
-            self._early_session = _OPENCODE_CALLS.submit(self._new_opencode_session)
-
-    def drop_unused_opencode_session(self):
-        """Delete the session created early when the turn never took it (the task could not start)."""
-        early, self._early_session = self._early_session, None
-        if early is None:
-            return
-        try:
-            self.client.delete_session(early.result())
-        except OpenCodeError as error:
-            logger.info("%s: unused OpenCode session not deleted: %s", self.run_.session.reference, error)
+        # A Future of a new OpenCode session made while the task was routed (SessionRun.run_task);
+        # None once this turn has taken it.
+        self.new_session = new_session
 
     def run(self, task, *, resume=False):
         run_ = self.run_
@@ -720,24 +737,19 @@ class TaskTurn:
                     "Continue the task from where it stopped (it was interrupted). "
                     "Do not repeat steps that are already done."
                 )
-        self.opencode_id = self._early_session.result() if self._early_session else self._new_opencode_session()
-        self._early_session = None
+        prompt = run_.task_prompt(task)  # while the OpenCode session is being made
+        if self.new_session is not None:
+            self.opencode_id, self.new_session = self.new_session.result(), None
+        else:
+            self.opencode_id = run_.create_opencode_session(task)
         if not resume:
-            return "new", run_.task_prompt(task)
+            return "new", prompt
         self.task_step = run_.steps_done(task, up_to_sequence=restored.sequence if restored else None)
         note = (
             f"This task was interrupted and is resumed: its first {self.task_step} steps are done and their "
             f"changes are in the workspace. Continue from there; do not repeat them.\n@@resume {self.task_step}"
         )
-        return "resume", run_.task_prompt(task) + "\n\n" + note
-
-    def _new_opencode_session(self):
-        policy = self.run_.session.permission_policy or {}
-        created = self.client.create_session(
-            title=f"{self.run_.session.reference} · {self.task.title}"[:120],
-            permission=permission_rules(policy) if policy else None,
-        )
-        return created["id"]
+        return "resume", prompt + "\n\n" + note
 
     def _follow(self, events):
         run_, translator = self.run_, self.translator
@@ -929,5 +941,6 @@ def _diff_payload(diff):
     payload["patch"] = patch if len(patch) <= PATCH_LIMIT else patch[:PATCH_LIMIT]
     payload["patch_truncated"] = len(patch) > PATCH_LIMIT
     return payload
+
 
 

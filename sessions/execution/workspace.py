@@ -57,10 +57,16 @@ def resolve_repository(path, *, allowed_roots):
         )
     if not real.is_dir():
         raise ValidationFailed(field="repository", rule="does not exist")
-    inside = git("rev-parse", "--is-inside-work-tree", cwd=real, check=False).strip()
-    if inside != "true":
-        raise ValidationFailed(field="repository", rule="is not a git repository")
+    if real not in _git_repositories:  # asked once per process: every run starts here
+        inside = git("rev-parse", "--is-inside-work-tree", cwd=real, check=False).strip()
+        if inside != "true":
+            raise ValidationFailed(field="repository", rule="is not a git repository")
+        _git_repositories.add(real)
     return real
+
+
+# Folders git has confirmed as repositories (one that stops being one fails at its next git command).
+_git_repositories = set()
 
 
 @dataclass(frozen=True)

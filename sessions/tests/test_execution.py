@@ -189,3 +189,54 @@ def test_twenty_concurrent_sessions_all_complete(worker, roster, operator_user):
     for index, session in enumerate(sessions):
         assert (settings.WORKSPACE_ROOT / session.reference / "out.txt").read_text() == f"job {index}\n"
 
+
+
+def opencode_sessions_titled(worker_pid, prefix):
+    """Titles of the OpenCode sessions in the stores of the worker's servers that start with `prefix`
+    (read-only: the server is running)."""
+    import sqlite3
+
+    titles = []
+    for store in (settings.VAR_DIR / "opencode-state").glob(f"*-{worker_pid}-*/data/opencode/opencode.db"):
+        connection = sqlite3.connect(f"file:{store}?mode=ro", uri=True, timeout=10)
+        try:
+            titles += [row[0] for row in connection.execute("SELECT title FROM session") if row[0].startswith(prefix)]
+        finally:
+            connection.close()
+    return titles
+
+
+def test_a_task_that_waits_for_an_agent_runs_when_one_frees_up_in_the_opencode_session_made_first(
+    worker, roster, repository, operator_user, scripted_llm,
+):
+    """Every agent able to write code is full: the task waits (retrying each second), then runs once one
+    is released. Its OpenCode session, made while the first attempt was routed, serves every attempt:
+    exactly one exists for the session afterwards (none leaked by the retries)."""
+    import time
+
+    from agents.services import NoAgentAvailable, agent_release, agent_route
+
+    held = []
+    while True:
+        try:
+            held.append(agent_route(required_capabilities=["code_generation"], reserve=True).agent)
+        except NoAgentAvailable:
+            break
+    session = session_create(title="Wait for an agent", initial_prompt="@@final done after waiting",
+                             repository=str(repository), actor=operator_user)
+    try:
+        session_start(session=session, actor=operator_user)
+        wait_until(lambda: "task.waiting_for_agent" in event_types(session), timeout=60,
+                   message="the task to wait for an agent")
+        time.sleep(2.5)  # a few routing retries while every agent is full
+    finally:
+        for agent in held:
+            agent_release(agent=agent)
+    run_to_end(session)
+
+    assert session.status == "completed", session.error
+    root = Task.objects.get(session=session, parent__isnull=True)
+    assert root.opencode_session_id
+    assert opencode_sessions_titled(worker.pid, session.reference) == [f"{session.reference} · {root.title}"]
+    assert [entry["kind"] for entry in scripted_llm.requests_for(root.opencode_session_id)
+            if entry["kind"] != "title"] == ["final"]
