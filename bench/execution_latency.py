@@ -3,8 +3,7 @@
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_exec REDIS_URL=redis://127.0.0.1:6379/13 \\
     ORCHESTRATOR_VAR_DIR=/work/main/var/bench-exec .venv/bin/python -m bench.execution_latency
 
-Options: --rounds 3 (single-job rounds per side), --batches (concurrent rounds per side; 3, or 1 at
-the kernel's default inotify limit),
+Options: --rounds 3 (single-job rounds per side), --batches 1 (concurrent rounds per side),
 --concurrency 20, --dispatch 30 (sequential sessions for dispatch and event latency, on one repository),
 --gap 6 (seconds between their starts), --keep,
 --py-spy PATH (sample the worker and daphne during the concurrent batches and print where the
@@ -21,7 +20,7 @@ steps, each answered at once by the scripted LLM), in a fresh git worktree of it
 1.18.33 stopped making progress in the second wave of 20 concurrent jobs, on either side (its log
 goes silent mid bash step): the cause turned out to be OpenCode's one inotify instance per served
 directory, kept for the server's life, against the kernel's 128 per user, hence one batch by default
-unless fs.inotify.max_user_instances is at least 1024.
+(with the limit raised, a server's second wave of 20 new directories still ran 2.7x slower).
 
 1. Overhead. Direct: bench.opencode_direct's fresh-worktree mode (its repository and worktree
    helpers), on an OpenCode server of this process configured like the worker's: create an
@@ -64,8 +63,7 @@ from pathlib import Path
 
 from bench.common import percentile
 from bench.execution_stack import (
-    TERMINAL, cpu_seconds, folded_summary, inotify_instance_limit, opencode_session_created, opencode_times, profiled,
-    running_stack,
+    TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
 )
 from bench.opencode_direct import make_repository, make_worktrees
 
@@ -507,11 +505,9 @@ def main(argv=None):
     # One batch by default: OpenCode 1.18.33 keeps one inotify instance per directory it has served,
     # and the kernel allows 128 per user (fs.inotify.max_user_instances) across every OpenCode server
     # of the machine; past that a server stops making progress (seen in the second batch of 20).
-    # With the limit raised (`sysctl fs.inotify.max_user_instances=1024`, as README advises for worker
-    # hosts) three batches run, and their paired ratios' median is the figure: one batch of 20 on
-    # this 2-core VM varies by +-30 % from run to run, mostly on OpenCode's side.
-    parser.add_argument("--batches", type=int, default=None,
-                        help="concurrent rounds per side (default: 3 when the inotify limit allows, else 1)")
+    # Raising the limit to 1024 is not enough for more: a server's second wave of 20 new directories
+    # ran 2.7x slower than its first (direct side: 24 s, then 66 s, then a create call timed out).
+    parser.add_argument("--batches", type=int, default=1, help="concurrent rounds per side")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--dispatch", type=int, default=30, help="sequential sessions for parts 2 and 3")
     # Sessions of a team start minutes apart, not back to back: the gap lets the worker ready its spare
@@ -522,17 +518,8 @@ def main(argv=None):
                         help="py-spy binary: sample the worker and daphne during the orchestrator's concurrent batches")
     options = parser.parse_args(argv)
     began = time.perf_counter()
-    limit = inotify_instance_limit()
-    roomy = limit is not None and limit >= 1024
-    if options.batches is None:
-        options.batches = 3 if roomy else 1
-    print(f"fs.inotify.max_user_instances = {limit}: {options.batches} concurrent batch(es) per side")
-    # Room for every batch's directories on one worker server, so no server change (a cold start)
-    # falls inside a timed batch.
-    worker_env = {"OPENCODE_SERVER_MAX_DIRECTORIES": "256"} if roomy else {}
-
     with running_stack(worker_concurrency=max(24, options.concurrency + 4), agent_capacity=options.concurrency,
-                       keep=options.keep, worker_env=worker_env) as stack:
+                       keep=options.keep) as stack:
         from django.conf import settings
 
         print(f"stack: daphne pid {stack.web.pid} at {stack.api_url}, celery worker pid {stack.worker.pid} "

@@ -228,14 +228,6 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False, worke
             _clear_run_folders(var_dir)
 
 
-def inotify_instance_limit():
-    """fs.inotify.max_user_instances, or None where it cannot be read."""
-    try:
-        return int(Path("/proc/sys/fs/inotify/max_user_instances").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_stores(database_paths, query):
     """Rows of `query` from each OpenCode SQLite store, read-only (the servers may still run)."""
     for database_path in database_paths or ():
