@@ -79,9 +79,14 @@ def _pk(session):
     return session.pk if isinstance(session, CodingSession) else int(session)
 
 
-def _lock(session, *, include_deleted=False):
-    """The session row, locked until the surrounding transaction ends; NotFound if absent or deleted."""
+def _lock(session, *, include_deleted=False, fields=None):
+    """The session row, locked until the surrounding transaction ends; NotFound if absent or deleted.
+
+    `fields` loads only those columns (the frequent writers of a running session, events and
+    checkpoints, need a few; the whole row carries the prompt and the JSON columns)."""
     queryset = CodingSession.objects.select_for_update()
+    if fields:
+        queryset = queryset.only(*fields)
     if not include_deleted:
         queryset = queryset.filter(deleted_at__isnull=True)
     found = queryset.filter(pk=_pk(session)).first()
@@ -167,7 +172,7 @@ def session_record_events(*, session, entries):
         if not type or len(type) > 100:
             raise ValidationFailed(field="type", rule="must be 1-100 characters")
     with transaction.atomic():
-        locked = _lock(session, include_deleted=True)
+        locked = _lock(session, include_deleted=True, fields=("id", "reference"))
         return _write_events(locked, [(type, payload or {}) for type, payload in entries])
 
 
@@ -535,7 +540,7 @@ def session_add_checkpoint(*, session, data=None, opencode_message_id="", git_re
     if len(git_ref or "") > 200:
         raise ValidationFailed(field="git_ref", rule="must be at most 200 characters")
     with transaction.atomic():
-        locked = _lock(session)
+        locked = _lock(session, fields=("id", "reference", "status", "last_checkpoint_sequence", "checkpoint_count"))
         if locked.status not in CHECKPOINT_STATES:
             raise Conflict(
                 f"Checkpoints are taken while a session is running, degraded or paused; "

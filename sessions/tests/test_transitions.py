@@ -298,3 +298,18 @@ def test_create_with_start_rolled_back_leaves_nothing(operator_user, broker_queu
         raise RuntimeError("the caller's transaction fails")
     assert not CodingSession.objects.exists() and not SessionEvent.objects.exists()
     assert broker_queues.drain() == []
+
+
+def test_event_and_checkpoint_writers_lock_the_row_without_loading_it_whole():
+    # A running session's most frequent writes: the lock reads a few columns, never the prompt or the
+    # JSON columns, and nothing is read again afterwards.
+    session = CodingSessionFactory(status="running", initial_prompt="x" * 50_000)
+    with CaptureQueriesContext(connection) as captured:
+        services.session_record_events(session=session.pk, entries=[("assistant.text", {"text": "hi"})])
+        services.session_add_checkpoint(session=session.pk, git_ref="abc", opencode_message_id="msg_1")
+    selects = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
+    assert len(selects) == 2
+    if connection.features.has_select_for_update:  # SQLite locks the whole database instead
+        assert all("FOR UPDATE" in sql for sql in selects)
+    for sql in selects:
+        assert '"initial_prompt"' not in sql and '"metadata"' not in sql and '"result"' not in sql
