@@ -134,14 +134,15 @@ def anonymous_client():
 def fresh_redis_channel_layer():
     """A new Redis channel layer instance for every test.
 
-    Each test drives WebSockets from an event loop of its own; channels-redis keeps receive
-    locks that belong to the loop that last received, so a later test in another loop can trip
-    over them ("bound to a different event loop"). A web process has one loop, so this is a test
+    Each test drives WebSockets from an event loop of its own; channels-redis keeps state per
+    loop (a layer and its connections for each loop it has seen), so a later test in another loop
+    would meet what a closed loop left behind. A web process has one loop, so this is a test
     matter only.
     """
     yield
     from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
     from channels_redis.core import RedisChannelLayer
+    from channels_redis.pubsub import RedisPubSubChannelLayer
 
-    if isinstance(channel_layers.backends.get(DEFAULT_CHANNEL_LAYER), RedisChannelLayer):
+    if isinstance(channel_layers.backends.get(DEFAULT_CHANNEL_LAYER), (RedisChannelLayer, RedisPubSubChannelLayer)):
         del channel_layers.backends[DEFAULT_CHANNEL_LAYER]

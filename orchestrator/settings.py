@@ -181,12 +181,16 @@ WORKER_QUEUES = ["sessions-critical", "sessions-high", "sessions-medium", "sessi
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            # channels-redis blocks up to 5 s reading a channel (Redis answers by then); redis-py 8
-            # times reads out after 5 s by default, which dropped quiet WebSocket clients (close
-            # 1011). No client-side read timeout: a finite one above 5 s hung the closing of a
-            # refused consumer in our tests.
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}], "capacity": 1000, "expiry": 60},
+            # Redis pub/sub, not the list-based RedisChannelLayer: with that one, the consumers of a
+            # process take turns popping the process's shared list, and a consumer cancelled mid-pop
+            # (its WebSocket client leaving) lost the message it had popped for another consumer
+            # (seen as a client that never got its session's `completed` event while 20 sessions
+            # ended together; django/channels#1683). Events are durable in the database anyway:
+            # a client that reconnects with ?after=<last id> gets what it missed.
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # No client-side read timeout (redis-py 8 reads out after 5 s by default, which dropped
+            # quiet WebSocket clients in the list-based layer).
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": None}]},
         }
     }
 else:

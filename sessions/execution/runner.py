@@ -944,3 +944,4 @@ def _diff_payload(diff):
 
 
 
+
