@@ -36,8 +36,7 @@ from agents.services import NoAgentAvailable, agent_record_result, agent_release
 from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from sessions import services as session_services
-from sessions.execution import spares, workspace
-from sessions.execution.servers import acquire_server, release_server
+from sessions.execution import servers, spares, workspace
 from sessions.execution.translate import TurnTranslator
 from sessions.execution.approvals import PermissionWatch
 from sessions.models import Checkpoint, CodingSession
@@ -46,7 +45,7 @@ from sessions.opencode.client import model_ref, permission_rules
 from sessions.opencode.errors import NotFound as OpenCodeNotFound
 from sessions.opencode.errors import OpenCodeError
 from sessions.recovery import session_retry_automatically
-from sessions.opencode.events import RECONNECTED, EventStream, session_snapshot
+from sessions.opencode.events import RECONNECTED, session_snapshot
 from tasks import services as task_services
 from tasks.models import Task, TaskStatus
 
@@ -120,7 +119,6 @@ class SessionRun:
         self.last_error = None
         self.restored_checkpoint = None
         self.last_diff = None  # the latest turn's diff; the session's own when the tree has not changed since
-        self.directory_open = False  # whether OpenCode has opened the worktree (see run_task)
         self._ending = threading.Event()
         self._ended_by = None
         # Step checkpoints (git snapshots, ~50-100 ms) are taken off the event path, one at a time
@@ -155,7 +153,7 @@ class SessionRun:
             self._checkpointer.submit(lambda: connection.close()).result()
             self._checkpointer.shutdown(wait=True)
             if self.server is not None:
-                release_server(self.server)
+                servers.release_server(self.server)
         return CodingSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
 
     def prepare(self):
@@ -163,7 +161,6 @@ class SessionRun:
         repository = workspace.resolve_repository(session.repository, allowed_roots=settings.REPOSITORY_ROOTS)
         self.ws = self._spare_workspace(repository) if not session.workspace_path else None
         from_spare = self.ws is not None
-        self.directory_open = from_spare  # opened by this worker's OpenCode server already
         if self.ws is None:
             self.ws = workspace.prepare_workspace(
                 repository=repository, root=settings.WORKSPACE_ROOT, reference=session.reference,
@@ -178,7 +175,7 @@ class SessionRun:
             self.restored_checkpoint = restore
             session_services.session_take_resume_point(session_id=self.session_id)
             self.record([("workspace.restored", {"sequence": restore.sequence, "git_ref": restore.git_ref})])
-        self.server = acquire_server(directory=str(self.ws.path))
+        self.server = servers.acquire_server(directory=str(self.ws.path))
         session_services.session_set_runtime(
             session_id=self.session_id,
             workspace_path=str(self.ws.path),
@@ -410,13 +407,7 @@ class SessionRun:
         return task
 
     def run_task(self, task, resume=False):
-        events = TurnEvents(self.server.client(directory=str(self.ws.path)), name=f"events-task-{task.pk}")
-        # In a directory OpenCode has already opened (a spare worktree, or an earlier task's), the event
-        # stream connects while the task is routed and started: the prompt goes ~30 ms sooner. In a new
-        # directory it waits until the OpenCode session exists: subscribing at the same time had OpenCode
-        # open the directory twice (measured with 20 sessions starting at once: +40 % OpenCode CPU).
-        if self.directory_open:
-            events.start()
+        events = TurnEvents(servers.events_of(self.server), str(self.ws.path))
         try:
             self._run_task(task, events, resume)
         finally:
@@ -682,9 +673,8 @@ class TaskTurn:
                 task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
                 session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
             self.translator = TurnTranslator(self.opencode_id)
-            self.events.start()  # already connecting if the directory was open
-            run_.directory_open = True
-            if not self.events.stream.connected.wait(STREAM_CONNECT_TIMEOUT):
+            self.events.start()  # before the prompt: nothing is replayed
+            if not self.events.connected.wait(STREAM_CONNECT_TIMEOUT):
                 raise OpenCodeError("OpenCode's event stream did not connect")
             model = run_.session.model_identifier or self.agent.model_identifier
             if how == "reattach":
@@ -875,23 +865,24 @@ class TaskTurn:
 
 
 class TurnEvents:
-    """OpenCode's event stream of a worktree, read on a thread of its own into `queue` between start and stop."""
+    """The events of one worktree, from the server's shared stream (streams.ServerEvents), into
+    `queue` between start and stop."""
 
-    def __init__(self, client, *, name):
+    def __init__(self, server_events, directory):
         self.queue = queue.Queue()
-        self.stream = EventStream(client, directory=client.directory)
-        self.reader = threading.Thread(target=_pump, args=(self.stream, self.queue), daemon=True, name=name)
+        self.server_events = server_events
+        self.directory = directory
+        self.connected = server_events.connected
         self.started = False
 
     def start(self):
         if not self.started:
             self.started = True
-            self.reader.start()
+            self.server_events.subscribe(self.directory, self.queue)
 
     def stop(self):
         if self.started:
-            self.stream.stop()
-            self.reader.join(timeout=2)
+            self.server_events.unsubscribe(self.directory, self.queue)
 
 
 def _take_events(events, *, timeout, limit=200):
@@ -906,16 +897,6 @@ def _take_events(events, *, timeout, limit=200):
         except queue.Empty:
             break
     return batch
-
-
-def _pump(stream, events):
-    """Reader thread: move events from OpenCode's stream into the queue; errors too."""
-    try:
-        for event in stream:
-            events.put(event)
-    except Exception as error:  # handed to the consuming thread, which decides
-        if not stream.stopped:
-            events.put(error)
 
 
 def _abort_quietly(client, opencode_id):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from sessions.execution.streams import ServerEvents
 from sessions.opencode.scripted_llm import ScriptedLLM
 from sessions.opencode.server import ExistingServer, OpenCodeServer
 
@@ -69,12 +70,20 @@ def _scripted_llm_url():
 
 
 class _Served:
-    """A managed server with the worktrees it has served and the runs using it now."""
+    """A managed server with the worktrees it has served, the runs using it now and its shared
+    event stream (made by the first task that asks, see events_of)."""
 
     def __init__(self, server):
         self.server = server
         self.directories = set()
         self.active = 0
+        self.events = None
+
+    def stop(self):
+        if self.events is not None:
+            self.events.stop()
+            self.events = None
+        self.server.stop()
 
 
 _current = None
@@ -119,6 +128,18 @@ def acquire_server(*, directory):
     return served.server
 
 
+def events_of(server):
+    """The shared event stream (streams.ServerEvents) of a server acquired with acquire_server;
+    a new one when it has none yet or its last one failed for good."""
+    with _lock:
+        entry = next((entry for entry in [_current, *_retiring] if entry is not None and entry.server is server), None)
+        if entry is None:
+            raise RuntimeError("events_of() needs a server from acquire_server()")
+        if entry.events is None or not entry.events.alive:
+            entry.events = ServerEvents(server)
+        return entry.events
+
+
 def is_current(server):
     """Whether `server` is the one new runs get (not replaced, not retiring)."""
     with _lock:
@@ -138,7 +159,7 @@ def release_server(server):
 def _stop_if_idle(entry):
     if entry.active == 0 and entry in _retiring:
         _retiring.remove(entry)
-        entry.server.stop()
+        entry.stop()
 
 
 def shutdown():
@@ -147,7 +168,7 @@ def shutdown():
     with _lock:
         for entry in [_current, *_retiring]:
             if entry is not None:
-                entry.server.stop()
+                entry.stop()
         _current = None
         _retiring.clear()
         if _demo_llm is not None:

@@ -38,3 +38,49 @@ def test_a_server_is_retired_after_its_directory_quota_and_stopped_when_idle(fre
     assert not first.alive(), "retired and idle: stopped"
     assert servers.acquire_server(directory=str(folders[2])) is second
     assert second.client().health()["healthy"] is True
+
+
+def test_one_shared_event_stream_hands_each_task_the_events_of_its_own_worktree(fresh_servers):
+    """streams.ServerEvents: one /global/event stream per server, events routed by directory
+    (through symlinks too), nothing for a queue that unsubscribed, stopped with its server."""
+    import queue
+
+    from sessions.opencode.events import Event
+
+    first, second = fresh_servers / "first", fresh_servers / "second"
+    first.mkdir()
+    second.mkdir()
+    (fresh_servers / "link").symlink_to(first)
+    server = servers.acquire_server(directory=str(first))
+    servers.acquire_server(directory=str(second))
+    shared = servers.events_of(server)
+    assert servers.events_of(server) is shared
+    assert shared.connected.wait(10)
+    to_first, to_second, gone = queue.Queue(), queue.Queue(), queue.Queue()
+    shared.subscribe(str(fresh_servers / "link"), to_first)
+    shared.subscribe(str(second), to_second)
+    shared.subscribe(str(second), gone)
+    shared.unsubscribe(str(second), gone)
+
+    def session_events(events, session_id, timeout=10.0):
+        seen = []
+        while True:
+            try:
+                event = events.get(timeout=timeout)
+            except queue.Empty:
+                return seen
+            assert isinstance(event, Event)
+            seen.append(event)
+            if event.session_id == session_id and event.type == "session.created":
+                return seen
+
+    made_first = server.client(str(first)).create_session(title="in first")["id"]
+    made_second = server.client(str(second)).create_session(title="in second")["id"]
+    got_first = session_events(to_first, made_first)
+    got_second = session_events(to_second, made_second)
+    assert {e.session_id for e in got_first if e.session_id} == {made_first}
+    assert {e.session_id for e in got_second if e.session_id} == {made_second}
+    assert gone.empty()
+
+    servers.shutdown()
+    assert not shared.alive
