@@ -277,6 +277,8 @@ class SessionRun:
                 future.result()
                 deferred.pop(task_id, None)
             except WaitForAgent as waiting:
+                # One event when the wait begins; every attempt is logged (capacity diagnosis).
+                logger.info("%s: task %s waits for an agent: %s", self.session.reference, task_id, waiting.reason)
                 if task_id not in deferred:
                     self.record([("task.waiting_for_agent", {"task_id": task_id, "reason": waiting.reason})])
                 deferred[task_id] = time.monotonic() + AGENT_RETRY_SECONDS

@@ -5,6 +5,7 @@ The scripted LLM runs in this test process so its request log can be read; the w
 is told its URL through OPENCODE_SCRIPTED_LLM_URL.
 """
 
+import re
 import uuid
 
 import pytest
@@ -212,8 +213,6 @@ def test_a_task_that_waits_for_an_agent_runs_when_one_frees_up_in_the_opencode_s
     """Every agent able to write code is full: the task waits (retrying each second), then runs once one
     is released. Its OpenCode session, made while the first attempt was routed, serves every attempt:
     exactly one exists for the session afterwards (none leaked by the retries)."""
-    import time
-
     from agents.services import NoAgentAvailable, agent_release, agent_route
 
     held = []
@@ -228,7 +227,10 @@ def test_a_task_that_waits_for_an_agent_runs_when_one_frees_up_in_the_opencode_s
         session_start(session=session, actor=operator_user)
         wait_until(lambda: "task.waiting_for_agent" in event_types(session), timeout=60,
                    message="the task to wait for an agent")
-        time.sleep(2.5)  # a few routing retries while every agent is full
+        attempts = re.compile(rf"{session.reference}: task \d+ waits for an agent".encode())
+        # The worker logs each routing attempt: let it try three times while every agent is full.
+        wait_until(lambda: len(attempts.findall(worker.log_path.read_bytes())) >= 3, timeout=30,
+                   message="three routing attempts")
     finally:
         for agent in held:
             agent_release(agent=agent)
