@@ -153,7 +153,8 @@ class SessionRun:
             self._checkpointer.submit(lambda: connection.close()).result()
             self._checkpointer.shutdown(wait=True)
             if self.server is not None:
-                servers.release_server(self.server)
+                # Every turn has ended or been aborted: OpenCode can close the worktree (servers.close_directory).
+                servers.release_server(self.server, close=self.ws.path)
         return CodingSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
 
     def prepare(self):

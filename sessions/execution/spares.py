@@ -11,7 +11,8 @@ with one `git checkout -b`.
 A repository gets spares from its second session in the process on (one used once needs none).
 A spare is used only while it still fits: its folder is there, the repository's HEAD has not
 moved, and the server that opened it is still the one new runs get. Otherwise it is removed and
-the session takes the cold path (`workspace.prepare_workspace`). Spares are made and removed on
+the session takes the cold path (`workspace.prepare_workspace`); a spare removed unused is closed
+in OpenCode first (servers.close_directory). Spares are made and removed on
 one background thread, never on a session's path. The worker removes its spares when it stops;
 the spares of a killed worker are detached worktrees named spare-* that the workspace cleanup job
 removes after the retention period.
@@ -173,4 +174,5 @@ def _open_in_opencode(server, path):
 
 
 def _remove(spare):
+    servers.close_directory(spare.server, spare.path)
     workspace.remove_workspace(repository=spare.repository, path=spare.path)

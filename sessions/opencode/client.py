@@ -168,6 +168,12 @@ class OpenCodeClient:
     def config(self, *, directory=None):
         return self.request("GET", "/config", directory=directory)
 
+    def dispose_instance(self, *, directory=None):
+        """Close OpenCode's instance of a directory (its file watcher, LSP clients and caches); the
+        next call naming the directory opens it again. OpenCode answers true, even for a directory
+        it never opened (which it opens, then closes)."""
+        return self.request("POST", "/instance/dispose", directory=directory)
+
     # --- sessions -------------------------------------------------------------------------
 
     def create_session(self, *, title=None, parent_id=None, permission=None, directory=None):

@@ -86,6 +86,9 @@ def test_single_task_session_runs_in_its_own_worktree(worker, roster, repository
     assert root.assigned_agent.opencode_agent == "build"
     steps = [entry["kind"] for entry in scripted_llm.requests_for(session.opencode_session_id)]
     assert steps.count("write") == 1 and steps.count("bash") == 1 and steps.count("final") == 1
+    # The run is done with the worktree: the worker has its OpenCode close it (servers.close_directory).
+    wait_until(lambda: f'message="disposing instance" directory={worktree}\n' in opencode_logs(worker.pid),
+               timeout=10, message="OpenCode to close the worktree")
 
 
 def graph_session(repository, operator_user, tasks, *, links=(), concurrency=None):
@@ -190,6 +193,12 @@ def test_twenty_concurrent_sessions_all_complete(worker, roster, operator_user):
     for index, session in enumerate(sessions):
         assert (settings.WORKSPACE_ROOT / session.reference / "out.txt").read_text() == f"job {index}\n"
 
+
+
+def opencode_logs(worker_pid):
+    """The logs of the worker's OpenCode servers, as text."""
+    return "".join(log.read_text(errors="replace") for log in
+                   (settings.VAR_DIR / "opencode-state").glob(f"*-{worker_pid}-*/data/opencode/log/*.log"))
 
 
 def opencode_sessions_titled(worker_pid, prefix):

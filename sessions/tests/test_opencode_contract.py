@@ -436,3 +436,48 @@ def test_concurrent_sessions_in_one_directory_all_finish(oc, events):
     for session_id in session_ids:
         assert events.wait(is_event("session.idle", session_id), timeout=60) is not None
     assert len(session_ids) == 4
+
+
+def inotify_instances(pid):
+    """inotify instances the process holds (OpenCode's file watcher makes one per open directory)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+        except OSError:  # closed meanwhile
+            pass
+    return count
+
+
+def test_disposing_a_directory_frees_its_watcher_and_a_later_turn_there_opens_it_again(server, tmp_path):
+    """What the worker does when a run is done with a worktree: the instance goes (its inotify
+    instance with it, announced on the global stream, which stays connected), and the directory's
+    OpenCode session still takes a prompt afterwards."""
+    worktree = tmp_path / "disposed"
+    worktree.mkdir()
+    git("init", "-q", "-b", "main", cwd=worktree)
+    client = server.client(worktree)
+    collector = EventCollector(server.events(global_stream=True))
+    collector.start()
+    try:
+        before = inotify_instances(server.pid)
+        session_id = start_turn(client, "@@write first.txt one\\n\n@@final first turn", title="disposed")
+        assert collector.wait(is_event("session.idle", session_id), timeout=60) is not None
+        wait_until(lambda: inotify_instances(server.pid) > before, timeout=10,
+                   message="the directory's file watcher")
+
+        assert client.dispose_instance() is True
+
+        disposed = collector.wait(lambda event: event.type == "server.instance.disposed"
+                                  and event.properties.get("directory") == str(worktree), timeout=10)
+        assert disposed is not None
+        wait_until(lambda: inotify_instances(server.pid) == before, timeout=10, message="the watcher to close")
+        assert collector.stream.reconnects == 0
+
+        since = len(collector.events)
+        client.prompt_async(session_id, text="@@write second.txt two\\n\n@@final second turn")
+        assert collector.wait(is_event("session.idle", session_id), timeout=60, since=since) is not None
+        assert (worktree / "second.txt").read_text() == "two\n"
+        assert [m["info"]["role"] for m in client.messages(session_id)].count("user") == 2
+    finally:
+        collector.stop()

@@ -1,6 +1,6 @@
 """A worker's OpenCode servers: one serves many worktrees, and is replaced after
-OPENCODE_SERVER_MAX_DIRECTORIES of them (OpenCode never lets go of a directory's inotify
-instance, and Linux allows 128 per user)."""
+OPENCODE_SERVER_MAX_DIRECTORIES of them (a safety net: OpenCode keeps what a directory opened,
+its inotify instance included, until told to close it)."""
 
 import pytest
 

@@ -15,7 +15,7 @@ from orchestrator.testing import make_git_repository, running_worker, wait_for_i
 from sessions.execution import workspace
 from sessions.models import SessionEvent
 from sessions.services import session_create, session_start
-from sessions.tests.test_execution import run_to_end
+from sessions.tests.test_execution import opencode_logs, run_to_end
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
 
@@ -80,6 +80,8 @@ def test_a_session_takes_a_spare_worktree_opened_beforehand_when_it_still_fits(r
         assert _workspace_ready(third)["spare"] is False
         assert _workspace_ready(third)["base_commit"] == workspace.head_commit(repository)
         wait_until(lambda: not Path(unused).exists(), timeout=30, message="the unfit spare to be removed")
+        # ... and closed in OpenCode first (servers.close_directory).
+        assert f'message="disposing instance" directory={unused}\n' in opencode_logs(process.pid)
         wait_until(lambda: _spares_ready(process, 3), timeout=60, message="a spare of the new HEAD")
         wait_for_idle_worker(process)
     # The worker removes its ready spares when it stops.
