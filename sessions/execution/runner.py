@@ -15,7 +15,8 @@ has claimed the session (queued -> running). It:
    thread so git never delays the next event, and waited for at the turn's end);
 4. ends the session completed, partially_completed or failed, with the diff.
 
-Control: every half second the run re-reads the session row. When an operator
+Control: every half second the run looks at its session row (task threads at the worker's shared
+read of all its sessions' rows, sessions/execution/control.py). When an operator
 (or the reconciler) has moved it out of running/degraded, or another worker
 owns it, the OpenCode turn is aborted and the run stops. The deadline, stall
 detection, budgets and permission requests are enforced here too.
@@ -36,7 +37,7 @@ from agents.services import NoAgentAvailable, agent_record_result, agent_release
 from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from sessions import services as session_services
-from sessions.execution import servers, spares, workspace
+from sessions.execution import control, servers, spares, workspace
 from sessions.execution.translate import TurnTranslator
 from sessions.execution.approvals import PermissionWatch
 from sessions.models import Checkpoint, CodingSession
@@ -131,6 +132,7 @@ class SessionRun:
     # --- the whole run -------------------------------------------------------------
 
     def run(self):
+        control.watch(self.session_id)
         try:
             self.prepare()
             self.execute_plan()
@@ -143,6 +145,7 @@ class SessionRun:
             logger.exception("%s: run failed unexpectedly", self.session.reference)
             self.fail_session(error_type="internal_error", message=f"{type(error).__name__}: {error}")
         finally:
+            control.unwatch(self.session_id)  # the task threads have ended (execute_plan waits for them)
             for new_session in self._waiting_sessions.values():  # tasks still waiting for an agent
                 self._drop_opencode_session(new_session)
             try:
@@ -335,15 +338,13 @@ class SessionRun:
 
     # --- control ---------------------------------------------------------------------
 
-    def check_control(self):
-        """Raise SessionEnded when the run must stop; enforce the deadline."""
+    def check_control(self, *, shared=False):
+        """Raise SessionEnded when the run must stop; enforce the deadline. `shared`: look at the
+        row of the process's latest shared read (control.latest_row, for the periodic checks of
+        task threads) instead of reading it now."""
         if self._ending.is_set():
             raise self._ended_by
-        current = CodingSession.objects.filter(pk=self.session_id).only(
-            "status", "worker_id", "attempt_seconds", "run_started_at", "max_duration_seconds", "deleted_at",
-            "tokens_input", "tokens_output", "tokens_reasoning", "cost", "token_budget_soft",
-            "token_budget_hard", "cost_budget_soft", "cost_budget_hard", "metadata",
-        ).first()
+        current = control.latest_row(self.session_id) if shared else control.read_row(self.session_id)
         if current is None or current.deleted_at is not None:
             raise SessionEnded("deleted")
         if current.status not in ACTIVE:
@@ -783,7 +784,7 @@ class TaskTurn:
                     self._record_step(step)
             if now - last_control >= CONTROL_INTERVAL:
                 last_control = now
-                current = run_.check_control()
+                current = run_.check_control(shared=True)
                 run_._enforce_budget(current, self.client, self.opencode_id)
                 if permissions.asked_at:
                     permissions.forward_replies()

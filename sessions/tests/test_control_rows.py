@@ -1,0 +1,61 @@
+"""sessions.execution.control: one reader thread reads the control rows of every session the worker
+process runs; task threads look at its latest read instead of querying every half second."""
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from orchestrator.testing import wait_until
+from sessions.execution import control
+from sessions.models import CodingSession
+from sessions.tests.factories import CodingSessionFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)  # the reader thread has its own connection
+
+
+@pytest.fixture
+def watched():
+    sessions = [CodingSessionFactory(status="running", worker_id="w1") for _ in range(3)]
+    for session in sessions:
+        control.watch(session.pk)
+    try:
+        wait_until(lambda: all(session.pk in control._rows for session in sessions), timeout=5,
+                   message="the first shared read")
+        yield sessions
+    finally:
+        for session in sessions:
+            control.unwatch(session.pk)
+        assert control.idle.wait(5), "the reader gives its connection back when nothing is watched"
+
+
+def test_one_read_serves_every_watched_session_and_task_threads_do_not_query(watched):
+    with CaptureQueriesContext(connection) as queries:
+        rows = [control.latest_row(session.pk) for session in watched]
+
+    assert len(queries) == 0
+    assert [row.pk for row in rows] == [session.pk for session in watched]
+    assert {row.status for row in rows} == {"running"}
+    assert len({control._rows[session.pk][0] for session in watched}) == 1, "the rows come from one read"
+
+
+def test_a_change_by_someone_else_shows_within_a_read_interval(watched):
+    CodingSession.objects.filter(pk=watched[0].pk).update(status="paused")
+    CodingSession.objects.filter(pk=watched[1].pk).delete()
+
+    wait_until(lambda: control.latest_row(watched[0].pk).status == "paused", timeout=1.0,
+               interval=0.02, message="the pause in the shared read")
+    wait_until(lambda: control.latest_row(watched[1].pk) is None, timeout=1.0, interval=0.02,
+               message="the deletion in the shared read")
+    assert control.latest_row(watched[2].pk).status == "running"
+
+
+def test_a_stale_or_missing_read_is_replaced_by_a_fresh_query(watched, monkeypatch):
+    monkeypatch.setattr(control, "STALE_AFTER", 0.0)
+    with CaptureQueriesContext(connection) as queries:
+        assert control.latest_row(watched[0].pk).pk == watched[0].pk
+    assert len(queries) == 1
+
+    other = CodingSessionFactory(status="running")  # not watched: nothing shared to look at
+    with CaptureQueriesContext(connection) as queries:
+        assert control.latest_row(other.pk).pk == other.pk
+    assert len(queries) == 1
