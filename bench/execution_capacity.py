@@ -4,10 +4,9 @@ overhead of the execution benchmark (issue 7, part 1) passes 1.5.
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_exec REDIS_URL=redis://127.0.0.1:6379/13 \\
     ORCHESTRATOR_VAR_DIR=$PWD/var/bench-exec .venv/bin/python -m bench.execution_capacity --levels 10,20,30,40
 
-Each level is one run of `bench.execution_latency --concurrency N --rounds 1 --dispatch 0` in its own
-process, so every level starts with fresh OpenCode servers: OpenCode keeps one inotify instance per
-directory it has served and Linux allows 128 per user, so the directories of all levels must not
-pile up on one server. The overhead is the orchestrator's wall time for N concurrent sessions (API
+Each level is one run of `bench.execution_latency --concurrency N --rounds 1 --batches 3 --dispatch 0` in its own
+process, so every level starts with fresh OpenCode servers and a level's figures do not depend on
+the levels before it. The overhead is the orchestrator's wall time for N concurrent sessions (API
 start -> completed) over the same N jobs driven directly on OpenCode. Printed: a table of levels, and
 the largest level at or under the limit.
 """
@@ -18,14 +17,15 @@ import subprocess
 import sys
 import time
 
-RATIO_LINE = re.compile(r"(\d+) concurrent \(\d+ rounds each.*?direct p50 (\d+) ms, orchestrator p50 (\d+) ms, ratio ([\d.]+)")
+RATIO_LINE = re.compile(r"(\d+) concurrent \(\d+ rounds each.*?direct p50 (\d+) ms, orchestrator p50 (\d+) ms, "
+                        r"ratio \(median of the paired rounds\) ([\d.]+)")
 CPU_LINE = re.compile(r"CPU per job at \d+ concurrent, (direct|orchestrator): (\d+) ms")
 DROPS_LINE = re.compile(r"WebSocket drops \(reconnected with \?after=<last id>\): (\d+) (\{.*?\})")
 
 
 def run_level(concurrency):
     command = [sys.executable, "-m", "bench.execution_latency", "--concurrency", str(concurrency),
-               "--rounds", "1", "--dispatch", "0"]
+               "--rounds", "1", "--batches", "3", "--dispatch", "0"]
     started = time.perf_counter()
     finished = subprocess.run(command, capture_output=True, text=True)
     output = finished.stdout + finished.stderr
