@@ -641,13 +641,11 @@ def session_delete(*, session, actor=None):
 # --- worker bookkeeping -----------------------------------------------------------------
 
 
-def session_heartbeat(*, session_id, worker_id):
-    """Record that `worker_id` still runs the session; False when it no longer owns it."""
-    return bool(
-        CodingSession.objects.filter(
-            pk=session_id, worker_id=worker_id, status__in=[S.RUNNING, S.DEGRADED]
-        ).update(worker_heartbeat_at=timezone.now())
-    )
+def session_heartbeat(*, session_ids, worker_id):
+    """Record that `worker_id` still runs these sessions (one UPDATE); returns how many it still owns."""
+    return CodingSession.objects.filter(
+        pk__in=session_ids, worker_id=worker_id, status__in=[S.RUNNING, S.DEGRADED]
+    ).update(worker_heartbeat_at=timezone.now())
 
 
 def session_set_runtime(*, session_id, **values):

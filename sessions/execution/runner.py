@@ -16,7 +16,7 @@ has claimed the session (queued -> running). It:
 4. ends the session completed, partially_completed or failed, with the diff.
 
 Control: every half second the run looks at its session row (task threads at the worker's shared
-read of all its sessions' rows, sessions/execution/control.py). When an operator
+read of all its sessions' rows, sessions/execution/control.py, which also heartbeats them). When an operator
 (or the reconciler) has moved it out of running/degraded, or another worker
 owns it, the OpenCode turn is aborted and the run stops. The deadline, stall
 detection, budgets and permission requests are enforced here too.
@@ -132,7 +132,7 @@ class SessionRun:
     # --- the whole run -------------------------------------------------------------
 
     def run(self):
-        control.watch(self.session_id)
+        control.watch(self.session_id, worker_id=self.worker_id)  # control reads and heartbeats
         try:
             self.prepare()
             self.execute_plan()
@@ -216,7 +216,6 @@ class SessionRun:
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"{self.session.reference}-task") as pool:
             try:
                 deferred = {}  # task id -> monotonic time before which it is not routed again
-                last_heartbeat = time.monotonic()
                 replan = True
                 while True:
                     if not running:
@@ -224,9 +223,6 @@ class SessionRun:
                         # checking here as well doubled the polling of every running session.
                         self.check_control()
                     now = time.monotonic()
-                    if now - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
-                        last_heartbeat = now
-                        session_services.session_heartbeat(session_id=self.session_id, worker_id=self.worker_id)
                     if not replan and not any(until <= now for until in deferred.values()):
                         # Nothing finished and no waiting task is due: only watch the running ones.
                         self._wait_for_tasks(running)
@@ -350,7 +346,8 @@ class SessionRun:
         if current.status not in ACTIVE:
             raise SessionEnded(current.status, "changed by someone else")
         if current.worker_id != self.worker_id:
-            raise SessionEnded(current.status, f"now owned by {current.worker_id}")
+            # "lost": the other worker's run carries the tasks on; this one must not touch them.
+            raise SessionEnded("lost", f"now owned by {current.worker_id}")
         if current.elapsed_seconds() > current.max_duration_seconds:
             try:
                 session_services.session_timeout(
@@ -749,7 +746,7 @@ class TaskTurn:
         run_, translator = self.run_, self.translator
         steps_seen = 0
         now = time.monotonic()
-        last_progress = last_control = last_heartbeat = last_snapshot = now
+        last_progress = last_control = last_snapshot = now
         degraded_by_us = False
         permissions = PermissionWatch(run_, self)
         while not translator.finished:
@@ -788,11 +785,6 @@ class TaskTurn:
                 run_._enforce_budget(current, self.client, self.opencode_id)
                 if permissions.asked_at:
                     permissions.forward_replies()
-            if now - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
-                last_heartbeat = now
-                if not session_services.session_heartbeat(session_id=run_.session_id, worker_id=run_.worker_id):
-                    run_.check_control()  # names the real reason (paused, stopped, ...) when there is one
-                    raise SessionEnded("lost", "this worker no longer owns the session")
             if (translator.turn_started and now - last_progress > SILENCE_CHECK_SECONDS
                     and now - last_snapshot > SILENCE_CHECK_SECONDS):
                 # A quiet stream may have missed the end of the turn: ask OpenCode directly.

@@ -1,5 +1,6 @@
 """sessions.execution.control: one reader thread reads the control rows of every session the worker
-process runs; task threads look at its latest read instead of querying every half second."""
+process runs, and heartbeats them; task threads look at its latest read instead of querying every
+half second."""
 
 import pytest
 from django.db import connection
@@ -17,7 +18,7 @@ pytestmark = pytest.mark.django_db(transaction=True)  # the reader thread has it
 def watched():
     sessions = [CodingSessionFactory(status="running", worker_id="w1") for _ in range(3)]
     for session in sessions:
-        control.watch(session.pk)
+        control.watch(session.pk, worker_id="w1")
     try:
         wait_until(lambda: all(session.pk in control._rows for session in sessions), timeout=5,
                    message="the first shared read")
@@ -59,3 +60,19 @@ def test_a_stale_or_missing_read_is_replaced_by_a_fresh_query(watched, monkeypat
     with CaptureQueriesContext(connection) as queries:
         assert control.latest_row(other.pk).pk == other.pk
     assert len(queries) == 1
+
+
+def test_the_reader_heartbeats_the_sessions_its_worker_still_owns(watched, settings):
+    settings.SESSION_HEARTBEAT_SECONDS = 0.5
+    taken, paused, owned = watched
+    CodingSession.objects.filter(pk=taken.pk).update(worker_id="w2", worker_heartbeat_at=None)
+    CodingSession.objects.filter(pk=paused.pk).update(status="paused", worker_heartbeat_at=None)
+    CodingSession.objects.filter(pk=owned.pk).update(worker_heartbeat_at=None)
+
+    wait_until(lambda: CodingSession.objects.get(pk=owned.pk).worker_heartbeat_at is not None, timeout=3,
+               interval=0.05, message="the heartbeat of the session w1 still runs")
+    first = CodingSession.objects.get(pk=owned.pk).worker_heartbeat_at
+    wait_until(lambda: CodingSession.objects.get(pk=owned.pk).worker_heartbeat_at > first, timeout=3,
+               interval=0.05, message="the next heartbeat")
+    assert CodingSession.objects.get(pk=taken.pk).worker_heartbeat_at is None, "owned by another worker now"
+    assert CodingSession.objects.get(pk=paused.pk).worker_heartbeat_at is None, "no longer running"
