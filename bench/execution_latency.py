@@ -165,8 +165,11 @@ class Direct:
         self.llm = llm
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # A longer request timeout than the worker's 30 s: 20 creates at once in new directories make
+        # OpenCode open 20 of them together, and on a busy machine the last create took over 30 s.
         self.server = OpenCodeServer(workdir=self.root / "workdir", state_dir=self.root / "state",
-                                     binary=settings.OPENCODE_BIN, config=opencode_config(llm.base_url))
+                                     binary=settings.OPENCODE_BIN, config=opencode_config(llm.base_url),
+                                     request_timeout=120)
         self.watch = None
         self.made = 0
 

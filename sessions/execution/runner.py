@@ -58,6 +58,10 @@ STREAM_CONNECT_TIMEOUT = 15.0
 PATCH_LIMIT = 200_000
 AGENT_RETRY_SECONDS = 1.0
 SILENCE_CHECK_SECONDS = 10.0
+# The first call in a worktree OpenCode has not opened (the task's session create, unless the worktree
+# is a spare) waits for OpenCode to open it: ~1 s alone, but a server opens a burst of directories
+# together, and 20 at once on 2 busy cores took 18-24 s, up to past the 30 s request timeout.
+OPEN_DIRECTORY_TIMEOUT = 120.0
 # Routing failures no wait can cure: nobody holds the capabilities the task needs.
 NO_AGENT_EVER = frozenset({"missing_capabilities", "no_agent_has_all"})
 # What a task that names no capabilities needs, by the session's type: an execution session's
@@ -465,6 +469,7 @@ class SessionRun:
         created = self.server.client(directory=str(self.ws.path)).create_session(
             title=f"{self.session.reference} · {task.title}"[:120],
             permission=permission_rules(policy) if policy else None,
+            timeout=max(OPEN_DIRECTORY_TIMEOUT, settings.OPENCODE_REQUEST_TIMEOUT),
         )
         return created["id"]
 

@@ -176,10 +176,11 @@ class OpenCodeClient:
 
     # --- sessions -------------------------------------------------------------------------
 
-    def create_session(self, *, title=None, parent_id=None, permission=None, directory=None):
-        """Create a session; `permission` is a ruleset list or a mapping {permission: action}."""
+    def create_session(self, *, title=None, parent_id=None, permission=None, directory=None, timeout=None):
+        """Create a session; `permission` is a ruleset list or a mapping {permission: action}.
+        `timeout` overrides the client's: the first call in a directory opens it in OpenCode."""
         body = {"title": title, "parentID": parent_id, "permission": permission_rules(permission)}
-        return self.request("POST", "/session", directory=directory,
+        return self.request("POST", "/session", directory=directory, timeout=timeout,
                             json_body={key: value for key, value in body.items() if value is not None})
 
     def get_session(self, session_id, *, directory=None):

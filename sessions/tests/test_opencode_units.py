@@ -150,3 +150,38 @@ def test_clients_and_event_streams_share_one_tls_context(monkeypatch):
     finally:
         stream._http.close()
         client.close()
+
+
+def test_a_session_create_may_wait_longer_than_the_clients_timeout():
+    """The runner gives the call that opens a worktree in OpenCode more time than other calls."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class SlowCreate(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(0.6)  # OpenCode opening the directory
+            body = b'{"id": "ses_slow"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), SlowCreate)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = OpenCodeClient(f"http://127.0.0.1:{server.server_port}", directory="/work/a", timeout=0.2)
+    try:
+        with pytest.raises(errors.Unreachable, match="timed out"):
+            client.create_session(title="default timeout")
+        assert client.create_session(title="opening", timeout=5)["id"] == "ses_slow"
+    finally:
+        client.close()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
