@@ -251,3 +251,30 @@ def test_a_task_that_waits_for_an_agent_runs_when_one_frees_up_in_the_opencode_s
     assert opencode_sessions_titled(worker.pid, session.reference) == [f"{session.reference} · {root.title}"]
     assert [entry["kind"] for entry in scripted_llm.requests_for(root.opencode_session_id)
             if entry["kind"] != "title"] == ["final"]
+
+
+def test_a_task_no_agent_can_take_is_skipped_and_its_early_opencode_session_deleted(
+    worker, roster, repository, operator_user,
+):
+    """The OpenCode session made while the task was routed is deleted when routing finds no agent
+    that could ever take it; the session's other task runs, so the session ends partially completed."""
+    from agents.models import Agent
+    from tasks.services import task_create
+
+    # Without the generalist, no agent both writes code and audits security.
+    Agent.objects.filter(name="AGENT-GENERALIST").delete()
+    session, tasks = graph_session(repository, operator_user, {"A": "@@final Part A done."})
+    root = Task.objects.get(session=session, parent__isnull=True)
+    unroutable = task_create(session=session, parent=root, title="Needs what nobody has",
+                             description="@@final never", required_capabilities=["code_generation", "security_audit"],
+                             order=1)
+    session_start(session=session, actor=operator_user)
+    run_to_end(session)
+
+    assert session.status == "partially_completed", session.error
+    unroutable.refresh_from_db()
+    assert unroutable.status == "skipped"
+    assert unroutable.opencode_session_id in ("", None)
+    wait_until(lambda: opencode_sessions_titled(worker.pid, session.reference)
+               == [f"{session.reference} · {tasks['A'].title}"], timeout=10,
+               message="only the task that ran to keep its OpenCode session")
