@@ -2,6 +2,7 @@
 approvals, budgets, checkpoint restore, and racing starts. A real Celery worker runs the sessions on
 a real OpenCode server; the scripted LLM runs in this process so its request log can be read."""
 
+import re
 import threading
 import time
 import uuid
@@ -123,6 +124,31 @@ def test_stop_mid_run_sends_the_llm_nothing_after_the_abort(worker, new_session,
     assert status_of(session) == "stopped"
     later = [e for e in scripted_llm.requests if e["key"] == task.opencode_session_id and e["time"] > stopped_at]
     assert later == []
+    assert not (settings.WORKSPACE_ROOT / session.reference / "b.txt").exists()
+
+
+def test_a_run_whose_session_another_worker_took_stops_and_leaves_the_task_to_it(
+    worker, new_session, operator_user, scripted_llm,
+):
+    """The control reader shows the run that its session now belongs to another worker (the
+    reconciler gave it away): the run aborts its turn and stops as "lost", without failing the task
+    the other worker carries on."""
+    session = new_session("@@write a.txt A\\n\n@@sleep 6\n@@write b.txt B\\n\n@@final never")
+    session_start(session=session, actor=operator_user)
+    wait_for_event(session, "tool.completed", tool="write")
+    task = root_task(session)
+    wait_until(lambda: any(e["key"] == task.opencode_session_id and e["step"] == 1 for e in scripted_llm.requests),
+               timeout=20, message="the sleeping step to be asked")
+
+    CodingSession.objects.filter(pk=session.pk).update(worker_id="another-worker")
+
+    wait_until(lambda: (task.opencode_session_id, 1) in {(e["key"], e["step"]) for e in scripted_llm.abandoned},
+               timeout=20, message="OpenCode to hang up on the sleeping request (the turn aborted)")
+    stopped = re.compile(rf"{session.reference}: run stopped \((.*)now owned by another-worker\)".encode())
+    wait_until(lambda: stopped.search(worker.log_path.read_bytes()), timeout=10, message="the run to stop")
+    assert stopped.search(worker.log_path.read_bytes()).group(1) == b"session is lost: "
+    assert Task.objects.get(pk=task.pk).status == "in_progress"
+    assert status_of(session) == "running"
     assert not (settings.WORKSPACE_ROOT / session.reference / "b.txt").exists()
 
 

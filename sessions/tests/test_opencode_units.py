@@ -153,15 +153,20 @@ def test_clients_and_event_streams_share_one_tls_context(monkeypatch):
 
 
 def test_a_session_create_may_wait_longer_than_the_clients_timeout():
-    """The runner gives the call that opens a worktree in OpenCode more time than other calls."""
+    """The runner gives the call that opens a worktree in OpenCode more time than other calls. A
+    create with a longer timeout starts first and outlasts a create with the client's timeout: both
+    are held by the endpoint (OpenCode opening the directory) until the short one has timed out."""
     import threading
-    import time
+    from concurrent.futures import ThreadPoolExecutor
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    arrived, release = threading.Semaphore(0), threading.Event()
 
     class SlowCreate(BaseHTTPRequestHandler):
         def do_POST(self):
             self.rfile.read(int(self.headers["Content-Length"]))
-            time.sleep(0.6)  # OpenCode opening the directory
+            arrived.release()
+            release.wait(10)
             body = b'{"id": "ses_slow"}'
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -177,10 +182,15 @@ def test_a_session_create_may_wait_longer_than_the_clients_timeout():
     thread.start()
     client = OpenCodeClient(f"http://127.0.0.1:{server.server_port}", directory="/work/a", timeout=0.2)
     try:
-        with pytest.raises(errors.Unreachable, match="timed out"):
-            client.create_session(title="default timeout")
-        assert client.create_session(title="opening", timeout=5)["id"] == "ses_slow"
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            opening = pool.submit(client.create_session, title="opening", timeout=10)
+            assert arrived.acquire(timeout=5), "the long create reached the endpoint"
+            with pytest.raises(errors.Unreachable, match="timed out"):
+                client.create_session(title="default timeout")
+            release.set()
+            assert opening.result(timeout=10)["id"] == "ses_slow"
     finally:
+        release.set()
         client.close()
         server.shutdown()
         server.server_close()
