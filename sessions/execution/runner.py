@@ -130,6 +130,7 @@ class SessionRun:
         # in order, so OpenCode's next events are recorded while git works; see checkpoint_soon.
         self._checkpointer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{session.reference}-checkpoint")
         self._pending_checkpoints = []
+        self._last_checkpoint = None  # workspace.CheckpointCommit: a step that changed no file reuses it
         self._checkpoint_lock = threading.Lock()
         self._waiting_sessions = {}  # task id -> Future of an OpenCode session kept while it waits for an agent
 
@@ -571,13 +572,13 @@ class SessionRun:
 
     def _checkpoint_now(self, *, task, message_id, task_step, reason):
         """Commit the worktree on a hidden ref and record it with the OpenCode message id."""
-        commit = workspace.create_checkpoint(
+        made = self._last_checkpoint = workspace.create_checkpoint(
             path=self.ws.path, reference=self.session.reference, name=f"{message_id or reason}-{time.time_ns()}",
-            parent=self.ws.head,
+            parent=self.ws.head, previous=self._last_checkpoint,
         )
         try:
             session_services.session_add_checkpoint(
-                session=self.session_id, opencode_message_id=message_id or "", git_ref=commit,
+                session=self.session_id, opencode_message_id=message_id or "", git_ref=made.commit,
                 data={"task_id": task.pk, "message_id": message_id, "task_step": task_step, "reason": reason},
                 actor=self.actor,
             )
@@ -687,7 +688,7 @@ class TaskTurn:
                 # The turn still runs on this server: follow it without prompting again.
                 self.translator.feed({"type": "session.status", "properties": {
                     "sessionID": self.opencode_id, "status": {"type": "busy"}}})
-                if session_snapshot(self.client, self.opencode_id)["finished"]:
+                if session_snapshot(self.client, self.opencode_id, messages_if_busy=False)["finished"]:
                     self._rebuild_after_reconnect()
             else:
                 self.client.prompt_async(
@@ -833,7 +834,7 @@ class TaskTurn:
     def _rebuild_after_reconnect(self):
         """Nothing is replayed after a reconnect (or a missed event): if the turn has ended,
         finish it from OpenCode's messages. The translator ignores what it has already seen."""
-        snapshot = session_snapshot(self.client, self.opencode_id)
+        snapshot = session_snapshot(self.client, self.opencode_id, messages_if_busy=False)
         if not snapshot["finished"]:
             return
         translator, records = self.translator, []

@@ -28,14 +28,15 @@ class GitError(RuntimeError):
     pass
 
 
-def git(*args, cwd, env=None, check=True):
+def git(*args, cwd, env=None, check=True, status=False):
+    """git's output (GitError when it fails, unless `check` is false); with `status`, whether it succeeded."""
     environment = dict(os.environ, **GIT_IDENTITY, **(env or {}))
     result = subprocess.run(
         ["git", *args], cwd=cwd, env=environment, capture_output=True, text=True, timeout=120
     )
     if check and result.returncode != 0:
         raise GitError(f"git {' '.join(args)} failed in {cwd}: {result.stderr.strip() or result.stdout.strip()}")
-    return result.stdout
+    return result.returncode == 0 if status else result.stdout
 
 
 def resolve_repository(path, *, allowed_roots):
@@ -103,6 +104,12 @@ def prepare_workspace(*, repository, root, reference, path=None):
     if path.exists() and any(path.iterdir()):
         raise GitError(f"workspace {path} exists and is not a worktree; remove it or choose another WORKSPACE_ROOT")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A new session's branch does not exist yet: one `worktree add -b` does it all. It refuses, changing
+    # nothing, when the branch exists (the session ran before and its worktree was removed) or a stale
+    # worktree is still registered at the path; then the full way below.
+    if git("worktree", "add", "-b", branch, str(path), base_commit, cwd=repository, check=False, status=True):
+        _base_file(path).write_text(base_commit)
+        return Workspace(repository, path, branch, base_commit, base_commit)
     git("worktree", "prune", cwd=repository)
     branch_exists = git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repository, check=False)
     if branch_exists.strip():
@@ -211,18 +218,29 @@ def _git_dir(path):
     return Path(git("rev-parse", "--absolute-git-dir", cwd=path).strip())
 
 
-def create_checkpoint(*, path, reference, name, message="checkpoint", parent=None):
-    """Commit the worktree's state on a hidden ref named `name`; return the commit id (the checkpoint's git ref).
+@dataclass(frozen=True)
+class CheckpointCommit:
+    commit: str
+    tree: str
+
+
+def create_checkpoint(*, path, reference, name, message="checkpoint", parent=None, previous=None):
+    """Commit the worktree's state on a hidden ref named `name`; return CheckpointCommit(commit, tree).
 
     The ref keeps the commit reachable (git gc would drop a dangling one); `name` must be unique
     within the session (the OpenCode message id and a timestamp, say). `parent` is the branch head
-    when the caller knows it (it saves a git call per checkpoint).
+    when the caller knows it (it saves a git call per checkpoint). `previous` is the caller's last
+    CheckpointCommit: when the worktree has not changed since, its commit (already on a ref) is this
+    checkpoint too. Most assistant steps only read or answer, and each new commit and ref costs two
+    git processes.
     """
     tree = snapshot_tree(path)
+    if previous is not None and previous.tree == tree:
+        return previous
     parent = parent or git("rev-parse", "HEAD", cwd=path).strip()
     commit = git("commit-tree", tree, "-p", parent, "-m", f"{message} {name}", cwd=path).strip()
     git("update-ref", checkpoint_ref(reference, name), commit, cwd=path)
-    return commit
+    return CheckpointCommit(commit, tree)
 
 
 def restore_checkpoint(*, path, commit):

@@ -264,16 +264,24 @@ def _socket_of(response):
         return None
 
 
-def session_snapshot(client, session_id, *, directory=None):
+def session_snapshot(client, session_id, *, directory=None, messages_if_busy=True):
     """The state of one session rebuilt from `GET /session/status` and its messages.
 
     Returns {"status": "busy" | "retry" | "idle", "status_detail": {...}, "messages": [...],
     "last_assistant": the last assistant message's info or None, "finished": True when the session
     is idle and its last assistant message has completed (or errored), "error": that message's
     error or None}.
+
+    With `messages_if_busy=False` a session still busy (or retrying) is not asked for its messages
+    ("messages" is None, "finished" False): a caller that only wants a finished turn's messages
+    spares OpenCode from serialising every part of a running one (the runner's check of a quiet
+    stream found most turns busy under load).
     """
     statuses = client.status(directory=directory)
     detail = statuses.get(session_id) or {"type": "idle"}
+    if not messages_if_busy and detail.get("type", "idle") != "idle":
+        return {"status": detail.get("type"), "status_detail": detail, "messages": None,
+                "last_assistant": None, "finished": False, "error": None}
     messages = client.messages(session_id, directory=directory)
     last_assistant = None
     for message in reversed(messages):

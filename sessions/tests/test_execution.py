@@ -12,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from orchestrator.testing import make_git_repository, running_worker, wait_until
+from sessions.execution import workspace
 from sessions.models import SessionEvent
 from sessions.services import session_create, session_start
 from tasks.models import Task
@@ -72,6 +73,13 @@ def test_single_task_session_runs_in_its_own_worktree(worker, roster, repository
     assert (session.tokens_input, session.tokens_output, session.api_calls) == (300, 60, 3)
     assert session.checkpoint_count == 3
     assert all(cp.git_ref and cp.opencode_message_id for cp in session.checkpoints.all())
+    # Each step's checkpoint is the worktree after it: the write and the bash step changed files,
+    # the final answer did not and shares the bash step's commit.
+    wrote, listed, answered = session.checkpoints.order_by("sequence").values_list("git_ref", flat=True)
+    assert wrote != listed and answered == listed
+    assert workspace.git("show", f"{wrote}:notes/hello.txt", cwd=repository) == "Hello from the scripted model\n"
+    assert "listing.txt" not in workspace.git("ls-tree", "--name-only", wrote, cwd=repository).split()
+    assert "hello.txt" in workspace.git("show", f"{listed}:listing.txt", cwd=repository)
 
     types = event_types(session)
     for expected in ("workspace.ready", "task.routed", "task.prompted", "tool.completed",

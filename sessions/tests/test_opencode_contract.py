@@ -210,6 +210,19 @@ def test_snapshot_after_the_turn_is_idle_and_finished(finished_turn, oc):
     assert finished_turn not in oc.status()
 
 
+def test_a_snapshot_of_a_busy_session_can_leave_its_messages_unasked(oc, events, llm):
+    session_id = start_turn(oc, "@@sleep 3\n@@final rested", title="busy snapshot")
+    wait_until(lambda: llm.requests_for(session_id), timeout=30, message="the sleeping step to be requested")
+
+    busy = session_snapshot(oc, session_id, messages_if_busy=False)
+    assert (busy["status"], busy["messages"], busy["finished"]) == ("busy", None, False)
+    assert session_snapshot(oc, session_id)["messages"]  # asked by default
+
+    assert events.wait(is_event("session.idle", session_id), timeout=30) is not None
+    idle = session_snapshot(oc, session_id, messages_if_busy=False)
+    assert idle["finished"] is True and idle["last_assistant"]["role"] == "assistant"
+
+
 def test_blocking_prompt_returns_the_last_assistant_message(oc):
     session = oc.create_session(title="blocking")
 

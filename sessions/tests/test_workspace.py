@@ -1,6 +1,7 @@
 """Git worktree isolation: real git on throwaway repositories."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_diff_lists_files_added_and_changed_since_the_base(repo, tmp_path):
 def test_checkpoint_restores_the_exact_files_without_moving_the_branch(repo, tmp_path):
     ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000003")
     (ws.path / "notes.txt").write_text("one\n")
-    commit = workspace.create_checkpoint(path=ws.path, reference="IND-000003", name="msg_1")
+    commit = workspace.create_checkpoint(path=ws.path, reference="IND-000003", name="msg_1").commit
     head = workspace.git("rev-parse", "HEAD", cwd=ws.path).strip()
     (ws.path / "notes.txt").write_text("two\n")
     (ws.path / "later.txt").write_text("later\n")
@@ -77,6 +78,21 @@ def test_checkpoint_restores_the_exact_files_without_moving_the_branch(repo, tmp
     assert not (ws.path / "later.txt").exists()
     assert workspace.git("rev-parse", "HEAD", cwd=ws.path).strip() == head
     assert workspace.git("rev-parse", workspace.checkpoint_ref("IND-000003", "msg_1"), cwd=repo).strip() == commit
+
+
+def test_a_checkpoint_of_an_unchanged_worktree_is_the_previous_commit_and_a_change_makes_a_new_one(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000005")
+    (ws.path / "notes.txt").write_text("one\n")
+    first = workspace.create_checkpoint(path=ws.path, reference="IND-000005", name="msg_1")
+    same = workspace.create_checkpoint(path=ws.path, reference="IND-000005", name="msg_2", previous=first)
+    assert same == first
+    refs = workspace.git("for-each-ref", "--format=%(refname)", "refs/ind/IND-000005/", cwd=repo).split()
+    assert refs == [workspace.checkpoint_ref("IND-000005", "msg_1")]  # no commit nor ref for msg_2
+    (ws.path / "notes.txt").write_text("two\n")
+    changed = workspace.create_checkpoint(path=ws.path, reference="IND-000005", name="msg_3", previous=same)
+    assert changed.commit != first.commit and changed.tree != first.tree
+    assert workspace.git("show", f"{changed.commit}:notes.txt", cwd=repo) == "two\n"
+    assert workspace.git("rev-parse", workspace.checkpoint_ref("IND-000005", "msg_3"), cwd=repo).strip() == changed.commit
 
 
 def test_reopening_a_workspace_keeps_its_base_and_removal_keeps_the_branch(repo, tmp_path):
@@ -92,6 +108,16 @@ def test_reopening_a_workspace_keeps_its_base_and_removal_keeps_the_branch(repo,
     assert "ind/IND-000004" in workspace.git("branch", "--list", cwd=repo)
     recreated = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000004")
     assert (recreated.path / "done.txt").read_text() == "done\n"
+
+
+def test_a_worktree_folder_deleted_by_hand_is_made_again_on_its_branch(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000006")
+    (ws.path / "kept.txt").write_text("kept\n")
+    workspace.commit_workspace(path=ws.path, message="work")
+    shutil.rmtree(ws.path)  # git still lists the worktree (stale) and its branch stays checked out there
+    again = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000006")
+    assert (again.path / "kept.txt").read_text() == "kept\n"
+    assert (again.base_commit, again.branch) == (ws.base_commit, "ind/IND-000006")
 
 
 def test_a_worktree_of_another_repository_is_never_reused(repo, tmp_path):
