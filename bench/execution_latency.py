@@ -23,7 +23,9 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
 
 1. Overhead. Direct: bench.opencode_direct's fresh-worktree mode (its repository and worktree
    helpers), on an OpenCode server of this process configured like the worker's: create an
-   OpenCode session, prompt, wait for `session.idle` (worktree made before timing). Orchestrator:
+   OpenCode session, prompt, wait for `session.idle` (worktree made before timing). The direct
+   server is restarted (and warmed up) before each concurrent batch, outside the timed span (see
+   direct_batch in measure()). Orchestrator:
    POST /api/v1/sessions (not timed), WebSocket /ws/sessions/{id} connected, then timed from just
    before POST /start until the WebSocket delivers the transition to `completed` (checked after by
    GET /api/v1/sessions/{id}, the file in the worktree and the LLM's three steps). Each side is
@@ -183,6 +185,12 @@ class Direct:
         if self.watch is not None:
             self.watch.stop()
         self.server.stop()
+
+    def restart(self, warm_up_number):
+        """A fresh server with one warm-up job done (all outside the timed span): see measure()."""
+        self.stop()
+        self.start()
+        self.job(self.worktrees(1)[0], warm_up_number)
 
     def worktrees(self, count):
         """One fresh worktree per job, each of its own repository (see the module docstring)."""
@@ -581,6 +589,12 @@ def measure(options, stack, orchestrator, direct):
             cpu[side][name] += cpu_seconds(pid) - before[name]
 
     def direct_batch(index):
+        # Each direct batch gets a fresh OpenCode server: twice on this VM a direct server that had
+        # served ~80 directories (each closed after its job) then spun at 100 % system CPU (RSS 2.3 GB)
+        # and stopped answering, ending the run. The orchestrator's server is not restarted (it
+        # retires after OPENCODE_SERVER_MAX_DIRECTORIES), so the comparison leans in direct's favour.
+        if index:
+            direct.restart(30_000 + 100 * index)
         worktrees = direct.worktrees(options.concurrency)
         before = {name: cpu_seconds(pid) for name, pid in processes("direct").items()}
         wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
