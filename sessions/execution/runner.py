@@ -127,7 +127,8 @@ class SessionRun:
         self.last_text = ""
         self.last_error = None
         self.restored_checkpoint = None
-        self.last_diff = None  # the latest turn's diff; the session's own when the tree has not changed since
+        self.last_diff = None  # the latest turn's diff (see finish)
+        self.task_limit = None  # tasks of the session that may run at once (execute_plan)
         self._ending = threading.Event()
         self._ended_by = None
         # Step checkpoints (git snapshots, ~50-100 ms) are taken off the event path, one at a time
@@ -216,7 +217,8 @@ class SessionRun:
 
     def execute_plan(self):
         task_services.task_root_for_session(session=self.session)
-        limit = int((self.session.metadata or {}).get("task_concurrency") or settings.SESSION_TASK_CONCURRENCY)
+        limit = self.task_limit = int(
+            (self.session.metadata or {}).get("task_concurrency") or settings.SESSION_TASK_CONCURRENCY)
         running = {}
         # Tasks a pause or a lost worker interrupted go first, continuing where they stopped.
         interrupted = list(
@@ -295,11 +297,20 @@ class SessionRun:
                 deferred[task_id] = time.monotonic() + AGENT_RETRY_SECONDS
         return finished
 
+    def turn_diff(self, *, after_step_checkpoint):
+        """The session's diff at the end of a turn. A turn that ended normally ended with a step whose
+        checkpoint was just taken, and no tool runs after a turn's last step: when no other task runs
+        alongside, that checkpoint's tree is the worktree as it is now (one git process, not three)."""
+        last = self._last_checkpoint
+        if after_step_checkpoint and last is not None and self.task_limit == 1:
+            return workspace.diff_between(path=self.ws.path, base_commit=self.ws.base_commit, tree=last.tree)
+        return workspace.workspace_diff(path=self.ws.path, base_commit=self.ws.base_commit)
+
     def finish(self):
         summary = task_services.task_plan_finished(session=self.session)
-        tree = workspace.snapshot_tree(self.ws.path)
-        diff = self.last_diff if self.last_diff and self.last_diff["tree"] == tree else \
-            workspace.diff_between(path=self.ws.path, base_commit=self.ws.base_commit, tree=tree)
+        # One task at a time: every turn has ended, so the last one's diff is the session's.
+        diff = self.last_diff if self.last_diff is not None and self.task_limit == 1 else \
+            workspace.workspace_diff(path=self.ws.path, base_commit=self.ws.base_commit)
         commit = workspace.commit_workspace(
             path=self.ws.path, message=f"{self.session.reference}: {self.session.title}"
         ) if diff["files"] else None
@@ -816,7 +827,8 @@ class TaskTurn:
         if degraded_by_us:
             run_._recover("turn ended")
         run_.wait_for_checkpoints()  # the task's outcome comes after its step checkpoints
-        diff = run_.last_diff = workspace.workspace_diff(path=run_.ws.path, base_commit=run_.ws.base_commit)
+        diff = run_.last_diff = run_.turn_diff(after_step_checkpoint=(
+            steps_seen > 0 and translator.error is None and not translator.rejected_permissions))
         outcome = TurnOutcome(
             completed=translator.error is None and not translator.rejected_permissions,
             text=translator.final_text, tokens=self.usage["tokens"],

@@ -289,9 +289,11 @@ def diff_between(*, path, base_commit, tree):
 def commit_workspace(*, path, message):
     """Commit everything in the worktree onto the session's branch (end of a session). Returns the commit or None."""
     git("add", "-A", ".", cwd=path)
-    if not git("status", "--porcelain", cwd=path).strip():
-        return None
-    git("commit", "-q", "-m", message, cwd=path)
+    if not git("commit", "-q", "-m", message, cwd=path, check=False, status=True):
+        # Nothing to commit (an earlier run of the session committed it) is the one refusal expected.
+        if not git("status", "--porcelain", cwd=path).strip():
+            return None
+        git("commit", "-q", "-m", message, cwd=path)  # raises GitError with git's reason
     return git("rev-parse", "HEAD", cwd=path).strip()
 
 

@@ -1,9 +1,11 @@
-"""The run's plan loop, without a worker: how long it sleeps while its tasks run."""
+"""Parts of a session run without a worker: the plan loop's sleep, the diff at a turn's end."""
 
 import threading
 from concurrent.futures import Future
 from types import SimpleNamespace
 
+from orchestrator.testing import make_git_repository
+from sessions.execution import workspace
 from sessions.execution.runner import CONTROL_INTERVAL, PLAN_WAIT, SessionRun
 
 
@@ -33,3 +35,20 @@ def test_the_plan_loop_wakes_each_control_interval_while_a_task_waits_for_an_age
         assert not future.done()  # back after one interval to route the waiting task again
     finally:
         timer.cancel()
+
+
+def test_a_turn_that_ended_after_its_step_checkpoint_takes_its_diff_from_that_checkpoint(tmp_path):
+    repository = make_git_repository(tmp_path / "repo")
+    ws = workspace.prepare_workspace(repository=repository, root=tmp_path / "ws", reference="IND-000042")
+    (ws.path / "step.txt").write_text("written by the last step\n")
+    checkpoint = workspace.create_checkpoint(path=ws.path, reference="IND-000042", name="msg_1", parent=ws.head)
+    # Not possible after a turn's last step with one task at a time; written here to show which tree is used.
+    (ws.path / "later.txt").write_text("not in the checkpoint\n")
+    run = SimpleNamespace(ws=ws, _last_checkpoint=checkpoint, task_limit=1)
+
+    diff = SessionRun.turn_diff(run, after_step_checkpoint=True)
+    assert diff["tree"] == checkpoint.tree and [f["file"] for f in diff["files"]] == ["step.txt"]
+    # A turn that failed mid-step, or tasks running side by side: the worktree is read again.
+    for run.task_limit, after in ((1, False), (2, True)):
+        diff = SessionRun.turn_diff(run, after_step_checkpoint=after)
+        assert [f["file"] for f in diff["files"]] == ["later.txt", "step.txt"]

@@ -103,6 +103,7 @@ def test_reopening_a_workspace_keeps_its_base_and_removal_keeps_the_branch(repo,
     assert again.base_commit == ws.base_commit
     (ws.path / "done.txt").write_text("done\n")
     assert workspace.commit_workspace(path=ws.path, message="session finished") is not None
+    assert workspace.commit_workspace(path=ws.path, message="nothing new") is None
     workspace.remove_workspace(repository=repo, path=ws.path)
     assert not ws.path.exists()
     assert "ind/IND-000004" in workspace.git("branch", "--list", cwd=repo)
