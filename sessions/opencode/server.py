@@ -126,6 +126,7 @@ class OpenCodeServer:
         self.process = None
         self.url = None
         self.version = None
+        self.healthy_at = None  # time.monotonic() of the last passed health check
         self.starts = 0
         self.log_path = None
         self._lock = threading.RLock()
@@ -242,6 +243,7 @@ class OpenCodeServer:
                 continue
             if health.get("healthy"):
                 self.version = health.get("version")
+                self.healthy_at = time.monotonic()
                 return health
             last_error = health
             time.sleep(0.1)
@@ -258,19 +260,22 @@ class OpenCodeServer:
         if self.process is None or self.process.poll() is not None:
             return False
         try:
-            return bool(self._client.health(timeout=5.0).get("healthy"))
+            healthy = bool(self._client.health(timeout=5.0).get("healthy"))
         except OpenCodeError:
             return False
+        if healthy:
+            self.healthy_at = time.monotonic()
+        return healthy
 
     def ensure_running(self):
         """Start the server if it is not running (first use, or its process died).
 
         Returns True when a (re)start happened. A server that runs but fails its health check is
-        killed and restarted.
+        killed and restarted; one that passed it less than HEALTH_FRESH_SECONDS ago is not asked again.
         """
         with self._lock:
             if self.process is not None and self.process.poll() is None:
-                if self.alive():
+                if _recently(self.healthy_at) or self.alive():
                     return False
                 self._terminate()
             self.start()
@@ -305,6 +310,7 @@ class OpenCodeServer:
         if process.poll() is not None:
             return
         _signal_group(process, signal.SIGTERM)
+        _signal_group(process, signal.SIGCONT)  # a stopped process acts on SIGTERM only once continued
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -328,6 +334,17 @@ def _signal_group(process, signum):
         pass
 
 
+# A passed health check vouches for a running server this long. Every run checks its server when it
+# starts, one after the other on the worker's keeper thread (sessions.execution.servers): in a burst
+# of 20 starts OpenCode, busy opening their worktrees, answered slowly and the last start waited ~4 s
+# for its turn. Now a burst asks once; a server that stops answering still fails the runs' own calls.
+HEALTH_FRESH_SECONDS = 5.0
+
+
+def _recently(healthy_at):
+    return healthy_at is not None and time.monotonic() - healthy_at < HEALTH_FRESH_SECONDS
+
+
 class ExistingServer:
     """A server started elsewhere (OPENCODE_URL), behind the same interface as OpenCodeServer.
 
@@ -343,6 +360,7 @@ class ExistingServer:
         self.request_timeout = float(request_timeout or _setting("OPENCODE_REQUEST_TIMEOUT", 30.0))
         self.pid = None
         self.version = None
+        self.healthy_at = None
         self._client = OpenCodeClient(self.url, password=self.password, timeout=self.request_timeout)
 
     def start(self):
@@ -350,16 +368,21 @@ class ExistingServer:
         if not health.get("healthy"):
             raise Unreachable(f"{self.url} is not healthy: {health}")
         self.version = health.get("version")
+        self.healthy_at = time.monotonic()
         return self
 
     def alive(self):
         try:
-            return bool(self._client.health(timeout=5.0).get("healthy"))
+            healthy = bool(self._client.health(timeout=5.0).get("healthy"))
         except OpenCodeError:
             return False
+        if healthy:
+            self.healthy_at = time.monotonic()
+        return healthy
 
     def ensure_running(self):
-        self.start()
+        if not _recently(self.healthy_at):
+            self.start()
         return False
 
     def client(self, directory=None):

@@ -18,7 +18,7 @@ from sessions.opencode import errors
 from sessions.opencode.client import OpenCodeClient
 from sessions.opencode.events import RECONNECTED, EventCollector, session_snapshot
 from sessions.opencode.scripted_llm import opencode_config
-from sessions.opencode.server import ExistingServer, OpenCodeServer
+from sessions.opencode.server import HEALTH_FRESH_SECONDS, ExistingServer, OpenCodeServer
 
 pytestmark = pytest.mark.opencode
 
@@ -416,6 +416,29 @@ def test_dead_server_is_restarted_and_the_event_stream_follows_it(llm, tmp_path)
     finally:
         managed.stop()
     assert managed.process.poll() is not None
+
+
+def test_a_server_that_just_passed_its_health_check_is_not_asked_again_until_that_is_stale(llm, tmp_path):
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    managed = OpenCodeServer(workdir=workdir, state_dir=tmp_path / "state", binary=settings.OPENCODE_BIN,
+                             scripted_llm_url=llm.base_url, startup_timeout=60)
+    managed.start()
+    first_pid = managed.pid
+    try:
+        os.kill(first_pid, signal.SIGSTOP)  # running, but it would answer nothing now
+        assert managed.ensure_running() is False and managed.pid == first_pid  # vouched for by start's check
+
+        managed.healthy_at -= HEALTH_FRESH_SECONDS
+        assert managed.ensure_running() is True  # asked, no answer: restarted
+        assert managed.pid != first_pid and managed.alive() is True
+        wait_until(lambda: not os.path.exists(f"/proc/{first_pid}"), timeout=15, message="the frozen server to end")
+    finally:
+        try:
+            os.kill(first_pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        managed.stop()
 
 
 def test_server_has_private_folders_offline_flags_password_and_plugin_stub(server):
