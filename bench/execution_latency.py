@@ -589,10 +589,11 @@ def measure(options, stack, orchestrator, direct):
             cpu[side][name] += cpu_seconds(pid) - before[name]
 
     def direct_batch(index):
-        # Each direct batch gets a fresh OpenCode server: twice on this VM a direct server that had
-        # served ~80 directories (each closed after its job) then spun at 100 % system CPU (RSS 2.3 GB)
-        # and stopped answering, ending the run. The orchestrator's server is not restarted (it
-        # retires after OPENCODE_SERVER_MAX_DIRECTORIES), so the comparison leans in direct's favour.
+        # Each direct batch gets a fresh OpenCode server: twice on this VM a long-lived direct server
+        # reached the kernel's vm.max_map_count (its mappings grow with the directories it opens) and
+        # hung, its allocator retrying a failing madvise() at 100 % CPU, which ended the run. The
+        # worker retires its own server near that limit (OPENCODE_SERVER_MAX_MAP_SHARE), inside the
+        # timed span when it happens, so the comparison leans in direct's favour.
         if index:
             direct.restart(30_000 + 100 * index)
         worktrees = direct.worktrees(options.concurrency)

@@ -269,6 +269,11 @@ OPENCODE_STARTUP_TIMEOUT = env_float("OPENCODE_STARTUP_TIMEOUT", 60.0, minimum=1
 # A safety net: runs close their worktrees in OpenCode (servers.close_directory), and a server closing
 # them kept an even pace over 121 directories (6 waves of 20, measured); retired after this many anyway.
 OPENCODE_SERVER_MAX_DIRECTORIES = env_int("OPENCODE_SERVER_MAX_DIRECTORIES", 256, minimum=1, maximum=1000)
+# OpenCode's (Bun's) memory mappings grow with the directories it opens (1k to 13k opening 12 one at a
+# time; the 65,530 of the default vm.max_map_count after ~50 opened in bursts of 20). At the limit its
+# allocator retries a failing madvise() forever and the server hangs at 100 % CPU. A managed server is
+# retired when its mappings reach this share of the limit (sessions.execution.servers).
+OPENCODE_SERVER_MAX_MAP_SHARE = env_float("OPENCODE_SERVER_MAX_MAP_SHARE", 0.5, minimum=0.01)
 # OpenCode's own snapshots of each worktree: off, as git already holds our checkpoints and diffs.
 OPENCODE_SNAPSHOTS = env_bool("OPENCODE_SNAPSHOTS", False)
 OPENCODE_REQUEST_TIMEOUT = env_float("OPENCODE_REQUEST_TIMEOUT", 30.0, minimum=0.1)

@@ -79,6 +79,8 @@ class _Served:
         self.directories = set()
         self.active = 0
         self.events = None
+        self.maps_checked_at = 0.0
+        self.maps_full = False
 
     def stop(self):
         if self.events is not None:
@@ -105,7 +107,8 @@ def acquire_server(*, directory):
     OpenCode keeps an inotify instance for every directory it has open, and Linux allows 128 per
     user by default: past that a server stops making progress. Runs close their worktree when they
     end (close_directory); as a safety net against what closing may not release, a managed server
-    serves at most OPENCODE_SERVER_MAX_DIRECTORIES worktrees; then new runs get a fresh server and
+    serves at most OPENCODE_SERVER_MAX_DIRECTORIES worktrees, and only until its memory mappings near the
+    kernel's limit (_maps_near_limit); then new runs get a fresh server and
     the old one is stopped when its last run releases it. A directory served before goes back to its server
     while that server lives (a paused task continues in its own OpenCode session).
     """
@@ -113,7 +116,8 @@ def acquire_server(*, directory):
     with _lock:
         served = next((entry for entry in [_current, *_retiring] if entry and directory in entry.directories), None)
         if served is None:
-            full = _current is not None and len(_current.directories) >= settings.OPENCODE_SERVER_MAX_DIRECTORIES
+            full = _current is not None and (
+                len(_current.directories) >= settings.OPENCODE_SERVER_MAX_DIRECTORIES or _maps_near_limit(_current))
             if _current is None or (full and not settings.OPENCODE_URL):
                 if _current is not None:
                     _retiring.append(_current)
@@ -128,6 +132,33 @@ def acquire_server(*, directory):
         release_server(served.server)
         raise
     return served.server
+
+
+MAPS_CHECK_SECONDS = 2.0
+
+
+def _maps_near_limit(entry):
+    """Whether the server's memory mappings reached OPENCODE_SERVER_MAX_MAP_SHARE of vm.max_map_count.
+
+    OpenCode's mappings grow with the directories it opens (most in bursts of new directories), and
+    at the limit it hangs for good (its allocator retries a failing madvise() at 100 % CPU). Read at
+    most every MAPS_CHECK_SECONDS: /proc/<pid>/maps of a big server takes ~20 ms to read."""
+    now = time.monotonic()
+    if now - entry.maps_checked_at >= MAPS_CHECK_SECONDS:
+        entry.maps_checked_at = now
+        maps, limit = entry.server.memory_maps(), _max_map_count()
+        entry.maps_full = bool(maps and limit and maps >= settings.OPENCODE_SERVER_MAX_MAP_SHARE * limit)
+        if entry.maps_full:
+            logger.warning("OpenCode server %s has %s memory mappings (vm.max_map_count %s): retiring it",
+                           entry.server.pid, maps, limit)
+    return entry.maps_full
+
+
+def _max_map_count():
+    try:
+        return int(Path("/proc/sys/vm/max_map_count").read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def events_of(server):

@@ -267,6 +267,14 @@ class OpenCodeServer:
             self.healthy_at = time.monotonic()
         return healthy
 
+    def memory_maps(self):
+        """How many memory mappings the server process has (Linux), or None when that cannot be read."""
+        try:
+            with open(f"/proc/{self.pid}/maps", "rb") as maps:
+                return maps.read().count(b"\n")
+        except (OSError, TypeError):
+            return None
+
     def ensure_running(self):
         """Start the server if it is not running (first use, or its process died).
 
@@ -379,6 +387,9 @@ class ExistingServer:
         if healthy:
             self.healthy_at = time.monotonic()
         return healthy
+
+    def memory_maps(self):
+        return None  # another host's process
 
     def ensure_running(self):
         if not _recently(self.healthy_at):

@@ -1,6 +1,6 @@
 """A worker's OpenCode servers: one serves many worktrees, and is replaced after
 OPENCODE_SERVER_MAX_DIRECTORIES of them (a safety net: OpenCode keeps what a directory opened,
-its inotify instance included, until told to close it)."""
+its inotify instance included, until told to close it) or near the kernel's memory map limit."""
 
 import pytest
 
@@ -38,6 +38,21 @@ def test_a_server_is_retired_after_its_directory_quota_and_stopped_when_idle(fre
     assert not first.alive(), "retired and idle: stopped"
     assert servers.acquire_server(directory=str(folders[2])) is second
     assert second.client().health()["healthy"] is True
+
+
+def test_a_server_near_the_kernels_memory_map_limit_is_retired(fresh_servers, settings):
+    folders = [fresh_servers / name for name in ("a", "b")]
+    for folder in folders:
+        folder.mkdir()
+    first = servers.acquire_server(directory=str(folders[0]))
+    limit = int(open("/proc/sys/vm/max_map_count").read())
+    assert 0 < first.memory_maps() < limit / 2  # a fresh server is far from it
+    settings.OPENCODE_SERVER_MAX_MAP_SHARE = first.memory_maps() / limit / 2  # as if it had passed it
+
+    second = servers.acquire_server(directory=str(folders[1]))
+    assert second is not first and second.alive()
+    servers.release_server(first)
+    assert not first.alive(), "retired and idle: stopped"
 
 
 def test_one_shared_event_stream_hands_each_task_the_events_of_its_own_worktree(fresh_servers):
