@@ -65,6 +65,7 @@ from pathlib import Path
 from bench.common import percentile
 from bench.execution_stack import (
     TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
+    tree_cpu_seconds,
 )
 from bench.opencode_direct import make_repository, make_worktrees
 
@@ -573,20 +574,23 @@ def measure(options, stack, orchestrator, direct):
         orch_single.append(orchestrator.single().seconds)
     direct_walls, orch_walls, pairs, concurrent_runs, direct_jobs, orch_jobs = [], [], [], [], [], []
     direct_busy_dispatch = []
-    worker_opencode = stack.worker_opencode_pid()
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
+    worker_children = "its child processes (OpenCode servers, retired ones included; git)"
 
-    def processes(side):
+    def readings(side):
+        """CPU seconds by process now. The worker's OpenCode server is its child and may be retired
+        (and reaped) mid-batch, so the worker is read as a tree, and its own time apart."""
         this = os.getpid()
         if side == "direct":
-            return {"OpenCode server": direct.server.pid, "bench process (LLM, client)": this}
-        return {"OpenCode server": worker_opencode, "Celery worker (with its git children)": stack.worker.pid,
-                "daphne": stack.web.pid, "bench process (LLM, client)": this}
+            return {"OpenCode server": cpu_seconds(direct.server.pid), "bench process (LLM, client)": cpu_seconds(this)}
+        own = cpu_seconds(stack.worker.pid, children=False)
+        return {"Celery worker": own, worker_children: tree_cpu_seconds(stack.worker.pid) - own,
+                "daphne": cpu_seconds(stack.web.pid), "bench process (LLM, client)": cpu_seconds(this)}
 
     def account(side, before):
-        for name, pid in processes(side).items():
-            cpu[side][name] += cpu_seconds(pid) - before[name]
+        for name, seconds in readings(side).items():
+            cpu[side][name] += seconds - before[name]
 
     def direct_batch(index):
         # Each direct batch gets a fresh OpenCode server: twice on this VM a long-lived direct server
@@ -597,7 +601,7 @@ def measure(options, stack, orchestrator, direct):
         if index:
             direct.restart(30_000 + 100 * index)
         worktrees = direct.worktrees(options.concurrency)
-        before = {name: cpu_seconds(pid) for name, pid in processes("direct").items()}
+        before = readings("direct")
         wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
         account("direct", before)
         direct_walls.append(wall)
@@ -606,7 +610,7 @@ def measure(options, stack, orchestrator, direct):
         return wall
 
     def orchestrator_batch(index):
-        before = {name: cpu_seconds(pid) for name, pid in processes("orchestrator").items()}
+        before = readings("orchestrator")
         logs = stack.var_dir / "bench-logs"
         with profiled(options.py_spy, stack.worker.pid, logs / f"worker-profile-{index}.txt") as worker_profile, \
                 profiled(options.py_spy, stack.web.pid, logs / f"web-profile-{index}.txt") as web_profile, \

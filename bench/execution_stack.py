@@ -268,8 +268,9 @@ def opencode_session_created(database_paths, session_ids):
     }
 
 
-def cpu_seconds(pid):
-    """CPU time of a process and its reaped children (git, tool commands), in seconds."""
+def cpu_seconds(pid, *, children=True):
+    """CPU time of a process and its reaped children (git, tool commands), in seconds; with
+    `children=False` the process's own only."""
     if pid is None:
         return 0.0
     try:
@@ -277,7 +278,19 @@ def cpu_seconds(pid):
     except OSError:
         return 0.0
     # After the command: state is field 3; utime, stime, cutime, cstime are fields 14-17.
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return sum(int(value) for value in fields[11:15 if children else 13]) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid):
+    """CPU time of a process, its reaped children and, recursively, its live ones. A child that ends
+    (a retired OpenCode server, say) moves from live to reaped without changing this sum."""
+    total = cpu_seconds(pid)
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            total += sum(tree_cpu_seconds(int(child)) for child in listing.read_text().split())
+        except OSError:
+            continue
+    return total
 
 
 @contextmanager
