@@ -109,13 +109,19 @@ def test_pause_then_resume_finishes_the_work_in_the_same_opencode_session(worker
     assert how == ["new", "continue"]
 
 
-def test_stop_mid_run_sends_the_llm_nothing_after_the_abort(worker, new_session, operator_user, scripted_llm):
+def started_into_a_sleeping_step(new_session, operator_user, scripted_llm):
+    """(session, its task): started, its first file written, the LLM asked for the 6 s step."""
     session = new_session("@@write a.txt A\\n\n@@sleep 6\n@@write b.txt B\\n\n@@final never")
     session_start(session=session, actor=operator_user)
     wait_for_event(session, "tool.completed", tool="write")
     task = root_task(session)
     wait_until(lambda: any(e["key"] == task.opencode_session_id and e["step"] == 1 for e in scripted_llm.requests),
                timeout=20, message="the sleeping step to be asked")
+    return session, task
+
+
+def test_stop_mid_run_sends_the_llm_nothing_after_the_abort(worker, new_session, operator_user, scripted_llm):
+    session, task = started_into_a_sleeping_step(new_session, operator_user, scripted_llm)
     stopped_at = time.time()
     session_stop(session=session, actor=operator_user, reason="enough")
     wait_until(lambda: (task.opencode_session_id, 1) in {(e["key"], e["step"]) for e in scripted_llm.abandoned},
@@ -133,12 +139,7 @@ def test_a_run_whose_session_another_worker_took_stops_and_leaves_the_task_to_it
     """The control reader shows the run that its session now belongs to another worker (the
     reconciler gave it away): the run aborts its turn and stops as "lost", without failing the task
     the other worker carries on."""
-    session = new_session("@@write a.txt A\\n\n@@sleep 6\n@@write b.txt B\\n\n@@final never")
-    session_start(session=session, actor=operator_user)
-    wait_for_event(session, "tool.completed", tool="write")
-    task = root_task(session)
-    wait_until(lambda: any(e["key"] == task.opencode_session_id and e["step"] == 1 for e in scripted_llm.requests),
-               timeout=20, message="the sleeping step to be asked")
+    session, task = started_into_a_sleeping_step(new_session, operator_user, scripted_llm)
 
     CodingSession.objects.filter(pk=session.pk).update(worker_id="another-worker")
 

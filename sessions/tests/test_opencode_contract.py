@@ -393,12 +393,17 @@ def test_silent_stream_is_treated_as_dead_and_state_is_rebuilt_after_reconnect(s
     assert rebuilt and rebuilt[0]["finished"] is True and len(rebuilt[0]["messages"]) == 4
 
 
-def test_dead_server_is_restarted_and_the_event_stream_follows_it(llm, tmp_path):
+def started_own_server(llm, tmp_path):
+    """(its workdir, a managed server of the test's own, started): for tests that kill or freeze it."""
     workdir = tmp_path / "work"
     workdir.mkdir()
     managed = OpenCodeServer(workdir=workdir, state_dir=tmp_path / "state", binary=settings.OPENCODE_BIN,
                              scripted_llm_url=llm.base_url, startup_timeout=60)
-    managed.start()
+    return workdir, managed.start()
+
+
+def test_dead_server_is_restarted_and_the_event_stream_follows_it(llm, tmp_path):
+    workdir, managed = started_own_server(llm, tmp_path)
     try:
         stream = managed.events(str(workdir), backoff_initial=0.05, backoff_max=0.3)
         with EventCollector(stream) as collector:
@@ -419,11 +424,7 @@ def test_dead_server_is_restarted_and_the_event_stream_follows_it(llm, tmp_path)
 
 
 def test_a_server_that_just_passed_its_health_check_is_not_asked_again_until_that_is_stale(llm, tmp_path):
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    managed = OpenCodeServer(workdir=workdir, state_dir=tmp_path / "state", binary=settings.OPENCODE_BIN,
-                             scripted_llm_url=llm.base_url, startup_timeout=60)
-    managed.start()
+    _, managed = started_own_server(llm, tmp_path)
     first_pid = managed.pid
     try:
         os.kill(first_pid, signal.SIGSTOP)  # running, but it would answer nothing now
