@@ -10,8 +10,9 @@ Options: --rounds 3 (single-job rounds per side), --batches 5 (concurrent rounds
 time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`).
 
 Everything runs as real processes started here and stopped by PID at the end (bench.execution_stack):
-a throwaway PostgreSQL database, the scripted LLM (in this process: its request log has the time
-of every request), daphne (HTTP + WebSocket), one Celery worker (threads pool, concurrency 24) that
+a throwaway PostgreSQL database, the scripted LLM (in a process of its own, used by both sides: in
+this one it shared the GIL with the clients, and the orchestrator side's WebSocket clients delayed
+its answers; its request log has the time of every request), daphne (HTTP + WebSocket), one Celery worker (threads pool, concurrency 24) that
 starts its own OpenCode server, Redis as broker and channel layer. DEBUG is off.
 
 The job, on both sides: `@@write out.txt ...`, `@@bash cat out.txt`, `@@final ...` (three LLM
@@ -65,7 +66,7 @@ from pathlib import Path
 from bench.common import percentile
 from bench.execution_stack import (
     TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
-    tree_cpu_seconds,
+    service_cpu_seconds, tree_cpu_seconds,
 )
 from bench.opencode_direct import make_repository, make_worktrees
 
@@ -112,8 +113,8 @@ class IdleWatch:
     """One reader of OpenCode's global event stream that flags each session's `session.idle`.
 
     (EventCollector.wait rescans every kept event and wakes every waiter on each event: with 20
-    waiting threads and tens of thousands of events that costs the bench process, which also hosts
-    the LLM, more CPU than the jobs. Here a waiter sleeps on its own flag.) Events are not replayed
+    waiting threads and tens of thousands of events that cost the bench process more CPU than the
+    jobs. Here a waiter sleeps on its own flag.) Events are not replayed
     after a reconnect, so a waiter then also asks the server whether its session has finished.
     """
 
@@ -203,7 +204,8 @@ class Direct:
         return paths
 
     def job(self, directory, number):
-        """One job; returns (seconds, dispatch seconds: before create -> LLM's first tool request)."""
+        """One job; returns (seconds, dispatch seconds: before create -> LLM's first tool request,
+        its Marks)."""
         directory = str(directory)
         before = time.time()
         started = time.perf_counter()
@@ -212,6 +214,7 @@ class Direct:
         self.client.prompt_async(session_id, text=SCRIPT.format(number=number), directory=directory)
         idle = self.watch.wait(session_id, self.client.with_directory(directory), JOB_TIMEOUT)
         elapsed = time.perf_counter() - started
+        ended = time.time()
         # As the worker does at the end of a run (servers.close_directory), after the timed span.
         self.client.dispose_instance(directory=directory)
         if not idle:
@@ -229,7 +232,8 @@ class Direct:
         requests = [entry for entry in self.llm.requests_for(session_id) if entry["tools"]]
         if [entry["kind"] for entry in requests] != EXPECTED_STEPS:
             raise RuntimeError(f"direct job {number}: LLM steps {[e['kind'] for e in requests]}")
-        return elapsed, min(entry["time"] for entry in requests) - before
+        first = min(entry["time"] for entry in requests)
+        return elapsed, first - before, Marks(before, first, max(entry["time"] for entry in requests), ended)
 
     def batch(self, directories, first_number):
         """All jobs at once in threads; returns (wall seconds, [(seconds, dispatch seconds)] per job)."""
@@ -390,6 +394,57 @@ class Orchestrator:
 
 
 # --- figures from the runs -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Epoch times of one job: started (create call / POST /start sent), the LLM's first and last
+    requests with tools, done (idle seen / `completed` received)."""
+
+    started: float
+    first_request: float
+    last_request: float
+    done: float
+
+
+def run_marks(run, llm):
+    times = [entry["time"] for entry in llm.requests_for(run.opencode_session_id) if entry["tools"]]
+    return Marks(run.start_sent, min(times), max(times), run.start_sent + run.seconds)
+
+
+def print_timelines(timelines):
+    """Where a concurrent batch's wall goes, each side: offsets from the batch's start (p50 / max over
+    the jobs of every batch), and each job's tail (the LLM's last request -> done)."""
+    print("  timeline of the concurrent batches, s from the batch's start (p50 / max):")
+    for side, batches in timelines.items():
+        offsets = {"LLM first request": [], "LLM last request": [], "done": [], "tail (last request -> done)": []}
+        for jobs in batches:
+            start = min(marks.started for marks in jobs)
+            for marks in jobs:
+                offsets["LLM first request"].append(marks.first_request - start)
+                offsets["LLM last request"].append(marks.last_request - start)
+                offsets["done"].append(marks.done - start)
+                offsets["tail (last request -> done)"].append(marks.done - marks.last_request)
+        print(f"    {side}: " + "; ".join(
+            f"{name} {percentile(values, 0.5):.2f} / {max(values):.2f}" for name, values in offsets.items()))
+
+
+def print_tail(runs, llm):
+    """The orchestrator's tail by its event rows: s from the LLM's last request to each event row
+    written after it (created_at), and to its receipt on the WebSocket (p50 / max)."""
+    rows, received = {}, {}
+    for run in runs:
+        last = run_marks(run, llm).last_request
+        for at, event, _ in run.received:
+            created = epoch(event["created_at"])
+            if created >= last:
+                kind = event["type"] if event["type"] != "session.transition" else f"transition to {event['payload'].get('to')}"
+                rows.setdefault(kind, []).append(created - last)
+                received.setdefault(kind, []).append(at - last)
+    print("  the orchestrator's tail, s after the LLM's last request: row written / received on the WebSocket (p50 / max):")
+    for kind, values in sorted(rows.items(), key=lambda item: percentile(item[1], 0.5)):
+        print(f"    {kind} (n={len(values)}): row {percentile(values, 0.5):.2f} / {max(values):.2f}; "
+              f"received {percentile(received[kind], 0.5):.2f} / {max(received[kind]):.2f}")
 
 
 def epoch(iso):
@@ -568,12 +623,13 @@ def measure(options, stack, orchestrator, direct):
     # --- 1. overhead ---
     direct_single, orch_single, direct_dispatch = [], [], []
     for index in range(options.rounds):
-        seconds, dispatch = direct.job(direct.worktrees(1)[0], 10_001 + index)
+        seconds, dispatch, _ = direct.job(direct.worktrees(1)[0], 10_001 + index)
         direct_single.append(seconds)
         direct_dispatch.append(dispatch)
         orch_single.append(orchestrator.single().seconds)
     direct_walls, orch_walls, pairs, concurrent_runs, direct_jobs, orch_jobs = [], [], [], [], [], []
     direct_busy_dispatch = []
+    timelines = {"direct": [], "orchestrator": []}  # per batch, the Marks of its jobs
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
     worker_children = "its child processes (OpenCode servers, retired ones included; git)"
@@ -583,10 +639,14 @@ def measure(options, stack, orchestrator, direct):
         (and reaped) mid-batch, so the worker is read as a tree, and its own time apart."""
         this = os.getpid()
         if side == "direct":
-            return {"OpenCode server": cpu_seconds(direct.server.pid), "bench process (LLM, client)": cpu_seconds(this)}
+            return {"OpenCode server": cpu_seconds(direct.server.pid), "bench process (client)": cpu_seconds(this),
+                    "scripted LLM": cpu_seconds(llm.pid),
+                    **service_cpu_seconds()}
         own = cpu_seconds(stack.worker.pid, children=False)
         return {"Celery worker": own, worker_children: tree_cpu_seconds(stack.worker.pid) - own,
-                "daphne": cpu_seconds(stack.web.pid), "bench process (LLM, client)": cpu_seconds(this)}
+                "daphne": cpu_seconds(stack.web.pid), "bench process (client)": cpu_seconds(this),
+                "scripted LLM": cpu_seconds(llm.pid),
+                **service_cpu_seconds()}
 
     def account(side, before):
         for name, seconds in readings(side).items():
@@ -605,8 +665,9 @@ def measure(options, stack, orchestrator, direct):
         wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
         account("direct", before)
         direct_walls.append(wall)
-        direct_jobs.extend(seconds for seconds, _ in jobs)
-        direct_busy_dispatch.extend(dispatch for _, dispatch in jobs)
+        direct_jobs.extend(seconds for seconds, _, _ in jobs)
+        direct_busy_dispatch.extend(dispatch for _, dispatch, _ in jobs)
+        timelines["direct"].append([marks for _, _, marks in jobs])
         return wall
 
     def orchestrator_batch(index):
@@ -620,6 +681,7 @@ def measure(options, stack, orchestrator, direct):
         account("orchestrator", before)
         orch_walls.append(orch_wall)
         orch_jobs.extend(item.seconds for item in runs)
+        timelines["orchestrator"].append([run_marks(item, llm) for item in runs])
         concurrent_runs.extend(runs)
         return orch_wall
 
@@ -663,9 +725,11 @@ def measure(options, stack, orchestrator, direct):
     for side in ("direct", "orchestrator"):
         parts = ", ".join(f"{name} {ms(seconds / jobs_run):.0f}" for name, seconds in cpu[side].items())
         print(f"  CPU per job at {options.concurrency} concurrent, {side}: {ms(sum(cpu[side].values()) / jobs_run):.0f} ms "
-              f"({parts}; PostgreSQL and Redis not counted; {os.cpu_count()} CPUs shared with other work)")
+              f"({parts}; {os.cpu_count()} CPUs shared with other work)")
     print(f"  CPU ratio, orchestrator / direct: {sum(cpu['orchestrator'].values()) / sum(cpu['direct'].values()):.2f} "
           "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's work fills)")
+    print_timelines(timelines)
+    print_tail(concurrent_runs, llm)
     creates = [ms(r.create_seconds) for r in sequential]
     line("POST /api/v1/sessions (create, not in the timed span)", creates)
     line("POST /api/v1/sessions/{id}/start response", [ms(r.post_start_seconds) for r in sequential])
@@ -714,7 +778,7 @@ def measure(options, stack, orchestrator, direct):
         print()
         print("=== Diagnostics: py-spy samples (50 Hz, threads holding the GIL) during the orchestrator's concurrent batches ===")
         for label, paths in (("Celery worker", [p[0] for p in profiles]), ("daphne", [p[1] for p in profiles]),
-                             ("bench process (LLM, client)", [p[2] for p in profiles])):
+                             ("bench process (client)", [p[2] for p in profiles])):
             total, own, leaves = folded_summary(paths, top=15)
             print(f"  {label}: {total} samples; the project's frames by inclusive share:")
             for share, frame in own:

@@ -4,7 +4,8 @@
 SIGTERM/SIGINT):
 
 - a throwaway PostgreSQL database (bench.common.bench_database: created, migrated, dropped);
-- the scripted LLM, in this process (its request log, with a `time` per request, is read here);
+- the scripted LLM, in a process of its own (ScriptedLLMProcess: its request log, with a `time`
+  per request, is a JSON lines file read here);
 - the web server: `python -m daphne -b 127.0.0.1 -p <free port> orchestrator.asgi:application`;
 - one Celery worker (threads pool) told the LLM's URL through OPENCODE_SCRIPTED_LLM_URL; it starts
   its own OpenCode server on its first session (that start is excluded by the caller's warm-up);
@@ -17,6 +18,7 @@ state are cleared at the start (session references restart at IND-000001 in a fr
 a leftover worktree of that name would be reopened) and at the end unless `keep` is set.
 """
 
+import json
 import os
 import re
 import secrets
@@ -115,6 +117,58 @@ def _web_server(log_path):
         log.close()
 
 
+class ScriptedLLMProcess:
+    """The scripted LLM in a process of its own (`python -m sessions.opencode.scripted_llm`), its
+    request log read from the JSON lines file it appends to.
+
+    In the bench process it shared the GIL with the clients: the orchestrator side's 20 WebSocket
+    clients then delayed the LLM's answers, which are on OpenCode's path, and the direct side's
+    single event reader did not (an LLM is a remote service for both). Same interface as
+    ScriptedLLM for the bench: base_url, requests_for(key), pid, stop()."""
+
+    def __init__(self, log_path, output_path):
+        from orchestrator.testing import subprocess_env, wait_until
+
+        self.log_path, output_path = Path(log_path), Path(output_path)
+        self.log_path.unlink(missing_ok=True)
+        self._entries, self._offset = [], 0
+        self._output = output_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sessions.opencode.scripted_llm", "--port", "0", "--log", str(self.log_path)],
+            cwd=ROOT, env=subprocess_env(), stdout=self._output, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+        def listening():  # its first line: "scripted llm listening on http://127.0.0.1:<port>"
+            return self.process.poll() is not None or b"listening on " in output_path.read_bytes()
+
+        try:
+            wait_until(listening, timeout=30, interval=0.05, message="the scripted LLM to listen")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the scripted LLM exited: {output_path.read_text(errors='replace')[-2000:]}")
+        except BaseException:
+            self.stop()
+            raise
+        self.url = output_path.read_text().split("listening on ", 1)[1].split()[0]
+        self.base_url = self.url + "/v1"
+        self.pid = self.process.pid
+
+    def requests_for(self, key):
+        if self.log_path.exists():
+            with self.log_path.open("rb") as log:
+                log.seek(self._offset)
+                data = log.read()
+            complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+            self._offset += len(complete)
+            self._entries += [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return [entry for entry in self._entries if entry["key"] == key]
+
+    def stop(self):
+        from orchestrator.testing import stop_process
+
+        stop_process(self.process)
+        self._output.close()
+
+
 def opencode_servers_in(workdir):
     """PIDs of `opencode serve` processes whose working folder is `workdir` (the worker's server
     runs in WORKSPACE_ROOT; one left after its worker had to be killed is stopped by PID)."""
@@ -177,7 +231,6 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False, worke
     from django.conf import settings
 
     from orchestrator.testing import database_url_for_subprocess, running_worker
-    from sessions.opencode.scripted_llm import ScriptedLLM
 
     previous = {sig: signal.signal(sig, _signal_to_exit) for sig in (signal.SIGTERM, signal.SIGINT)}
     var_dir = Path(settings.VAR_DIR)
@@ -196,8 +249,7 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False, worke
                 redis.Redis.from_url(settings.REDIS_URL).flushdb()
             token = _operator_token()
             added_agents = _ensure_roster(agent_capacity)
-            llm = ScriptedLLM()
-            llm.start()
+            llm = ScriptedLLMProcess(logs / "llm-requests.jsonl", logs / "llm.log")
             stack.callback(llm.stop)
             web, url = stack.enter_context(_web_server(logs / "web.log"))
             workdir = Path(settings.WORKSPACE_ROOT)
@@ -291,6 +343,26 @@ def tree_cpu_seconds(pid):
         except OSError:
             continue
     return total
+
+
+def service_cpu_seconds():
+    """CPU seconds of the local PostgreSQL (its postmaster's tree: backends that ended are in its
+    reaped children's time) and Redis servers, by name; 0 for one not found (or not readable)."""
+    found = {}
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+            parent = Path(comm.parent, "stat").read_text().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        found.setdefault(name, []).append((int(comm.parent.name), int(parent)))
+    postgres = found.get("postgres", [])
+    postgres_pids = {pid for pid, _ in postgres}
+    postmasters = [pid for pid, parent in postgres if parent not in postgres_pids]
+    return {
+        "PostgreSQL": sum(tree_cpu_seconds(pid) for pid in postmasters),
+        "Redis": sum(cpu_seconds(pid) for pid, _ in found.get("redis-server", [])),
+    }
 
 
 @contextmanager

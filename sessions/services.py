@@ -13,10 +13,11 @@ the row under the lock and return that fresh instance.
 
 from dataclasses import dataclass
 from datetime import timedelta
+import json
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django_fsm import can_proceed
@@ -171,9 +172,50 @@ def session_record_events(*, session, entries):
     for type, _ in entries:
         if not type or len(type) > 100:
             raise ValidationFailed(field="type", rule="must be 1-100 characters")
+    entries = [(type, payload or {}) for type, payload in entries]
+    if connection.vendor == "postgresql" and not connection.in_atomic_block:
+        return _write_events_in_one_statement(_pk(session), entries)
     with transaction.atomic():
         locked = _lock(session, include_deleted=True, fields=("id", "reference"))
-        return _write_events(locked, [(type, payload or {}) for type, payload in entries])
+        return _write_events(locked, entries)
+
+
+# The running session's event writes, as one statement: lock the session row, insert the events in
+# order, read the reference for the broadcast. A worker records ~20 batches per task; as a
+# transaction (BEGIN, SELECT ... FOR UPDATE, INSERT, COMMIT) each cost four round trips and two
+# ORM queries built in Python, the largest share of a worker's CPU per session after OpenCode's.
+# The lock is taken before the ids are drawn, so ids still follow commit order within a session.
+_EVENTS_INSERT = """
+WITH locked AS (
+    SELECT id, reference FROM {sessions} WHERE id = %s FOR UPDATE
+), inserted AS (
+    INSERT INTO {events} (session_id, type, payload, created_at)
+    SELECT locked.id, entry.type, entry.payload, %s
+    FROM locked, unnest(%s::varchar[], %s::jsonb[]) WITH ORDINALITY AS entry(type, payload, position)
+    ORDER BY entry.position
+    RETURNING id
+)
+SELECT inserted.id, locked.reference FROM inserted, locked ORDER BY inserted.id
+""".format(sessions=CodingSession._meta.db_table, events=SessionEvent._meta.db_table)
+
+
+def _write_events_in_one_statement(session_id, entries):
+    """session_record_events outside a transaction on PostgreSQL (see _EVENTS_INSERT)."""
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(_EVENTS_INSERT, [session_id, now, [type for type, _ in entries],
+                                        [json.dumps(payload) for _, payload in entries]])
+        inserted = cursor.fetchall()
+    if not inserted:
+        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
+    rows = [SessionEvent(id=event_id, session_id=session_id, type=type, payload=payload, created_at=now)
+            for (event_id, _), (type, payload) in zip(inserted, entries)]
+    reference = inserted[0][1]
+    events.publish_many_on_commit(
+        [events.session_group(session_id), events.ALL_SESSIONS_GROUP],
+        [event_message(row, reference) for row in rows],
+    )
+    return rows
 
 
 # --- creating -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ A reconnect of the shared stream (nothing is replayed) reaches every subscriber 
 fails for good hands the error to every subscriber, and the next subscriber starts a new one.
 """
 
+import functools
 import logging
 import os
 import threading
@@ -21,8 +22,10 @@ from sessions.opencode.events import RECONNECTED
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=4096)
 def _key(directory):
-    # OpenCode names the directory as it was asked for it; both sides are made comparable.
+    # OpenCode names the directory as it was asked for it; both sides are made comparable. Cached:
+    # realpath stats every component of the path, and this runs for every event of the server.
     return os.path.realpath(str(directory))
 
 

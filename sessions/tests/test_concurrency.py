@@ -3,11 +3,12 @@
 import threading
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from orchestrator.errors import TransitionRefused
+from orchestrator.testing import wait_until
 from sessions import services
-from sessions.models import CodingSession, SessionTransition
+from sessions.models import CodingSession, SessionEvent, SessionTransition
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -83,3 +84,43 @@ def test_pause_and_stop_racing_on_a_running_session_apply_in_some_order_never_bo
     from_running = SessionTransition.objects.filter(session=session, from_status="running").count()
     assert from_running == 1
     assert CodingSession.objects.get(pk=session.pk).status in {"paused", "stopped"}
+
+
+def test_an_event_written_while_another_transaction_holds_the_session_waits_so_ids_follow_commit_order():
+    # A worker's event write is one statement on PostgreSQL (services._EVENTS_INSERT): its lock
+    # must come before its id is drawn, or a client resuming after the later id misses the other.
+    session = new_session()
+    locked, go = threading.Event(), threading.Event()
+
+    def holder():
+        try:
+            with transaction.atomic():
+                row = services._lock(session.pk, include_deleted=True, fields=("id", "reference"))
+                locked.set()
+                go.wait(30)
+                services._write_events(row, [("first.committed", {})])
+        finally:
+            connection.close()
+
+    def writer():
+        try:
+            services.session_record_events(session=session.pk, entries=[("written.while.locked", {})])
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=writer)]
+    threads[0].start()
+    assert locked.wait(30)
+    threads[1].start()
+    wait_until(lambda: waiting_on_a_lock() == 1, timeout=30, message="the writer to wait for the row lock")
+    go.set()
+    for thread in threads:
+        thread.join(30)
+    assert list(SessionEvent.objects.filter(session=session, type__in=["first.committed", "written.while.locked"])
+                .order_by("id").values_list("type", flat=True)) == ["first.committed", "written.while.locked"]
+
+
+def waiting_on_a_lock():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+        return cursor.fetchone()[0]

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from orchestrator.asgi import application
 from orchestrator.events import ALL_SESSIONS_GROUP, session_group
 from sessions import services
-from orchestrator.errors import ValidationFailed
+from orchestrator.errors import NotFound, ValidationFailed
 from sessions.models import CodingSession, SessionEvent
 from sessions.tests.factories import CodingSessionFactory
 
@@ -112,6 +112,12 @@ def test_a_batch_with_a_bad_type_writes_nothing():
     with pytest.raises(ValidationFailed):
         services.session_record_events(session=session, entries=[("ok", {}), ("", {})])
     assert not SessionEvent.objects.filter(session=session).exists()
+
+
+def test_events_of_an_unknown_session_are_refused_and_nothing_is_written():
+    with pytest.raises(NotFound):
+        services.session_record_events(session=987654, entries=[("tool.completed", {"n": 1})])
+    assert not SessionEvent.objects.exists()
 
 
 def connect(path):
