@@ -26,7 +26,10 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
    helpers), on an OpenCode server of this process configured like the worker's: create an
    OpenCode session, prompt, wait for `session.idle` (worktree made before timing). The direct
    server is restarted (and warmed up) before each concurrent batch, outside the timed span (see
-   direct_batch in measure()). Orchestrator:
+   direct_batch in measure()). Every concurrent batch, on either side, starts once the machine is
+   quiet (under 0.25 busy cores: what the previous batch left running has ended; wait_for_quiet),
+   and OpenCode's main thread is followed through it (/proc schedstat: seconds on a CPU, seconds
+   runnable but waiting for one; its JavaScript runs there, so this is what sets the wall). Orchestrator:
    POST /api/v1/sessions (not timed), WebSocket /ws/sessions/{id} connected, then timed from just
    before POST /start until the WebSocket delivers the transition to `completed` (checked after by
    GET /api/v1/sessions/{id}, the file in the worktree and the LLM's three steps). Each side is
@@ -61,12 +64,13 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import sub
 from pathlib import Path
 
 from bench.common import percentile
 from bench.execution_stack import (
     TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
-    service_cpu_seconds, tree_cpu_seconds,
+    service_cpu_seconds, thread_schedule, tree_cpu_seconds, wait_for_quiet,
 )
 from bench.opencode_direct import make_repository, make_worktrees
 
@@ -630,6 +634,8 @@ def measure(options, stack, orchestrator, direct):
     direct_walls, orch_walls, pairs, concurrent_runs, direct_jobs, orch_jobs = [], [], [], [], [], []
     direct_busy_dispatch = []
     timelines = {"direct": [], "orchestrator": []}  # per batch, the Marks of its jobs
+    main_thread = {"direct": [], "orchestrator": []}  # per batch: (wall, OpenCode's main thread on CPU, waiting for one)
+    quiet_waits = []  # seconds each batch waited for the machine to be quiet (wait_for_quiet)
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
     worker_children = "its child processes (OpenCode servers, retired ones included; git)"
@@ -661,8 +667,11 @@ def measure(options, stack, orchestrator, direct):
         if index:
             direct.restart(30_000 + 100 * index)
         worktrees = direct.worktrees(options.concurrency)
+        quiet_waits.append(wait_for_quiet())
         before = readings("direct")
+        schedule = thread_schedule(direct.server.pid)
         wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
+        main_thread["direct"].append((wall, *map(sub, thread_schedule(direct.server.pid), schedule)))
         account("direct", before)
         direct_walls.append(wall)
         direct_jobs.extend(seconds for seconds, _, _ in jobs)
@@ -671,12 +680,17 @@ def measure(options, stack, orchestrator, direct):
         return wall
 
     def orchestrator_batch(index):
+        quiet_waits.append(wait_for_quiet())
         before = readings("orchestrator")
         logs = stack.var_dir / "bench-logs"
         with profiled(options.py_spy, stack.worker.pid, logs / f"worker-profile-{index}.txt") as worker_profile, \
                 profiled(options.py_spy, stack.web.pid, logs / f"web-profile-{index}.txt") as web_profile, \
                 profiled(options.py_spy, os.getpid(), logs / f"bench-profile-{index}.txt") as bench_profile:
+            opencode = stack.worker_opencode_pid()
+            schedule = thread_schedule(opencode)
             orch_wall, runs = orchestrator.batch(options.concurrency)
+            if opencode == stack.worker_opencode_pid():  # not retired meanwhile
+                main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), schedule)))
         profiles.append((worker_profile, web_profile, bench_profile))
         account("orchestrator", before)
         orch_walls.append(orch_wall)
@@ -695,7 +709,8 @@ def measure(options, stack, orchestrator, direct):
             wall = direct_batch(index)
         pairs.append(orch_wall / wall)
         print(f"  round {index + 1}: {options.concurrency} concurrent, direct wall {ms(wall):.0f} ms, "
-              f"orchestrator wall {ms(orch_wall):.0f} ms, ratio {orch_wall / wall:.2f}")
+              f"orchestrator wall {ms(orch_wall):.0f} ms, ratio {orch_wall / wall:.2f} "
+              f"(waited {quiet_waits[-2]:.1f} + {quiet_waits[-1]:.1f} s for a quiet machine before them)")
 
     # --- 2 and 3: sequential sessions, all on one repository (as a team's sessions are) ---
     shared = stack.repository("repo-sequential")
@@ -729,6 +744,9 @@ def measure(options, stack, orchestrator, direct):
     print(f"  CPU ratio, orchestrator / direct: {sum(cpu['orchestrator'].values()) / sum(cpu['direct'].values()):.2f} "
           "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's work fills)")
     print_timelines(timelines)
+    for side, batches in main_thread.items():
+        print(f"  OpenCode's main thread, {side} batches (wall: on a CPU / runnable, waiting for one): " + ", ".join(
+            f"{wall:.1f}: {on_cpu:.1f} / {waiting:.1f}" for wall, on_cpu, waiting in batches))
     print_tail(concurrent_runs, llm)
     creates = [ms(r.create_seconds) for r in sequential]
     line("POST /api/v1/sessions (create, not in the timed span)", creates)

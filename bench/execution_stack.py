@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -343,6 +344,37 @@ def tree_cpu_seconds(pid):
         except OSError:
             continue
     return total
+
+
+def busy_cores(window):
+    """How many cores the whole machine kept busy over the next `window` seconds (/proc/stat)."""
+    def read():
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+    busy_before, total_before = read()
+    time.sleep(window)
+    busy_after, total_after = read()
+    return os.cpu_count() * (busy_after - busy_before) / max(1, total_after - total_before)
+
+
+def wait_for_quiet(*, below=0.25, window=0.5, timeout=30.0):
+    """Wait until the machine's load falls below `below` cores (what the last batch left running:
+    the worker's end-of-run work, OpenCode closing directories, PostgreSQL's autovacuum), so each
+    timed batch starts on a quiet machine. Returns the seconds waited."""
+    started = time.monotonic()
+    while busy_cores(window) >= below and time.monotonic() - started < timeout:
+        pass
+    return time.monotonic() - started
+
+
+def thread_schedule(pid, tid=None):
+    """(seconds on a CPU, seconds runnable but waiting for one) of a thread (the main one by default)."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/task/{tid or pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
 def service_cpu_seconds():
