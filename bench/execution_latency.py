@@ -593,7 +593,8 @@ def main(argv=None):
 
         print(f"stack: daphne pid {stack.web.pid} at {stack.api_url}, celery worker pid {stack.worker.pid} "
               f"(threads), scripted LLM {stack.llm.base_url}, database {stack.database_url}, "
-              f"broker/channels {settings.REDIS_URL}, DEBUG={settings.DEBUG}")
+              f"broker/channels {settings.REDIS_URL}, DEBUG={settings.DEBUG}, "
+              f"vm.max_map_count {Path('/proc/sys/vm/max_map_count').read_text().strip()}")
         if stack.added_agents:
             print(f"agents added for capacity (the default roster runs 8 execution sessions at once): "
                   f"{', '.join(stack.added_agents)}")
