@@ -92,13 +92,6 @@ TOOL_STEP = {"write": 0, "bash": 1}
 # --- printing -----------------------------------------------------------------------------------
 
 
-def autogroup_nice(pid):
-    try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[-1]
-    except (OSError, IndexError):
-        return "?"
-
-
 def ms(seconds):
     return seconds * 1000.0
 
@@ -631,8 +624,6 @@ def measure(options, stack, orchestrator, direct):
     print(f"orchestrator warm-up session {warm.reference}: {ms(time.perf_counter() - started):.0f} ms "
           "(includes the worker's OpenCode server start; excluded)")
     print(f"direct warm-up job: {ms(direct.job(direct.worktrees(1)[0], 10_000)[0]):.0f} ms (excluded)")
-    print(f"CPU priority (autogroup nice, WORKER_NICE): worker {autogroup_nice(stack.worker.pid)}, its OpenCode server "
-          f"{autogroup_nice(stack.worker_opencode_pid())}, direct OpenCode server {autogroup_nice(direct.server.pid)}")
 
     # --- 1. overhead ---
     direct_single, orch_single, direct_dispatch = [], [], []

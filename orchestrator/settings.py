@@ -274,9 +274,6 @@ OPENCODE_SERVER_MAX_DIRECTORIES = env_int("OPENCODE_SERVER_MAX_DIRECTORIES", 256
 # allocator retries a failing madvise() forever and the server hangs at 100 % CPU. A managed server is
 # retired when its mappings reach this share of the limit (sessions.execution.servers).
 OPENCODE_SERVER_MAX_MAP_SHARE = env_float("OPENCODE_SERVER_MAX_MAP_SHARE", 0.5, minimum=0.01)
-# The nice value of a worker's own CPU time (its autogroup, see orchestrator.celery.lower_worker_priority):
-# above 0, the OpenCode servers it runs take the cores first when both want them.
-WORKER_NICE = env_int("WORKER_NICE", 0, minimum=0, maximum=19)
 # OpenCode's own snapshots of each worktree: off, as git already holds our checkpoints and diffs.
 OPENCODE_SNAPSHOTS = env_bool("OPENCODE_SNAPSHOTS", False)
 OPENCODE_REQUEST_TIMEOUT = env_float("OPENCODE_REQUEST_TIMEOUT", 30.0, minimum=0.1)
