@@ -70,7 +70,7 @@ from pathlib import Path
 from bench.common import percentile
 from bench.execution_stack import (
     TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
-    service_cpu_seconds, thread_schedule, tree_cpu_seconds, wait_for_quiet,
+    process_size, service_cpu_seconds, thread_schedule, tree_cpu_seconds, wait_for_quiet,
 )
 from bench.opencode_direct import make_repository, make_worktrees
 
@@ -635,7 +635,8 @@ def measure(options, stack, orchestrator, direct):
     direct_walls, orch_walls, pairs, concurrent_runs, direct_jobs, orch_jobs = [], [], [], [], [], []
     direct_busy_dispatch = []
     timelines = {"direct": [], "orchestrator": []}  # per batch, the Marks of its jobs
-    main_thread = {"direct": [], "orchestrator": []}  # per batch: (wall, OpenCode's main thread on CPU, waiting for one)
+    # per batch: (wall, OpenCode's main thread on a CPU, waiting for one; the server's mappings and MB after it)
+    main_thread = {"direct": [], "orchestrator": []}
     quiet_waits = []  # seconds each batch waited for the machine to be quiet (wait_for_quiet)
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
@@ -672,7 +673,8 @@ def measure(options, stack, orchestrator, direct):
         before = readings("direct")
         schedule = thread_schedule(direct.server.pid)
         wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
-        main_thread["direct"].append((wall, *map(sub, thread_schedule(direct.server.pid), schedule)))
+        main_thread["direct"].append((wall, *map(sub, thread_schedule(direct.server.pid), schedule),
+                                      *process_size(direct.server.pid)))
         account("direct", before)
         direct_walls.append(wall)
         direct_jobs.extend(seconds for seconds, _, _ in jobs)
@@ -691,7 +693,8 @@ def measure(options, stack, orchestrator, direct):
             schedule = thread_schedule(opencode)
             orch_wall, runs = orchestrator.batch(options.concurrency)
             if opencode == stack.worker_opencode_pid():  # not retired meanwhile
-                main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), schedule)))
+                main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), schedule),
+                                                    *process_size(opencode)))
         profiles.append((worker_profile, web_profile, bench_profile))
         account("orchestrator", before)
         orch_walls.append(orch_wall)
@@ -746,8 +749,10 @@ def measure(options, stack, orchestrator, direct):
           "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's work fills)")
     print_timelines(timelines)
     for side, batches in main_thread.items():
-        print(f"  OpenCode's main thread, {side} batches (wall: on a CPU / runnable, waiting for one): " + ", ".join(
-            f"{wall:.1f}: {on_cpu:.1f} / {waiting:.1f}" for wall, on_cpu, waiting in batches))
+        print(f"  OpenCode's main thread, {side} batches (wall s: on a CPU / runnable, waiting for one; the server's "
+              "memory mappings, resident MB after the batch): " + ", ".join(
+                  f"{wall:.1f}: {on_cpu:.1f} / {waiting:.1f}; {maps} maps, {rss} MB"
+                  for wall, on_cpu, waiting, maps, rss in batches))
     print_tail(concurrent_runs, llm)
     creates = [ms(r.create_seconds) for r in sequential]
     line("POST /api/v1/sessions (create, not in the timed span)", creates)

@@ -377,6 +377,17 @@ def thread_schedule(pid, tid=None):
     return int(on_cpu) / 1e9, int(waiting) / 1e9
 
 
+def process_size(pid):
+    """(memory mappings, resident MB) of a process, or (None, None)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_bytes().count(b"\n")
+        rss_kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                      if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return None, None
+    return maps, rss_kb // 1024
+
+
 def service_cpu_seconds():
     """CPU seconds of the local PostgreSQL (its postmaster's tree: backends that ended are in its
     reaped children's time) and Redis servers, by name; 0 for one not found (or not readable)."""
