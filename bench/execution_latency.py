@@ -25,8 +25,9 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
 1. Overhead. Direct: bench.opencode_direct's fresh-worktree mode (its repository and worktree
    helpers), on an OpenCode server of this process configured like the worker's: create an
    OpenCode session, prompt, wait for `session.idle` (worktree made before timing). The direct
-   server is restarted (and warmed up) before each concurrent batch, outside the timed span (see
-   direct_batch in measure()). Every concurrent batch, on either side, starts once the machine is
+   server lives through the run like the worker's, and is restarted (and warmed up, outside the
+   timed span) only before a batch that could take it near vm.max_map_count (see direct_batch in
+   measure()). Every concurrent batch, on either side, starts once the machine is
    quiet (under 0.25 busy cores: what the previous batch left running has ended; wait_for_quiet),
    and OpenCode's main thread is followed through it (/proc schedstat: seconds on a CPU, seconds
    runnable but waiting for one; its JavaScript runs there, so this is what sets the wall). Orchestrator:
@@ -90,6 +91,10 @@ TOOL_STEP = {"write": 0, "bash": 1}
 
 
 # --- printing -----------------------------------------------------------------------------------
+
+
+def max_map_count():
+    return int(Path("/proc/sys/vm/max_map_count").read_text())
 
 
 def ms(seconds):
@@ -594,7 +599,7 @@ def main(argv=None):
         print(f"stack: daphne pid {stack.web.pid} at {stack.api_url}, celery worker pid {stack.worker.pid} "
               f"(threads), scripted LLM {stack.llm.base_url}, database {stack.database_url}, "
               f"broker/channels {settings.REDIS_URL}, DEBUG={settings.DEBUG}, "
-              f"vm.max_map_count {Path('/proc/sys/vm/max_map_count').read_text().strip()}")
+              f"vm.max_map_count {max_map_count()}")
         if stack.added_agents:
             print(f"agents added for capacity (the default roster runs 8 execution sessions at once): "
                   f"{', '.join(stack.added_agents)}")
@@ -637,6 +642,7 @@ def measure(options, stack, orchestrator, direct):
     timelines = {"direct": [], "orchestrator": []}  # per batch, the Marks of its jobs
     # per batch: (wall, OpenCode's main thread on a CPU, waiting for one; the server's mappings and MB after it)
     main_thread = {"direct": [], "orchestrator": []}
+    direct_growth, direct_restarts = [], []  # the direct server's mappings added per batch; batches it restarted before
     quiet_waits = []  # seconds each batch waited for the machine to be quiet (wait_for_quiet)
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
@@ -661,13 +667,19 @@ def measure(options, stack, orchestrator, direct):
             cpu[side][name] += seconds - before[name]
 
     def direct_batch(index):
-        # Each direct batch gets a fresh OpenCode server: twice on this VM a long-lived direct server
-        # reached the kernel's vm.max_map_count (its mappings grow with the directories it opens) and
-        # hung, its allocator retrying a failing madvise() at 100 % CPU, which ended the run. The
-        # worker retires its own server near that limit (OPENCODE_SERVER_MAX_MAP_SHARE), inside the
-        # timed span when it happens, so the comparison leans in direct's favour.
-        if index:
+        # The direct server lives as long as the worker's does (a server's age changes its cost: some
+        # batches on the worker's long-lived server had OpenCode's main thread work 3-5 s more), unless
+        # the next batch could take its memory mappings near the kernel's vm.max_map_count: twice on
+        # this VM a direct server reached it and hung, its allocator retrying a failing madvise() at
+        # 100 % CPU. Then it is restarted (and warmed up) outside the timed span; the worker retires
+        # its own server at OPENCODE_SERVER_MAX_MAP_SHARE of the limit, inside the timed span, so
+        # that part leans in direct's favour. With the kernel's default limit (65,530) that is
+        # before nearly every batch; with 262,144 (as the README advises), rarely.
+        maps, _ = process_size(direct.server.pid)
+        if index and maps is not None and maps + 2 * max(direct_growth, default=20_000) >= 0.9 * max_map_count():
             direct.restart(30_000 + 100 * index)
+            direct_restarts.append(index + 1)
+            maps, _ = process_size(direct.server.pid)
         worktrees = direct.worktrees(options.concurrency)
         quiet_waits.append(wait_for_quiet())
         before = readings("direct")
@@ -675,6 +687,8 @@ def measure(options, stack, orchestrator, direct):
         wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
         main_thread["direct"].append((wall, *map(sub, thread_schedule(direct.server.pid), schedule),
                                       *process_size(direct.server.pid)))
+        if maps is not None and main_thread["direct"][-1][3] is not None:
+            direct_growth.append(main_thread["direct"][-1][3] - maps)
         account("direct", before)
         direct_walls.append(wall)
         direct_jobs.extend(seconds for seconds, _, _ in jobs)
@@ -748,6 +762,8 @@ def measure(options, stack, orchestrator, direct):
     print(f"  CPU ratio, orchestrator / direct: {sum(cpu['orchestrator'].values()) / sum(cpu['direct'].values()):.2f} "
           "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's work fills)")
     print_timelines(timelines)
+    print(f"  direct OpenCode server restarted before batches: {direct_restarts or 'none'} "
+          f"(its mappings added per batch: {', '.join(str(g) for g in direct_growth)})")
     for side, batches in main_thread.items():
         print(f"  OpenCode's main thread, {side} batches (wall s: on a CPU / runnable, waiting for one; the server's "
               "memory mappings, resident MB after the batch): " + ", ".join(
