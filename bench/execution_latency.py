@@ -34,8 +34,11 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
    POST /api/v1/sessions (not timed), WebSocket /ws/sessions/{id} connected, then timed from just
    before POST /start until the WebSocket delivers the transition to `completed` (checked after by
    GET /api/v1/sessions/{id}, the file in the worktree and the LLM's three steps). Each side is
-   warmed up once (server starts excluded); rounds alternate direct / orchestrator so background
-   load hits both alike. Printed: p50 of each side and the ratio, for 1 and for N concurrent (wall
+   warmed up once (server starts excluded); batches run strictly direct, orchestrator, direct,
+   orchestrator ..., so each server rests through one batch of the other side before each of its
+   own: a server's second batch in a row (as the earlier order d,o | o,d | d,o ... gave each side
+   twice in 5 rounds) had OpenCode's main thread work 3-6 s more on either side, and the median of
+   the paired ratios swung with which side drew those batches. Printed: p50 of each side and the ratio, for 1 and for N concurrent (wall
    time of the batch). Target: ratio <= 1.10 at 20 concurrent.
 2. Dispatch latency: just before POST /start is sent -> the scripted LLM receives the first request
    with tools of that session's OpenCode session (LLM log `time`, matched by the OpenCode session
@@ -718,13 +721,12 @@ def measure(options, stack, orchestrator, direct):
         return orch_wall
 
     for index in range(options.batches):
-        # The side that goes first alternates, so a drift of the machine over the run hits both alike.
-        if index % 2 == 0:
-            wall = direct_batch(index)
-            orch_wall = orchestrator_batch(index)
-        else:
-            orch_wall = orchestrator_batch(index)
-            wall = direct_batch(index)
+        # Strictly d, o, d, o: each server rests through one batch of the other side before each of its
+        # own. (Alternating which side went first ran d,o | o,d | d,o ...: a server's second batch in a
+        # row had OpenCode's main thread work 3-6 s more, on either side, and the median of the paired
+        # ratios swung with which side drew those batches: module docstring, 1.)
+        wall = direct_batch(index)
+        orch_wall = orchestrator_batch(index)
         pairs.append(orch_wall / wall)
         print(f"  round {index + 1}: {options.concurrency} concurrent, direct wall {ms(wall):.0f} ms, "
               f"orchestrator wall {ms(orch_wall):.0f} ms, ratio {orch_wall / wall:.2f} "
