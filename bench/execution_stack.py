@@ -27,6 +27,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import ExitStack, contextmanager
@@ -133,6 +134,8 @@ class ScriptedLLMProcess:
         self.log_path, output_path = Path(log_path), Path(output_path)
         self.log_path.unlink(missing_ok=True)
         self._entries, self._offset = [], 0
+        # Jobs of a direct batch ask from 20 threads at once: two reading the same new lines would add them twice.
+        self._read_lock = threading.Lock()
         self._output = output_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "sessions.opencode.scripted_llm", "--port", "0", "--log", str(self.log_path)],
@@ -154,14 +157,15 @@ class ScriptedLLMProcess:
         self.pid = self.process.pid
 
     def requests_for(self, key):
-        if self.log_path.exists():
-            with self.log_path.open("rb") as log:
-                log.seek(self._offset)
-                data = log.read()
-            complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
-            self._offset += len(complete)
-            self._entries += [json.loads(line) for line in complete.splitlines() if line.strip()]
-        return [entry for entry in self._entries if entry["key"] == key]
+        with self._read_lock:
+            if self.log_path.exists():
+                with self.log_path.open("rb") as log:
+                    log.seek(self._offset)
+                    data = log.read()
+                complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+                self._offset += len(complete)
+                self._entries += [json.loads(line) for line in complete.splitlines() if line.strip()]
+            return [entry for entry in self._entries if entry["key"] == key]
 
     def stop(self):
         from orchestrator.testing import stop_process
