@@ -31,7 +31,8 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
    quiet (under 0.25 busy cores: what the previous batch left running has ended; wait_for_quiet),
    and OpenCode's main thread is followed through it (/proc schedstat: seconds on a CPU, seconds
    runnable but waiting for one; its JavaScript runs there, so this is what sets the wall). Orchestrator:
-   POST /api/v1/sessions (not timed), WebSocket /ws/sessions/{id} connected, then timed from just
+   POST /api/v1/sessions (not timed), WebSocket /ws/sessions/{id} connected, the quiet-machine wait
+   after both (as the direct side's comes after its worktrees are made), then timed from just
    before POST /start until the WebSocket delivers the transition to `completed` (checked after by
    GET /api/v1/sessions/{id}, the file in the worktree and the LLM's three steps). Each side is
    warmed up once (server starts excluded); batches run strictly direct, orchestrator, direct,
@@ -369,7 +370,7 @@ class Orchestrator:
         run.detail = response.json()
         return run
 
-    async def _batch(self, numbers, repository=None):
+    async def _batch(self, numbers, repository=None, ready=None):
         import httpx
 
         limits = httpx.Limits(max_connections=2 * len(numbers) + 4)
@@ -377,14 +378,17 @@ class Orchestrator:
                                      limits=limits) as http:
             runs = [await self._create(http, number, repository) for number in numbers]
             sockets = [await self._connect(run) for run in runs]
+            if ready is not None:  # sessions created and sockets connected: the caller's last word
+                await asyncio.to_thread(ready)
             started = time.perf_counter()
             await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
             return time.perf_counter() - started, runs
 
-    def batch(self, count, repository=None):
+    def batch(self, count, repository=None, ready=None):
         """`count` sessions started at once, each in a repository of its own unless `repository` is
-        given; returns (wall seconds, runs), each checked."""
-        wall, runs = asyncio.run(self._batch(list(self.next_numbers(count)), repository))
+        given; `ready()` runs once they are created and their WebSockets connected, just before the
+        starts. Returns (wall seconds, runs), each checked."""
+        wall, runs = asyncio.run(self._batch(list(self.next_numbers(count)), repository, ready))
         for run in runs:
             self.check(run)
         return wall, runs
@@ -700,20 +704,26 @@ def measure(options, stack, orchestrator, direct):
         return wall
 
     def orchestrator_batch(index):
-        quiet_waits.append(wait_for_quiet())
-        before = readings("orchestrator")
         logs = stack.var_dir / "bench-logs"
+        opencode = stack.worker_opencode_pid()
+        start = {}
+
+        def ready():
+            # As on the direct side, whose worktrees are made before it: the sessions are created and
+            # their WebSockets connected (not timed), then the machine must be quiet, then the timed
+            # starts. CPU is counted from here, like the direct side's.
+            quiet_waits.append(wait_for_quiet())
+            start["cpu"], start["schedule"] = readings("orchestrator"), thread_schedule(opencode)
+
         with profiled(options.py_spy, stack.worker.pid, logs / f"worker-profile-{index}.txt") as worker_profile, \
                 profiled(options.py_spy, stack.web.pid, logs / f"web-profile-{index}.txt") as web_profile, \
                 profiled(options.py_spy, os.getpid(), logs / f"bench-profile-{index}.txt") as bench_profile:
-            opencode = stack.worker_opencode_pid()
-            schedule = thread_schedule(opencode)
-            orch_wall, runs = orchestrator.batch(options.concurrency)
+            orch_wall, runs = orchestrator.batch(options.concurrency, ready=ready)
             if opencode == stack.worker_opencode_pid():  # not retired meanwhile
-                main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), schedule),
+                main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), start["schedule"]),
                                                     *process_size(opencode)))
         profiles.append((worker_profile, web_profile, bench_profile))
-        account("orchestrator", before)
+        account("orchestrator", start["cpu"])
         orch_walls.append(orch_wall)
         orch_jobs.extend(item.seconds for item in runs)
         timelines["orchestrator"].append([run_marks(item, llm) for item in runs])
