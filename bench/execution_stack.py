@@ -59,12 +59,15 @@ class Stack:
     added_agents: list
 
     def repository(self, name=None):
-        """A fresh git repository under the first allowed repository root."""
+        """A fresh git repository under the first allowed repository root, of its own: its README
+        names it, so its first commit, which OpenCode takes for the project's id, is unique
+        (see bench.opencode_direct.make_repository)."""
         from django.conf import settings
 
         from orchestrator.testing import make_git_repository
 
-        return make_git_repository(settings.REPOSITORY_ROOTS[0] / (name or f"repo-{uuid.uuid4().hex[:8]}"))
+        name = name or f"repo-{uuid.uuid4().hex[:8]}"
+        return make_git_repository(settings.REPOSITORY_ROOTS[0] / name, {"README.md": f"demo repository {name}\n"})
 
     def worker_opencode_pid(self):
         from django.conf import settings

@@ -37,10 +37,14 @@ def git(*args, cwd):
 
 
 def make_repository(root):
+    """A repository of its own: the README names `root`, so its first commit (OpenCode's project id)
+    differs from every other's. Same content made in the same second gives the same commit, and
+    OpenCode then takes all those repositories for one project, refreshing the list of every
+    directory it has seen of it each time it opens another."""
     repo = Path(root) / "repo"
     repo.mkdir(parents=True)
     git("init", "-q", "-b", "main", cwd=repo)
-    (repo / "README.md").write_text("# bench\n")
+    (repo / "README.md").write_text(f"# bench {Path(root).name}\n")
     git("add", ".", cwd=repo)
     git("-c", "user.email=bench@example.com", "-c", "user.name=bench", "commit", "-qm", "init", cwd=repo)
     return repo
