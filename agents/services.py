@@ -660,12 +660,16 @@ def agent_record_result(
     duration,
     tokens: int = 0,
     cost=Decimal("0"),
-) -> Agent:
+    release=False,
+) -> Agent | None:
     """Add one finished task to the agent's track record and recompute tier and circuit breaker.
 
     `outcome` is completed, failed or partial; `quality` 0-1; `duration` seconds
-    or a timedelta; `tokens` and `cost` are that task's totals. Capacity is not
-    released here (see `agent_release`).
+    or a timedelta; `tokens` and `cost` are that task's totals. Returns the agent.
+
+    With `release`, the unit of capacity the task held is given back too, in the same
+    transaction and UPDATE (what `agent_release` does, for the worker at a task's end: one
+    transaction instead of two), and nothing is returned.
     """
     errors = {}
     if outcome not in OUTCOMES:
@@ -714,25 +718,26 @@ def agent_record_result(
         locked.tier = standing.tier
         locked.circuit_open = standing.breaker_open
         locked.last_task_at = now
-        locked.save(
-            update_fields=[
-                "total_tasks",
-                "successful_tasks",
-                "failed_tasks",
-                "partial_tasks",
-                "average_quality",
-                "average_duration_seconds",
-                "total_tokens",
-                "total_cost",
-                "success_rate",
-                "tier",
-                "circuit_open",
-                "circuit_opened_at",
-                "last_task_at",
-                "updated_at",
-            ]
-        )
-    return locked
+        if not release:
+            locked.save(update_fields=[*RESULT_FIELDS, "updated_at"])
+            return locked
+        values = {name: getattr(locked, name) for name in RESULT_FIELDS}
+        if locked.current_load > 0:  # the row is locked: its load is exact (agent_release's rules)
+            values["current_load"] = locked.current_load - 1
+            if locked.current_load == 1 and locked.status == AgentStatus.BUSY:
+                values["status"] = AgentStatus.AVAILABLE  # an update: the status field is protected
+        Agent.objects.filter(pk=locked.pk).update(**values, updated_at=now)
+        if locked.draining and values.get("current_load", locked.current_load) == 0:
+            Agent.objects.filter(pk=locked.pk).delete()
+    return None
+
+
+# What agent_record_result writes.
+RESULT_FIELDS = (
+    "total_tasks", "successful_tasks", "failed_tasks", "partial_tasks", "average_quality",
+    "average_duration_seconds", "total_tokens", "total_cost", "success_rate", "tier", "circuit_open",
+    "circuit_opened_at", "last_task_at",
+)
 
 
 def _running_mean(previous, value, count):

@@ -89,6 +89,7 @@ EXPECTED_STEPS = ["write", "bash", "final"]
 JOB_TIMEOUT = 300.0
 # Sessions on the shared repository before parts 2 and 3 are measured: the worker keeps spare
 # worktrees of a repository from its second session on (sessions.execution.spares).
+OPENCODE_PART = "the worker's OpenCode server"
 SHARED_WARM_UP = 3
 SILENCE_RECONNECT = 30.0  # seconds without a message before the client reconnects with ?after=
 TOOL_STEP = {"write": 0, "bash": 1}
@@ -654,6 +655,7 @@ def measure(options, stack, orchestrator, direct):
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
     worker_children = "its child processes (OpenCode servers, retired ones included; git)"
+    opencode_part = []  # per orchestrator batch, CPU seconds of the worker's OpenCode server (tool commands included)
 
     def readings(side):
         """CPU seconds by process now. The worker's OpenCode server is its child and may be retired
@@ -664,13 +666,24 @@ def measure(options, stack, orchestrator, direct):
                     "scripted LLM": cpu_seconds(llm.pid),
                     **service_cpu_seconds()}
         own = cpu_seconds(stack.worker.pid, children=False)
-        return {"Celery worker": own, worker_children: tree_cpu_seconds(stack.worker.pid) - own,
+        children = tree_cpu_seconds(stack.worker.pid) - own
+        # The worker's OpenCode server apart from git (both are its children), while one server
+        # lives through the batch (one retired meanwhile is counted with git: see split_children).
+        opencode = stack.worker_opencode_pid()
+        opencode_seconds = tree_cpu_seconds(opencode) if opencode else 0.0
+        return {"Celery worker": own, worker_children: children,
+                OPENCODE_PART: (opencode, opencode_seconds),
                 "daphne": cpu_seconds(stack.web.pid), "bench process (client)": cpu_seconds(this),
                 "scripted LLM": cpu_seconds(llm.pid),
                 **service_cpu_seconds()}
 
     def account(side, before):
         for name, seconds in readings(side).items():
+            if name == OPENCODE_PART:  # (pid, seconds): only a server that lived through the batch
+                (pid, seconds), (pid_before, seconds_before) = seconds, before[name]
+                if pid and pid == pid_before:
+                    opencode_part.append(seconds - seconds_before)
+                continue
             cpu[side][name] += seconds - before[name]
 
     def direct_batch(index):
@@ -771,6 +784,13 @@ def measure(options, stack, orchestrator, direct):
         parts = ", ".join(f"{name} {ms(seconds / jobs_run):.0f}" for name, seconds in cpu[side].items())
         print(f"  CPU per job at {options.concurrency} concurrent, {side}: {ms(sum(cpu[side].values()) / jobs_run):.0f} ms "
               f"({parts}; {os.cpu_count()} CPUs shared with other work)")
+    if opencode_part:
+        # The rest of the worker's children: git (worktrees, checkpoints, diffs, the final commit).
+        per_batch = sum(opencode_part) / len(opencode_part) / options.concurrency
+        children = cpu["orchestrator"][worker_children] / jobs_run
+        print(f"  of the orchestrator's {ms(children):.0f} ms of worker children per job: OpenCode server "
+              f"{ms(per_batch):.0f}, git and the rest {ms(children - per_batch):.0f} "
+              f"({len(opencode_part)} of {options.batches} batches on one server throughout)")
     print(f"  CPU ratio, orchestrator / direct: {sum(cpu['orchestrator'].values()) / sum(cpu['direct'].values()):.2f} "
           "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's work fills)")
     print_timelines(timelines)

@@ -142,15 +142,19 @@ def session_dispatch(*, now=None):
     candidates = queued_in_order(now)
     if not limits_configured():
         # Every queued session already has its job in the broker; only one waiting
-        # suspiciously long (a lost message) is enqueued again.
+        # suspiciously long (a lost message) is enqueued again. No counts to keep, so no lock:
+        # one query, at the end of every run.
         stale = now - timedelta(seconds=STALE_QUEUED_SECONDS)
-        candidates = candidates.filter(queued_at__lt=stale).filter(Q(not_before__isnull=True) | Q(not_before__lt=stale))
+        lost = list(candidates.filter(queued_at__lt=stale).filter(Q(not_before__isnull=True) | Q(not_before__lt=stale))[:200])
+        for session in lost:
+            _enqueue_execution(session)
+        return len(lost)
     with transaction.atomic():
         _dispatch_lock()
         counts = RunningCounts()
         started = 0
         for session in candidates[:200]:
-            if limits_configured() and counts.blocking_limit(session) is not None:
+            if counts.blocking_limit(session) is not None:
                 continue
             _enqueue_execution(session)
             counts.add(session)

@@ -28,12 +28,12 @@ def execute_session(self, session_id):
     (claimed by another delivery, cancelled, deleted) is left alone, and one over a
     concurrency limit stays queued until `session_dispatch` enqueues it again.
     """
-    if not CodingSession.objects.filter(pk=session_id).exists():
-        logger.warning("execute_session: session %s does not exist; nothing to do", session_id)
-        return None
     session = session_claim_next(session_id=session_id, worker_id=worker_identity(self.request))
     if session is None:
-        logger.info("execute_session: session %s not claimed (not queued, or waiting for a slot)", session_id)
+        if not CodingSession.objects.filter(pk=session_id).exists():
+            logger.warning("execute_session: session %s does not exist; nothing to do", session_id)
+        else:
+            logger.info("execute_session: session %s not claimed (not queued, or waiting for a slot)", session_id)
         return None
     if limits_configured():
         # A session that found this one ahead of it in the queue stepped back and waits to be
@@ -43,7 +43,7 @@ def execute_session(self, session_id):
     from sessions.execution import run_session
 
     try:
-        return run_session(session_id=session.pk)
+        return run_session(session=session)
     except NotFound:
         # Sessions are only soft-deleted; a row that vanished mid-run (a flushed test database)
         # leaves nothing to record.

@@ -194,3 +194,30 @@ def plan_readiness(statuses, parents, links):
     # A container re-derived back to the status it started with is no change at all.
     changes.containers = {node: status for node, status in changes.containers.items() if status != statuses[node]}
     return changes
+
+
+def plan_summary(leaf_statuses):
+    """Counts of a plan's leaves by outcome, and whether it has finished.
+
+    {"total", "completed", "failed", "skipped", "cancelled", "other", "finished", "outcome"}:
+    outcome is None while anything else remains, "completed" when every leaf completed
+    (cancelled ones aside), "partially_completed" when some completed and some failed or
+    were skipped, "failed" when none completed.
+    """
+    counts = {"total": 0, COMPLETED: 0, FAILED: 0, SKIPPED: 0, CANCELLED: 0}
+    for status in leaf_statuses:
+        counts["total"] += 1
+        if status in counts:
+            counts[status] += 1
+    counts["other"] = counts["total"] - counts[COMPLETED] - counts[FAILED] - counts[SKIPPED] - counts[CANCELLED]
+    counts["finished"] = counts["other"] == 0
+    if not counts["finished"]:
+        outcome = None
+    elif counts[FAILED] == 0 and counts[SKIPPED] == 0 and counts[COMPLETED] > 0:
+        outcome = "completed"
+    elif counts[COMPLETED] > 0:
+        outcome = "partially_completed"
+    else:
+        outcome = "failed"
+    counts["outcome"] = outcome
+    return counts

@@ -13,10 +13,11 @@ Rules the execution engine relies on:
   returning, and the engine may call it at any time: it is idempotent.
 """
 
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_fsm import can_proceed
 
@@ -449,24 +450,82 @@ def task_refresh_readiness(*, session) -> dict:
     pending or ready leaves with a failed, skipped or cancelled required prerequisite
     become skipped (transitively); containers take the status their children give
     them. Each write is a compare-and-set on the status read, so a task that moved
-    meanwhile is left alone (the next refresh sees it). Three queries when nothing
+    meanwhile is left alone (the next refresh sees it). Two queries when nothing
     changes. Returns {"ready": [ids], "skipped": [ids], "containers": {id: status}}.
     """
-    with transaction.atomic():
-        statuses, parents = {}, {}
-        for pk, parent_id, status in Task.objects.filter(session=session).values_list("id", "parent_id", "status"):
-            statuses[pk] = status
-            parents[pk] = parent_id
-        links = [
-            readiness.Link(*row)
-            for row in TaskDependency.objects.filter(dependent__session=session).values_list(
-                "prerequisite_id", "dependent_id", "dependency_type", "is_required"
-            )
-        ]
-        changes = readiness.plan_readiness(statuses, parents, links)
-        if changes:
-            _write_readiness(changes, statuses)
+    changes = _refresh(_load_plan(_pk_of(session)))
     return {"ready": changes.ready, "skipped": list(changes.skipped), "containers": changes.containers}
+
+
+def task_refresh_plan(*, session) -> "PlanState":
+    """task_refresh_readiness for the execution engine: the statuses after the refresh, from which
+    it reads the ready leaves and, once nothing is left, the plan's outcome (no further queries)."""
+    plan = _load_plan(_pk_of(session))
+    changes = _refresh(plan)
+    statuses = dict(plan.statuses)
+    statuses.update({pk: S.READY for pk in changes.ready})
+    statuses.update({pk: S.SKIPPED for pk in changes.skipped})
+    statuses.update(changes.containers)
+    return PlanState(statuses=statuses, parents=plan.parents)
+
+
+@dataclass
+class _Plan:
+    """A session's task statuses, parents and dependency links, as the readiness rules take them."""
+
+    statuses: dict
+    parents: dict
+    links: list
+
+    def has_subtasks(self, pk):
+        return pk in self.parents.values()
+
+
+@dataclass
+class PlanState:
+    """Statuses of a session's tasks after a readiness refresh (task_refresh_plan)."""
+
+    statuses: dict
+    parents: dict
+
+    def leaves(self):
+        containers = set(self.parents.values())
+        return [pk for pk in self.statuses if pk not in containers]
+
+    def ready(self):
+        return [pk for pk in self.leaves() if self.statuses[pk] == S.READY]
+
+    def summary(self):
+        return readiness.plan_summary(self.statuses[pk] for pk in self.leaves())
+
+
+def _pk_of(session):
+    return getattr(session, "pk", session)
+
+
+def _load_plan(session_id):
+    """Two queries. Read outside any lock: every write that follows is a compare-and-set."""
+    statuses, parents = {}, {}
+    for pk, parent_id, status in Task.objects.filter(session_id=session_id).values_list("id", "parent_id", "status"):
+        statuses[pk] = status
+        parents[pk] = parent_id
+    links = [
+        readiness.Link(*row)
+        for row in TaskDependency.objects.filter(dependent__session_id=session_id).values_list(
+            "prerequisite_id", "dependent_id", "dependency_type", "is_required"
+        )
+    ]
+    return _Plan(statuses, parents, links)
+
+
+def _refresh(plan):
+    """Write what the readiness rules ask of `plan` (in the caller's transaction, or one of its own:
+    no savepoint, which would cost two statements for nothing here)."""
+    changes = readiness.plan_readiness(plan.statuses, plan.parents, plan.links)
+    if changes:
+        with transaction.atomic(savepoint=False):
+            _write_readiness(changes, plan.statuses)
+    return changes
 
 
 def _write_readiness(changes, statuses):
@@ -552,32 +611,11 @@ def task_ready_for_session(*, session):
 
 
 def task_plan_finished(*, session) -> dict:
-    """Counts of the session's leaves by outcome, and whether the plan has finished.
-
-    {"total", "completed", "failed", "skipped", "cancelled", "other", "finished",
-    "outcome"}: outcome is None while anything else remains, "completed" when every
-    leaf completed (cancelled ones aside), "partially_completed" when some completed
-    and some failed or were skipped, "failed" when none completed.
-    """
-    counts = _leaves(Task.objects.filter(session=session)).aggregate(
-        total=Count("id"),
-        completed=Count("id", filter=Q(status=S.COMPLETED)),
-        failed=Count("id", filter=Q(status=S.FAILED)),
-        skipped=Count("id", filter=Q(status=S.SKIPPED)),
-        cancelled=Count("id", filter=Q(status=S.CANCELLED)),
-    )
-    counts["other"] = counts["total"] - counts["completed"] - counts["failed"] - counts["skipped"] - counts["cancelled"]
-    counts["finished"] = counts["other"] == 0
-    if not counts["finished"]:
-        outcome = None
-    elif counts["failed"] == 0 and counts["skipped"] == 0 and counts["completed"] > 0:
-        outcome = "completed"
-    elif counts["completed"] > 0:
-        outcome = "partially_completed"
-    else:
-        outcome = "failed"
-    counts["outcome"] = outcome
-    return counts
+    """Counts of the session's leaves by outcome, and whether the plan has finished
+    (tasks.readiness.plan_summary: total, completed, failed, skipped, cancelled, other,
+    finished, outcome)."""
+    plan = _load_plan(_pk_of(session))
+    return PlanState(statuses=plan.statuses, parents=plan.parents).summary()
 
 
 # --- transitions ------------------------------------------------------------------
@@ -589,19 +627,6 @@ def _refused(task, attempted, message=None):
     )
 
 
-def _gate_links(task):
-    """Required links binding `task`: its own and its ancestors', with the prerequisite's status and title."""
-    holders, parent_id = [task.pk], task.parent_id
-    while parent_id is not None:
-        holders.append(parent_id)
-        parent_id = Task.objects.filter(pk=parent_id).values_list("parent_id", flat=True).first()
-    return list(
-        TaskDependency.objects.filter(dependent_id__in=holders, is_required=True).values_list(
-            "dependency_type", "prerequisite__status", "prerequisite__title"
-        )
-    )
-
-
 def _transition(task, attempted, *, check=None, **kwargs):
     """Run one transition on the locked row, save it, then refresh the session's readiness."""
     return _transitions(task, [(attempted, check, kwargs)])
@@ -609,13 +634,20 @@ def _transition(task, attempted, *, check=None, **kwargs):
 
 def _transitions(task, steps):
     """Run transitions [(name, check, kwargs)] one after the other on the locked row, then save it
-    once and refresh the session's readiness; any refusal leaves the row as it was."""
+    once and refresh the session's readiness; any refusal leaves the row as it was.
+
+    The session's plan is read once, after the lock: the checks (prerequisites, own and
+    inherited) and the refresh both use it. Returns the locked instance, which is as stored:
+    the refresh never changes the task itself (a leaf that has just moved), and a fresh read
+    would be one more query (refresh_from_db() is never used on these FSM models: django-fsm's
+    refresh toggles the field's class-wide `protected` flag, which races between a worker's threads)."""
     with transaction.atomic():
         try:
-            locked = Task.objects.select_for_update().select_related("session").get(pk=task.pk)
+            locked = Task.objects.select_for_update().get(pk=task.pk)
         except Task.DoesNotExist:
             raise NotFound("Task not found") from None
-        if locked.subtasks.exists():
+        plan = _load_plan(locked.session_id)
+        if plan.has_subtasks(locked.pk):
             raise TransitionRefused(
                 kind="task", current=locked.status, attempted=steps[0][0], allowed=["cancel", "skip"],
                 message=f"Task '{locked.title}' has subtasks; its status follows them (only cancel and skip apply)",
@@ -626,26 +658,35 @@ def _transitions(task, steps):
             if not can_proceed(method):
                 raise _refused(locked, attempted)
             if check is not None:
-                check(locked)
+                check(locked, plan)
             fields.update(method(**kwargs))
         locked.save(update_fields=["status", *sorted(fields)])
-        task_refresh_readiness(session=locked.session)
-    # A fresh instance, not refresh_from_db(): django-fsm's refresh toggles the field's
-    # class-wide `protected` flag, which races with other threads of a worker.
-    return Task.objects.get(pk=locked.pk)
+        plan.statuses[locked.pk] = locked.status
+        _refresh(plan)
+    return locked
 
 
-def _check_start(task):
-    waiting = [(t, s, title) for t, s, title in _gate_links(task) if not readiness.start_allows(t, s)]
+def _first_blocker(task, plan, blockers):
+    """(type, prerequisite status, prerequisite title) of the first link in `blockers` holding `task` back, or None."""
+    links = blockers(task.pk, plan.statuses, plan.parents, plan.links)
+    if not links:
+        return None
+    link = links[0]
+    title = Task.objects.filter(pk=link.prerequisite).values_list("title", flat=True).first()
+    return link.type, plan.statuses[link.prerequisite], title
+
+
+def _check_start(task, plan):
+    waiting = _first_blocker(task, plan, readiness.start_blockers)
     if waiting:
-        kind, status, title = waiting[0]
+        kind, status, title = waiting
         raise _refused(task, "start", f"Cannot start '{task.title}': its {kind} prerequisite '{title}' is {status}")
 
 
-def _check_finish(task):
-    waiting = [(t, s, title) for t, s, title in _gate_links(task) if not readiness.finish_allows(t, s)]
+def _check_finish(task, plan):
+    waiting = _first_blocker(task, plan, readiness.finish_blockers)
     if waiting:
-        kind, status, title = waiting[0]
+        kind, status, title = waiting
         raise _refused(
             task, "complete", f"Cannot complete '{task.title}' yet: its {kind} prerequisite '{title}' is {status}"
         )
@@ -656,10 +697,10 @@ def task_mark_ready(*, task: Task) -> Task:
     return _transition(task, "mark_ready", check=_check_start_for_ready)
 
 
-def _check_start_for_ready(task):
-    waiting = [(t, s, title) for t, s, title in _gate_links(task) if not readiness.start_allows(t, s)]
+def _check_start_for_ready(task, plan):
+    waiting = _first_blocker(task, plan, readiness.start_blockers)
     if waiting:
-        kind, status, title = waiting[0]
+        kind, status, title = waiting
         raise _refused(task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}")
 
 

@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from agents.models import Agent
-from agents.services import NoAgentAvailable, agent_release, agent_reserve, agent_route
+from agents.services import NoAgentAvailable, agent_record_result, agent_release, agent_reserve, agent_route
 from agents.tests.factories import AgentFactory
 from orchestrator.errors import Conflict, ValidationFailed
 
@@ -233,6 +233,26 @@ def test_reserving_route_takes_capacity_and_release_gives_it_back(empty_registry
     agent = agent_release(agent=agent)
     assert (agent.current_load, agent.status) == (0, "available")
     assert agent_release(agent=agent).current_load == 0
+
+
+def test_recording_a_result_with_release_gives_the_capacity_back_in_the_same_write(empty_registry):
+    AgentFactory(name="AGENT-ONLY", max_concurrent_tasks=2)
+    first = agent_route(required_capabilities=CODE, reserve=True).agent
+    agent_route(required_capabilities=CODE, reserve=True)
+    agent_record_result(agent=first, outcome="completed", quality=1.0, duration=3, tokens=10, release=True)
+    stored = Agent.objects.get(pk=first.pk)
+    assert (stored.current_load, stored.status, stored.total_tasks, stored.successful_tasks) == (1, "busy", 1, 1)
+    agent_record_result(agent=first, outcome="failed", quality=0.0, duration=1, release=True)
+    stored = Agent.objects.get(pk=first.pk)
+    assert (stored.current_load, stored.status, stored.total_tasks, stored.failed_tasks) == (0, "available", 2, 1)
+    agent_record_result(agent=first, outcome="completed", quality=1.0, duration=1, release=True)  # idle: load stays 0
+    assert Agent.objects.get(pk=first.pk).current_load == 0
+
+
+def test_a_draining_agent_goes_when_its_last_result_is_recorded_with_release(empty_registry):
+    agent = AgentFactory(name="AGENT-LEAVING", current_load=1, status="busy", draining=True)
+    agent_record_result(agent=agent, outcome="completed", quality=1.0, duration=2, release=True)
+    assert not Agent.objects.filter(pk=agent.pk).exists()
 
 
 def test_reserve_refuses_a_full_agent(empty_registry):

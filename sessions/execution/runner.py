@@ -110,9 +110,9 @@ class TurnOutcome:
     diff: dict = field(default_factory=dict)
 
 
-def run_session(*, session_id):
-    """Run a session this worker has claimed; returns its final status."""
-    session = CodingSession.objects.select_related("agent", "resume_checkpoint").get(pk=session_id)
+def run_session(*, session):
+    """Run a session this worker has claimed (the row its claim locked and moved to running; the
+    run reads no other copy); returns its final status."""
     return SessionRun(session).run()
 
 
@@ -129,6 +129,7 @@ class SessionRun:
         self.restored_checkpoint = None
         self.last_diff = None  # the latest turn's diff (see finish)
         self.task_limit = None  # tasks of the session that may run at once (execute_plan)
+        self.plan = None  # the plan loop's latest tasks.services.PlanState
         self._ending = threading.Event()
         self._ended_by = None
         # Step checkpoints (git snapshots, ~50-100 ms) are taken off the event path, one at a time
@@ -240,8 +241,9 @@ class SessionRun:
                         replan = bool(self._finish_done(running, deferred))
                         continue
                     replan = False
-                    task_services.task_refresh_readiness(session=self.session)
-                    ready_now = list(task_services.task_ready_for_session(session=self.session))
+                    plan = self.plan = task_services.task_refresh_plan(session=self.session)
+                    # The Task rows only when some leaf is ready (the statuses say so).
+                    ready_now = list(task_services.task_ready_for_session(session=self.session)) if plan.ready() else []
                     # A deferred task that is no longer ready (skipped, cancelled) stops waiting.
                     deferred = {pk: until for pk, until in deferred.items() if pk in {t.pk for t in ready_now}}
                     ready = [
@@ -307,7 +309,9 @@ class SessionRun:
         return workspace.workspace_diff(path=self.ws.path, base_commit=self.ws.base_commit)
 
     def finish(self):
-        summary = task_services.task_plan_finished(session=self.session)
+        # The plan loop ended on a refresh that found nothing ready and nothing running: its
+        # statuses are the plan's final ones.
+        summary = self.plan.summary()
         # One task at a time: every turn has ended, so the last one's diff is the session's.
         diff = self.last_diff if self.last_diff is not None and self.task_limit == 1 else \
             workspace.workspace_diff(path=self.ws.path, base_commit=self.ws.base_commit)
@@ -472,12 +476,13 @@ class SessionRun:
             raise
         finally:
             self._drop_opencode_session(turn.new_session)  # made, but the task never started
-            agent_release(agent=agent)
-            if outcome is not None:
+            if outcome is None:
+                agent_release(agent=agent)
+            else:  # the track record and the release, in one transaction
                 agent_record_result(
                     agent=agent, outcome="completed" if outcome.completed else "failed",
                     quality=1.0 if outcome.completed else 0.0, duration=time.monotonic() - started,
-                    tokens=outcome.tokens, cost=outcome.cost,
+                    tokens=outcome.tokens, cost=outcome.cost, release=True,
                 )
         self._record_task_outcome(task, agent, outcome)
 

@@ -8,8 +8,15 @@ from sessions import services
 from sessions.models import CHECKPOINTS_RETAINED, Checkpoint, CodingSession, SessionEvent
 from sessions.tests.factories import CodingSessionFactory
 
+# Both ways a checkpoint is written: inside a transaction (the ORM) and, on PostgreSQL, outside one
+# (the worker's single statement, sessions.services._CHECKPOINT_INSERT).
+WRITE_PATHS = [
+    pytest.param(marks=pytest.mark.django_db, id="in-a-transaction"),
+    pytest.param(marks=pytest.mark.django_db(transaction=True), id="autocommit"),
+]
 
-@pytest.mark.django_db
+
+@pytest.mark.parametrize([], WRITE_PATHS)
 def test_sequences_start_at_one_and_increase():
     session = CodingSessionFactory(status="running")
     numbers = [services.session_add_checkpoint(session=session, data={"step": n}).sequence for n in range(3)]
@@ -19,7 +26,7 @@ def test_sequences_start_at_one_and_increase():
     assert row.last_checkpoint_at == Checkpoint.objects.get(session=session, sequence=3).created_at
 
 
-@pytest.mark.django_db
+@pytest.mark.parametrize([], WRITE_PATHS)
 def test_each_checkpoint_writes_an_event():
     session = CodingSessionFactory(status="running")
     services.session_add_checkpoint(session=session, opencode_message_id="msg_1", git_ref="abc123")
@@ -28,7 +35,7 @@ def test_each_checkpoint_writes_an_event():
     assert event.payload["sequence"] == 1 and event.payload["git_ref"] == "abc123"
 
 
-@pytest.mark.django_db
+@pytest.mark.parametrize([], WRITE_PATHS)
 def test_only_the_newest_100_are_kept_and_numbering_continues():
     session = CodingSessionFactory(status="running")
     for _ in range(CHECKPOINTS_RETAINED + 5):
@@ -40,7 +47,7 @@ def test_only_the_newest_100_are_kept_and_numbering_continues():
     assert services.session_add_checkpoint(session=session).sequence == 106
 
 
-@pytest.mark.django_db
+@pytest.mark.parametrize([], WRITE_PATHS)
 @pytest.mark.parametrize("status", ["pending", "queued", "completed", "failed", "cancelled"])
 def test_checkpoints_are_refused_unless_running_degraded_or_paused(status):
     session = CodingSessionFactory(status=status)
@@ -99,3 +106,16 @@ def test_concurrent_checkpoints_get_unique_increasing_sequences():
     stored = list(Checkpoint.objects.filter(session=session).order_by("created_at", "id").values_list("sequence", flat=True))
     assert stored == sorted(stored)
     assert CodingSession.objects.get(pk=session.pk).checkpoint_count == threads_count * per_thread
+
+
+@pytest.mark.parametrize([], WRITE_PATHS)
+def test_a_resume_point_the_retention_drops_is_cleared():
+    session = CodingSessionFactory(status="running")
+    first = services.session_add_checkpoint(session=session)
+    CodingSession.objects.filter(pk=session.pk).update(resume_checkpoint=first.pk)
+    for _ in range(CHECKPOINTS_RETAINED - 1):
+        services.session_add_checkpoint(session=session)
+    assert CodingSession.objects.get(pk=session.pk).resume_checkpoint_id == first.pk  # still kept
+    services.session_add_checkpoint(session=session)
+    assert not Checkpoint.objects.filter(pk=first.pk).exists()
+    assert CodingSession.objects.get(pk=session.pk).resume_checkpoint_id is None
