@@ -365,11 +365,14 @@ class Orchestrator:
             if event["type"] == "session.transition" and event["payload"].get("to") in TERMINAL:
                 run.seconds = time.perf_counter() - started
                 break
+        return socket
+
+    async def _finish(self, http, run, socket):
+        """After the batch (checks, not the job): close the socket, read the session for check()."""
         await socket.close()
         response = await http.get(f"/api/v1/sessions/{run.session_id}")
         response.raise_for_status()
         run.detail = response.json()
-        return run
 
     async def _batch(self, numbers, repository=None, ready=None):
         import httpx
@@ -382,8 +385,14 @@ class Orchestrator:
             if ready is not None:  # sessions created and sockets connected: the caller's last word
                 await asyncio.to_thread(ready)
             started = time.perf_counter()
-            await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
-            return time.perf_counter() - started, runs
+            sockets = await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
+            wall = time.perf_counter() - started
+            # Each socket closed and each session read once all have finished, as the direct side's
+            # jobs do nothing with the server once their session is idle but close its directory
+            # (which the worker does too): done as each ended, they added requests to the server
+            # while the batch's other sessions ran.
+            await asyncio.gather(*(self._finish(http, run, socket) for run, socket in zip(runs, sockets)))
+            return wall, runs
 
     def batch(self, count, repository=None, ready=None):
         """`count` sessions started at once, each in a repository of its own unless `repository` is

@@ -20,7 +20,8 @@ from rest_framework.response import Response
 from rest_framework.routers import SimpleRouter
 
 from agents.models import Agent
-from orchestrator.errors import ValidationFailed
+from orchestrator.errors import PermissionRefused, ValidationFailed
+from orchestrator.roles import user_can_view
 from sessions import approvals, rules, selectors, services
 from sessions.models import (
     Checkpoint,
@@ -398,9 +399,12 @@ class SessionViewSet(viewsets.ViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     def _command(self, pk, service, serializer_class=ReasonSerializer, **extra):
-        session = self._get(pk)
+        # The service locks and reads the row itself (NotFound for a missing or deleted session):
+        # reading it here first as well was one more query on every command, API start included.
+        if not user_can_view(self.request.user):
+            raise PermissionRefused("Sign in to see sessions")
         data = self._input(serializer_class)
-        return self._detail(service(session=session, actor=self._actor(), **data, **extra))
+        return self._detail(service(session=int(pk), actor=self._actor(), **data, **extra))
 
     @action(detail=True, methods=["post"])
     def start(self, request, pk=None):

@@ -495,6 +495,10 @@ class PlanState:
     def ready(self):
         return [pk for pk in self.leaves() if self.statuses[pk] == S.READY]
 
+    def interrupted(self):
+        """Leaves a pause or a lost worker interrupted (as task_interrupted_for_session, unordered)."""
+        return [pk for pk in self.leaves() if self.statuses[pk] in INTERRUPTED]
+
     def summary(self):
         return readiness.plan_summary(self.statuses[pk] for pk in self.leaves())
 
@@ -793,8 +797,11 @@ def task_set_opencode_session(*, task: Task, opencode_session_id: str) -> None:
     task.opencode_session_id = opencode_session_id
 
 
+INTERRUPTED = (S.ASSIGNED, S.IN_PROGRESS, S.PAUSED)
+
+
 def task_interrupted_for_session(*, session):
     """Leaves a pause or a lost worker interrupted (assigned, in progress or paused), oldest first."""
     return _leaves(
-        Task.objects.filter(session=session, status__in=[S.ASSIGNED, S.IN_PROGRESS, S.PAUSED])
+        Task.objects.filter(session=session, status__in=INTERRUPTED)
     ).select_related("assigned_agent").order_by("order", "id")

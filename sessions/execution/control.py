@@ -26,13 +26,23 @@ from sessions.services import session_heartbeat
 
 logger = logging.getLogger(__name__)
 
-READ_INTERVAL = 0.25
+# A change is seen within READ_INTERVAL + runner.CONTROL_INTERVAL (0.9 s). Each read of 20 rows costs
+# the worker ~1-2 ms of CPU under load; at 0.25 s it was a tenth of the worker's Python time.
+READ_INTERVAL = 0.4
 STALE_AFTER = 1.0
 FIELDS = (
     "status", "worker_id", "attempt_seconds", "run_started_at", "max_duration_seconds", "deleted_at",
     "tokens_input", "tokens_output", "tokens_reasoning", "cost", "token_budget_soft",
     "token_budget_hard", "cost_budget_soft", "cost_budget_hard", "metadata",
 )
+# The shared read as SQL written once: Django compiled the same query at every read (a third of its cost).
+_COLUMNS = ", ".join(["id", *(CodingSession._meta.get_field(name).column for name in FIELDS)])
+
+
+def _read_rows(ids):
+    """{id: CodingSession with FIELDS loaded} for these sessions, in one query."""
+    sql = f"SELECT {_COLUMNS} FROM {CodingSession._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
+    return {row.pk: row for row in CodingSession.objects.raw(sql, list(ids))}
 
 _changed = threading.Condition()
 _watched = Counter()  # session id -> runs of this process watching it
@@ -105,7 +115,7 @@ def _read_forever():
             if began - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
                 _heartbeat(session_workers)
                 last_heartbeat = began
-            rows = {row.pk: row for row in CodingSession.objects.filter(pk__in=ids).only(*FIELDS)}
+            rows = _read_rows(ids)
         except Exception:  # a database hiccup: callers read their own rows meanwhile (STALE_AFTER)
             logger.exception("control rows: reading %d sessions failed", len(ids))
             connection.close()

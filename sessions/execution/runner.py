@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection
 
 from agents.services import NoAgentAvailable, agent_record_result, agent_release, agent_route
 from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from sessions import services as session_services
 from sessions.execution import control, servers, spares, workspace
-from sessions.execution.translate import TurnTranslator
+from sessions.execution.translate import TURN_EVENT_TYPES, TurnTranslator
 from sessions.execution.approvals import PermissionWatch
 from sessions.models import Checkpoint, CodingSession
 from sessions.models import SessionStatus as S
@@ -221,10 +221,7 @@ class SessionRun:
         limit = self.task_limit = int(
             (self.session.metadata or {}).get("task_concurrency") or settings.SESSION_TASK_CONCURRENCY)
         running = {}
-        # Tasks a pause or a lost worker interrupted go first, continuing where they stopped.
-        interrupted = list(
-            task_services.task_interrupted_for_session(session=self.session).values_list("pk", flat=True)
-        )
+        interrupted = None  # task ids, from the first refresh on
         with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"{self.session.reference}-task") as pool:
             try:
                 deferred = {}  # task id -> monotonic time before which it is not routed again
@@ -232,8 +229,10 @@ class SessionRun:
                 while True:
                     if not running:
                         # A task thread following its turn checks control itself every half second;
-                        # checking here as well doubled the polling of every running session.
-                        self.check_control()
+                        # checking here as well doubled the polling of every running session. The
+                        # process's shared read (at most STALE_AFTER old) is enough here: a task
+                        # started on a session paused meanwhile sees it within half a second and stops.
+                        self.check_control(shared=True)
                     now = time.monotonic()
                     if not replan and not any(until <= now for until in deferred.values()):
                         # Nothing finished and no waiting task is due: only watch the running ones.
@@ -242,6 +241,11 @@ class SessionRun:
                         continue
                     replan = False
                     plan = self.plan = task_services.task_refresh_plan(session=self.session)
+                    if interrupted is None:
+                        # Tasks a pause or a lost worker interrupted go first, continuing where they
+                        # stopped (their order needs the rows; the statuses say whether there are any).
+                        interrupted = list(task_services.task_interrupted_for_session(
+                            session=self.session).values_list("pk", flat=True)) if plan.interrupted() else []
                     # The Task rows only when some leaf is ready (the statuses say so).
                     ready_now = list(task_services.task_ready_for_session(session=self.session)) if plan.ready() else []
                     # A deferred task that is no longer ready (skipped, cancelled) stops waiting.
@@ -401,7 +405,7 @@ class SessionRun:
         A task interrupted by a lost worker still holds its reservation (nobody
         released it), so it keeps its agent (no records); any other task is routed
         afresh, preferring the agent it had. The `task.routed` record is written
-        with the task's start (one transaction).
+        once the task has started.
         """
         if task.status in (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS) and task.assigned_agent_id:
             return task.assigned_agent, []
@@ -467,9 +471,8 @@ class SessionRun:
         outcome = None
         turn = TaskTurn(self, task, agent, events, new_session=new_session)
         try:
-            with transaction.atomic():
-                self.record(routed)
-                task = self._begin_task(task, agent)
+            task = self._begin_task(task, agent)
+            self.record(routed)  # after the start: one statement, not a savepoint in its transaction
             outcome = turn.run(task, resume=resume)
         except SessionEnded as ended:
             self._end_task_early(task, ended)
@@ -519,9 +522,9 @@ class SessionRun:
             task_services.task_fail(task=task, error={"type": ended.status, "message": str(ended), "context": {}})
 
     def _record_task_outcome(self, task, agent, outcome):
-        # Fresh rows, never refresh_from_db() on FSM models: django-fsm's refresh
-        # flips a class-wide flag, which races between the worker's threads.
-        task = Task.objects.get(pk=task.pk)
+        # `task` as it started: task_complete and task_fail lock and read the row themselves (and
+        # refresh_from_db() is never used on FSM models: django-fsm's refresh flips a class-wide
+        # flag, which races between the worker's threads).
         key = f"task_{task.pk}"
         if outcome.completed:
             self.last_text = outcome.text or self.last_text
@@ -698,9 +701,8 @@ class TaskTurn:
         self.task = task
         try:
             how, prompt = self._choose_start(resume)
-            with transaction.atomic():
-                task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
-                session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
+            task_services.task_set_opencode_session(task=task, opencode_session_id=self.opencode_id)
+            session_services.session_set_runtime(session_id=run_.session_id, opencode_session_id=self.opencode_id)
             self.translator = TurnTranslator(self.opencode_id)
             self.events.start()  # before the prompt: nothing is replayed
             if not self.events.connected.wait(STREAM_CONNECT_TIMEOUT):
@@ -904,7 +906,7 @@ class TurnEvents:
     def start(self):
         if not self.started:
             self.started = True
-            self.server_events.subscribe(self.directory, self.queue)
+            self.server_events.subscribe(self.directory, self.queue, types=TURN_EVENT_TYPES)
 
     def stop(self):
         if self.started:

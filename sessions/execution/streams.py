@@ -35,7 +35,7 @@ class ServerEvents:
     def __init__(self, server):
         self.stream = server.events(global_stream=True)
         self.connected = self.stream.connected  # set while the stream is subscribed
-        self._queues = {}  # directory key -> set of queues
+        self._queues = {}  # directory key -> {queue: the event types it takes, or None for all}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._pump, name="opencode-events", daemon=True)
         self._thread.start()
@@ -44,16 +44,19 @@ class ServerEvents:
     def alive(self):
         return self._thread.is_alive()
 
-    def subscribe(self, directory, queue):
-        """Deliver `directory`'s events (and reconnects, and a fatal error) into `queue` from now on."""
+    def subscribe(self, directory, queue, types=None):
+        """Deliver `directory`'s events (and reconnects, and a fatal error) into `queue` from now on;
+        with `types`, only events of those types. Most of what OpenCode streams for a directory
+        (plugins loaded, deltas, session summaries, catalog and watcher news: about 60 % of the
+        events of a task) is nothing a turn acts on, and each event put in a queue wakes its thread."""
         with self._lock:
-            self._queues.setdefault(_key(directory), set()).add(queue)
+            self._queues.setdefault(_key(directory), {})[queue] = frozenset(types) if types is not None else None
 
     def unsubscribe(self, directory, queue):
         with self._lock:
             queues = self._queues.get(_key(directory))
             if queues is not None:
-                queues.discard(queue)
+                queues.pop(queue, None)
                 if not queues:
                     del self._queues[_key(directory)]
 
@@ -67,8 +70,11 @@ class ServerEvents:
                 with self._lock:
                     if event.type == RECONNECTED:
                         targets = [queue for queues in self._queues.values() for queue in queues]
+                    elif event.directory:
+                        queues = self._queues.get(_key(event.directory)) or {}
+                        targets = [queue for queue, types in queues.items() if types is None or event.type in types]
                     else:
-                        targets = list(self._queues.get(_key(event.directory), ())) if event.directory else []
+                        targets = []
                 for queue in targets:
                     queue.put(event)
         except Exception as error:  # handed to every subscriber, whose run decides

@@ -46,6 +46,14 @@ class StepUsage:
         )
 
 
+# The OpenCode event types TurnTranslator.feed acts on (one `_on_<type>` handler each); a task's
+# queue receives only these from the shared stream (streams.ServerEvents.subscribe).
+TURN_EVENT_TYPES = frozenset({
+    "session.status", "session.idle", "session.error", "message.updated", "message.part.updated",
+    "file.edited", "permission.asked", "permission.replied",
+})
+
+
 @dataclass
 class TurnTranslator:
     opencode_session_id: str

@@ -232,14 +232,14 @@ class EventStream:
                 raise Unreachable(f"not an event stream: {content_type}", status=response.status_code,
                                   method="GET", path=self._path())
             data_lines = []
-            for line in response.iter_lines():
+            for line in _lines(response):
                 if self._stopping.is_set():
                     return
-                if line.startswith("data:"):
-                    data_lines.append(line[5:].lstrip(" "))
+                if line.startswith(b"data:"):
+                    data_lines.append(line[5:].lstrip(b" "))
                     continue
-                if line == "" and data_lines:
-                    event = parse_frame("\n".join(data_lines), global_stream=self.global_stream)
+                if line == b"" and data_lines:
+                    event = parse_frame(b"\n".join(data_lines), global_stream=self.global_stream)
                     data_lines = []
                     if event is None:
                         continue
@@ -251,6 +251,25 @@ class EventStream:
                 self._response = None
                 self._socket = None
             response.close()
+
+
+def _lines(response):
+    """The stream's lines as bytes, without their endings (LF or CRLF). httpx's iter_lines decodes
+    the text chunk by chunk in Python: on a worker's shared stream, a fifth of the time spent
+    reading it. JSON is parsed from the bytes of each frame."""
+    pending = []
+    for chunk in response.iter_bytes():
+        pieces = chunk.split(b"\n")
+        if len(pieces) == 1:
+            pending.append(chunk)
+            continue
+        pieces[0] = b"".join(pending) + pieces[0]
+        pending = [pieces.pop()]
+        for line in pieces:
+            yield line[:-1] if line.endswith(b"\r") else line
+    if pending and pending != [b""]:
+        rest = b"".join(pending)
+        yield rest[:-1] if rest.endswith(b"\r") else rest
 
 
 def _socket_of(response):

@@ -36,6 +36,7 @@ def test_one_read_serves_every_watched_session_and_task_threads_do_not_query(wat
     assert len(queries) == 0
     assert [row.pk for row in rows] == [session.pk for session in watched]
     assert {row.status for row in rows} == {"running"}
+    assert isinstance(rows[0].metadata, dict) and rows[0].tokens_total == 0, "columns decoded as the model's fields"
     assert len({control._rows[session.pk][0] for session in watched}) == 1, "the rows come from one read"
 
 

@@ -195,3 +195,18 @@ def test_a_session_create_may_wait_longer_than_the_clients_timeout():
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+def test_stream_lines_are_split_across_chunks_and_line_endings():
+    from sessions.opencode.events import _lines
+
+    class Chunks:
+        def __init__(self, *chunks):
+            self.chunks = chunks
+
+        def iter_bytes(self):
+            return iter(self.chunks)
+
+    response = Chunks(b"data: {\"a\"", b": 1}\r\n\r", b"\ndata: x\n", b"\n", b"tail")
+    assert list(_lines(response)) == [b'data: {"a": 1}', b"", b"data: x", b"", b"tail"]
+    assert list(_lines(Chunks(b"one\n", b"two\n"))) == [b"one", b"two"]

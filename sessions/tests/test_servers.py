@@ -71,11 +71,12 @@ def test_one_shared_event_stream_hands_each_task_the_events_of_its_own_worktree(
     shared = servers.events_of(server)
     assert servers.events_of(server) is shared
     assert shared.connected.wait(10)
-    to_first, to_second, gone = queue.Queue(), queue.Queue(), queue.Queue()
+    to_first, to_second, gone, only_created = queue.Queue(), queue.Queue(), queue.Queue(), queue.Queue()
     shared.subscribe(str(fresh_servers / "link"), to_first)
     shared.subscribe(str(second), to_second)
     shared.subscribe(str(second), gone)
     shared.unsubscribe(str(second), gone)
+    shared.subscribe(str(second), only_created, types={"session.created"})
 
     def session_events(events, session_id, timeout=10.0):
         seen = []
@@ -96,6 +97,10 @@ def test_one_shared_event_stream_hands_each_task_the_events_of_its_own_worktree(
     assert {e.session_id for e in got_first if e.session_id} == {made_first}
     assert {e.session_id for e in got_second if e.session_id} == {made_second}
     assert gone.empty()
+    filtered = [only_created.get(timeout=10)]
+    while not only_created.empty():
+        filtered.append(only_created.get_nowait())
+    assert {e.type for e in filtered} == {"session.created"}, "a subscription with types gets only those"
 
     servers.shutdown()
     assert not shared.alive

@@ -91,3 +91,10 @@ def test_permission_requests_are_recorded_and_kept():
     replied = translator.feed({"type": "permission.replied", "properties": {
         "sessionID": "ses_1", "requestID": "per_1", "reply": "once"}})
     assert replied == [("permission.replied", {"id": "per_1", "reply": "once"})]
+
+
+def test_the_event_types_a_task_subscribes_to_are_the_ones_the_translator_handles():
+    from sessions.execution.translate import TURN_EVENT_TYPES, TurnTranslator
+
+    handled = {name[len("_on_"):].replace("_", ".") for name in dir(TurnTranslator) if name.startswith("_on_")}
+    assert TURN_EVENT_TYPES == handled
