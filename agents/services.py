@@ -445,13 +445,20 @@ def _candidate_sql(*, with_preferred_agent, with_preferred_type, excluded):
     if excluded:
         where.append("id NOT IN (%s)")
         params.append("excluded")
+    columns = ", ".join(connection.ops.quote_name(name) for name in CANDIDATE_COLUMNS)
     sql = (
-        f"SELECT * FROM (SELECT {table}.*, {' + '.join(terms)} AS raw_points FROM {table} "
+        f"SELECT * FROM (SELECT {columns}, {' + '.join(terms)} AS raw_points FROM {table} "
         f"WHERE {' AND '.join(where)}) ranked "
         f"ORDER BY (CASE WHEN raw_points > {routing.MAX_POINTS} THEN {routing.MAX_POINTS} ELSE raw_points END) DESC, "
         f"raw_points DESC, current_load, id LIMIT {CANDIDATE_LIMIT}"
     )
     return sql, params
+
+
+# What a candidate row carries: the ranking's inputs and a decision's brief (id, name, type). The other
+# columns (prompts, tools, the track record) stay deferred: building every candidate whole was most of
+# the cost of routing. A reserved choice is read again whole (_fresh).
+CANDIDATE_COLUMNS = ("id", "name", "agent_type", "tier", "status", "current_load", "max_concurrent_tasks")
 
 
 def _candidates(*, mask, min_tier, preferred_agent_id, preferred_type, now, exclude_ids=()):
@@ -541,7 +548,8 @@ def agent_route(
     full, holding every required capability; at most CANDIDATE_LIMIT rows reach
     Python. With `reserve`, one unit of the chosen agent's capacity is taken by
     compare-and-set; losing that race to a concurrent routing moves on to the
-    next candidate. `preferred_agent` is an Agent, its id or its name.
+    next candidate. `preferred_agent` is an Agent, its id or its name. The agents of a decision
+    that reserved nothing, and its alternatives, carry CANDIDATE_COLUMNS (others load on access).
 
     Raises ValidationFailed for unknown capability, type or tier names, and
     NoAgentAvailable (a Conflict) naming the missing capabilities or why every

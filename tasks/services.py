@@ -16,7 +16,7 @@ Rules the execution engine relies on:
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_fsm import can_proceed
@@ -507,18 +507,28 @@ def _pk_of(session):
     return getattr(session, "pk", session)
 
 
+# The plan's two queries as SQL written once: a worker reads a session's plan four times per task
+# (start, completion, and the plan loop's refreshes), and Django compiled them every time.
+_PLAN_TASKS = f"SELECT id, parent_id, status FROM {Task._meta.db_table} WHERE session_id = %s"
+_PLAN_LINKS = (
+    f"SELECT link.prerequisite_id, link.dependent_id, link.dependency_type, link.is_required "
+    f"FROM {TaskDependency._meta.db_table} link JOIN {Task._meta.db_table} dependent "
+    f"ON dependent.id = link.dependent_id WHERE dependent.session_id = %s"
+)
+
+
 def _load_plan(session_id):
     """Two queries. Read outside any lock: every write that follows is a compare-and-set."""
     statuses, parents = {}, {}
-    for pk, parent_id, status in Task.objects.filter(session_id=session_id).values_list("id", "parent_id", "status"):
-        statuses[pk] = status
-        parents[pk] = parent_id
-    links = [
-        readiness.Link(*row)
-        for row in TaskDependency.objects.filter(dependent__session_id=session_id).values_list(
-            "prerequisite_id", "dependent_id", "dependency_type", "is_required"
-        )
-    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_PLAN_TASKS, [session_id])
+        for pk, parent_id, status in cursor.fetchall():
+            statuses[pk] = status
+            parents[pk] = parent_id
+        cursor.execute(_PLAN_LINKS, [session_id])
+        # SQLite answers booleans as 0/1
+        links = [readiness.Link(prerequisite, dependent, kind, bool(required))
+                 for prerequisite, dependent, kind, required in cursor.fetchall()]
     return _Plan(statuses, parents, links)
 
 
