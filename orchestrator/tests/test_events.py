@@ -110,3 +110,34 @@ def test_broadcasts_reach_a_group_in_the_order_they_were_handed_over():
         assert events.wait_for_broadcasts()
 
     assert [message["n"] for message in _collect(many)] == list(range(50))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_group_keeps_its_order_when_broadcasts_go_to_several_groups():
+    # Every group has its own sender: a session's group and the all-sessions group each get their
+    # broadcasts in the order they were handed over, whichever other groups they also went to.
+    from orchestrator import events
+
+    layer = get_channel_layer()
+    other = "events-test-other"
+
+    async def run():
+        mine, theirs = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add(GROUP, mine)
+        await layer.group_add(other, theirs)
+
+        def many():
+            for n in range(60):
+                events.publish_now([GROUP, other] if n % 3 else [GROUP], {"type": "test.message", "n": n})
+            assert events.wait_for_broadcasts()
+
+        await asyncio.to_thread(many)
+        try:
+            return await _receive_all(layer, mine, 0.5), await _receive_all(layer, theirs, 0.5)
+        finally:
+            await layer.group_discard(GROUP, mine)
+            await layer.group_discard(other, theirs)
+
+    to_group, to_other = async_to_sync(run)()
+    assert [message["n"] for message in to_group] == list(range(60))
+    assert [message["n"] for message in to_other] == [n for n in range(60) if n % 3]
