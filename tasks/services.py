@@ -7,10 +7,12 @@ Rules the execution engine relies on:
   derived from its children by `tasks.readiness.container_status` and written by
   `task_refresh_readiness`; its own transitions are refused, except cancel and skip,
   which apply to the leaves below it that still allow them.
-- `task_refresh_readiness(session=...)` is the one place where pending tasks become
-  ready, dependents of failed, skipped or cancelled prerequisites become skipped and
-  containers follow their children. Every transition service calls it before
-  returning, and the engine may call it at any time: it is idempotent.
+- The readiness refresh (`_refresh`: `tasks.readiness.plan_readiness` on the plan read,
+  then compare-and-set writes) is the one place where pending tasks become ready,
+  dependents of failed, skipped or cancelled prerequisites become skipped and containers
+  follow their children. Every transition runs it on the plan it read for its checks
+  before returning; `task_refresh_readiness` and `task_refresh_plan` run it on a fresh
+  read, and the engine may call them at any time: it is idempotent.
 """
 
 from dataclasses import dataclass
