@@ -40,7 +40,10 @@ _COLUMNS = ", ".join(["id", *(CodingSession._meta.get_field(name).column for nam
 
 
 def _read_rows(ids):
-    """{id: CodingSession with FIELDS loaded} for these sessions, in one query."""
+    """{id: CodingSession with FIELDS loaded} for these sessions, in one query (none for no ids:
+    an unwatch can empty the set between the reader's wait and its read)."""
+    if not ids:
+        return {}
     sql = f"SELECT {_COLUMNS} FROM {CodingSession._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
     return {row.pk: row for row in CodingSession.objects.raw(sql, list(ids))}
 

@@ -77,3 +77,9 @@ def test_the_reader_heartbeats_the_sessions_its_worker_still_owns(watched, setti
                interval=0.05, message="the next heartbeat")
     assert CodingSession.objects.get(pk=taken.pk).worker_heartbeat_at is None, "owned by another worker now"
     assert CodingSession.objects.get(pk=paused.pk).worker_heartbeat_at is None, "no longer running"
+
+
+def test_reading_no_sessions_asks_nothing():
+    with CaptureQueriesContext(connection) as queries:
+        assert control._read_rows([]) == {}
+    assert len(queries) == 0
