@@ -124,3 +124,23 @@ def waiting_on_a_lock():
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
         return cursor.fetchone()[0]
+
+
+def test_dispatch_without_limits_enqueues_only_sessions_queued_suspiciously_long(broker_queues):
+    # Every queued session already has its job in the broker; one queued past STALE_QUEUED_SECONDS
+    # (a lost message) gets another, a recent one does not. No limit is configured here.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sessions.dispatch import STALE_QUEUED_SECONDS, session_dispatch
+
+    lost, recent = new_session(), new_session()
+    services.session_start(session=lost)
+    services.session_start(session=recent)
+    broker_queues.drain()
+    CodingSession.objects.filter(pk=lost.pk).update(
+        queued_at=timezone.now() - timedelta(seconds=STALE_QUEUED_SECONDS + 5))
+
+    assert session_dispatch() == 1
+    assert [message["kwargs"] for message in broker_queues.drain()] == [{"session_id": lost.pk}]

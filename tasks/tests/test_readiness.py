@@ -207,3 +207,24 @@ def test_refresh_is_idempotent(session, make_task):
     make_task("A")
     services.task_refresh_readiness(session=session)
     assert services.task_refresh_readiness(session=session) == {"ready": [], "skipped": [], "containers": {}}
+
+
+@pytest.mark.django_db
+def test_refresh_plan_answers_the_statuses_after_the_refresh(session, make_task, run):
+    a, b = make_task("A"), make_task("B")
+    link(a, b)
+    plan = services.task_refresh_plan(session=session)
+    root = Task.objects.get(session=session, parent__isnull=True)
+    assert plan.ready() == [a.pk], "written ready by this refresh, seen without another read"
+    assert root.pk not in plan.leaves() and plan.interrupted() == []
+    assert plan.summary()["finished"] is False
+
+    run(a)
+    plan = services.task_refresh_plan(session=session)
+    assert plan.ready() == [] and plan.interrupted() == [a.pk]
+    services.task_complete(task=a)
+    assert services.task_refresh_plan(session=session).ready() == [b.pk]
+    run(b)
+    services.task_complete(task=b)
+    summary = services.task_refresh_plan(session=session).summary()
+    assert (summary["total"], summary["completed"], summary["outcome"]) == (2, 2, "completed")
