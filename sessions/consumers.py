@@ -26,6 +26,7 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocke
 from django.urls import path
 
 from orchestrator import events
+from orchestrator.consumers import DirectDispatchMixin
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
 from sessions import selectors, services, views
@@ -59,7 +60,7 @@ def _backlog(session_id, after_id, reference):
     ]
 
 
-class SessionEventsConsumer(AsyncJsonWebsocketConsumer):
+class SessionEventsConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):
     """Events of one session (with `session_id` in the route) or of all sessions."""
 
     groups_joined = ()
@@ -116,7 +117,7 @@ def _fragment(session_id, event, is_operator):
     return views.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
 
 
-class SessionConsoleConsumer(AsyncWebsocketConsumer):
+class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     """One session's events as HTML fragments for the console's detail page.
 
     Permission is checked on connect as for the JSON feed (4401 anonymous, 4404

@@ -188,3 +188,34 @@ def test_unknown_or_deleted_session_socket_is_closed_with_4404(operator_user):
     deleted = CodingSessionFactory(status="failed", deleted_at=timezone.now())
     assert connect(f"/ws/sessions/999999?token={token.key}") == (False, 4404)
     assert connect(f"/ws/sessions/{deleted.pk}?token={token.key}") == (False, 4404)
+
+
+@pytest.mark.parametrize("path", ["/ws/sessions/{id}", "/ws/console/sessions/{id}"])
+def test_events_are_delivered_without_a_database_check_per_message(operator_user, monkeypatch, path):
+    # Channels' own dispatch hops to a worker thread to close stale database connections before
+    # every message; these consumers skip it (orchestrator.consumers.DirectDispatchMixin).
+    import channels.consumer
+
+    checks = []
+    original = channels.consumer.aclose_old_connections
+
+    async def counted():
+        checks.append(1)
+        return await original()
+
+    monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
+    token = Token.objects.create(user=operator_user)
+    session = CodingSessionFactory(status="running")
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, path.format(id=session.pk) + f"?token={token.key}")
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        sent = [await database_sync_to_async(record)(session, "step", n=n) for n in range(3)]
+        received = [await communicator.receive_from(timeout=TIMEOUT) for _ in sent]
+        await communicator.disconnect()
+        return sent, received
+
+    sent, received = run(scenario)
+    assert len(received) == 3 and all(f"{event.id}" in text for event, text in zip(sent, received))
+    assert checks == []
