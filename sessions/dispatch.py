@@ -143,7 +143,7 @@ def session_dispatch(*, now=None):
     if not limits_configured():
         # Every queued session already has its job in the broker; only one waiting
         # suspiciously long (a lost message) is enqueued again. No counts to keep, so no lock:
-        # one query, at the end of every run.
+        # one query (the periodic dispatch's; a run's end dispatches only under limits).
         stale = now - timedelta(seconds=STALE_QUEUED_SECONDS)
         lost = list(candidates.filter(queued_at__lt=stale).filter(Q(not_before__isnull=True) | Q(not_before__lt=stale))[:200])
         for session in lost:

@@ -22,7 +22,7 @@ def worker_identity(task_request):
 
 @shared_task(name="sessions.execute_session", acks_late=True, bind=True)
 def execute_session(self, session_id):
-    """Claim the queued session and run it; then let the next queued session in.
+    """Claim the queued session and run it; then, under concurrency limits, let the next queued session in.
 
     A missing session is logged and ignored; a session that is no longer queued
     (claimed by another delivery, cancelled, deleted) is left alone, and one over a
@@ -50,7 +50,11 @@ def execute_session(self, session_id):
         logger.warning("execute_session: session %s disappeared during its run", session_id)
         return None
     finally:
-        session_dispatch()
+        if limits_configured():
+            # A slot freed: let the next queued session in. Without limits every queued session
+            # already has its job in the broker, and the periodic dispatch (every 5 s) re-enqueues
+            # one whose message was lost: no query at the end of every run for it.
+            session_dispatch()
 
 
 @shared_task(name="sessions.dispatch", acks_late=True, ignore_result=True)

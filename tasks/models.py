@@ -10,7 +10,7 @@ wraps each one in a transaction with the row locked.
 from decimal import Decimal
 
 from django.db import models
-from django.db.models import Case, F, IntegerField, Q, Value, When
+from django.db.models import F, Q
 from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
 
@@ -46,15 +46,6 @@ class TaskPriority(models.TextChoices):
 
 
 PRIORITY_RANK = {name: rank for rank, name in enumerate(TaskPriority.values)}
-
-
-def priority_rank_expression():
-    """An SQL expression giving each priority its rank (blocker 0 ... background 5) for ordering."""
-    return Case(
-        *(When(priority=name, then=Value(rank)) for name, rank in PRIORITY_RANK.items()),
-        default=Value(len(PRIORITY_RANK)),
-        output_field=IntegerField(),
-    )
 
 
 class Complexity(models.TextChoices):

@@ -29,12 +29,12 @@ from tasks.decomposition import CAPABILITIES, plan_decomposition
 from tasks.estimates import Estimate, validate_estimate
 from tasks.graph import ARROW, build_graph, cycle_if_added, cycle_text, expand_to_leaves, leaves_of
 from tasks.models import (
+    PRIORITY_RANK,
     DependencyType,
     Task,
     TaskDependency,
     TaskPriority,
     TaskStatus,
-    priority_rank_expression,
 )
 
 S = TaskStatus
@@ -468,7 +468,7 @@ def task_refresh_plan(*, session) -> "PlanState":
     statuses.update({pk: S.READY for pk in changes.ready})
     statuses.update({pk: S.SKIPPED for pk in changes.skipped})
     statuses.update(changes.containers)
-    return PlanState(statuses=statuses, parents=plan.parents)
+    return PlanState(statuses=statuses, parents=plan.parents, ranks=plan.ranks)
 
 
 @dataclass
@@ -478,6 +478,7 @@ class _Plan:
     statuses: dict
     parents: dict
     links: list
+    ranks: dict  # pk -> (priority rank, order, pk): most urgent first
 
     def has_subtasks(self, pk):
         return pk in self.parents.values()
@@ -489,13 +490,15 @@ class PlanState:
 
     statuses: dict
     parents: dict
+    ranks: dict
 
     def leaves(self):
         containers = set(self.parents.values())
         return [pk for pk in self.statuses if pk not in containers]
 
     def ready(self):
-        return [pk for pk in self.leaves() if self.statuses[pk] == S.READY]
+        """Ready leaves, most urgent first: priority (blocker first), then order, then id."""
+        return sorted((pk for pk in self.leaves() if self.statuses[pk] == S.READY), key=self.ranks.__getitem__)
 
     def interrupted(self):
         """Leaves a pause or a lost worker interrupted (as task_interrupted_for_session, unordered)."""
@@ -511,7 +514,7 @@ def _pk_of(session):
 
 # The plan's two queries as SQL written once: a worker reads a session's plan four times per task
 # (start, completion, and the plan loop's refreshes), and Django compiled them every time.
-_PLAN_TASKS = f"SELECT id, parent_id, status FROM {Task._meta.db_table} WHERE session_id = %s"
+_PLAN_TASKS = f'SELECT id, parent_id, status, priority, "order" FROM {Task._meta.db_table} WHERE session_id = %s'
 _PLAN_LINKS = (
     f"SELECT link.prerequisite_id, link.dependent_id, link.dependency_type, link.is_required "
     f"FROM {TaskDependency._meta.db_table} link JOIN {Task._meta.db_table} dependent "
@@ -521,17 +524,18 @@ _PLAN_LINKS = (
 
 def _load_plan(session_id):
     """Two queries. Read outside any lock: every write that follows is a compare-and-set."""
-    statuses, parents = {}, {}
+    statuses, parents, ranks = {}, {}, {}
     with connection.cursor() as cursor:
         cursor.execute(_PLAN_TASKS, [session_id])
-        for pk, parent_id, status in cursor.fetchall():
+        for pk, parent_id, status, priority, order in cursor.fetchall():
             statuses[pk] = status
             parents[pk] = parent_id
+            ranks[pk] = (PRIORITY_RANK.get(priority, len(PRIORITY_RANK)), order, pk)
         cursor.execute(_PLAN_LINKS, [session_id])
         # SQLite answers booleans as 0/1
         links = [readiness.Link(prerequisite, dependent, kind, bool(required))
                  for prerequisite, dependent, kind, required in cursor.fetchall()]
-    return _Plan(statuses, parents, links)
+    return _Plan(statuses, parents, links, ranks)
 
 
 def _refresh(plan):
@@ -617,21 +621,12 @@ def _leaves(queryset):
     )
 
 
-def task_ready_for_session(*, session):
-    """Ready leaves of the session, most urgent first: priority (blocker first), then order, then id."""
-    return (
-        _leaves(Task.objects.filter(session=session, status=S.READY))
-        .select_related("assigned_agent")
-        .order_by(priority_rank_expression(), "order", "id")
-    )
-
-
 def task_plan_finished(*, session) -> dict:
     """Counts of the session's leaves by outcome, and whether the plan has finished
     (tasks.readiness.plan_summary: total, completed, failed, skipped, cancelled, other,
     finished, outcome)."""
     plan = _load_plan(_pk_of(session))
-    return PlanState(statuses=plan.statuses, parents=plan.parents).summary()
+    return PlanState(statuses=plan.statuses, parents=plan.parents, ranks=plan.ranks).summary()
 
 
 # --- transitions ------------------------------------------------------------------

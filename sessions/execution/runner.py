@@ -246,19 +246,17 @@ class SessionRun:
                         # stopped (their order needs the rows; the statuses say whether there are any).
                         interrupted = list(task_services.task_interrupted_for_session(
                             session=self.session).values_list("pk", flat=True)) if plan.interrupted() else []
-                    # The Task rows only when some leaf is ready (the statuses say so).
-                    ready_now = list(task_services.task_ready_for_session(session=self.session)) if plan.ready() else []
+                    # Ready leaves, most urgent first, from the statuses the refresh just read (a
+                    # task thread loads its own row).
+                    ready_now = plan.ready()
                     # A deferred task that is no longer ready (skipped, cancelled) stops waiting.
-                    deferred = {pk: until for pk, until in deferred.items() if pk in {t.pk for t in ready_now}}
-                    ready = [
-                        task for task in ready_now
-                        if task.pk not in running.values() and deferred.get(task.pk, 0) <= now
-                    ]
+                    deferred = {pk: until for pk, until in deferred.items() if pk in ready_now}
+                    ready = [pk for pk in ready_now if pk not in running.values() and deferred.get(pk, 0) <= now]
                     while interrupted and len(running) < limit:
                         task_id = interrupted.pop(0)
                         running[pool.submit(self._run_task_in_thread, task_id, True)] = task_id
-                    for task in ready[: max(0, limit - len(running))]:
-                        running[pool.submit(self._run_task_in_thread, task.pk)] = task.pk
+                    for task_id in ready[: max(0, limit - len(running))]:
+                        running[pool.submit(self._run_task_in_thread, task_id)] = task_id
                     if not running:
                         if not deferred:
                             return

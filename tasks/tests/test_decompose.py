@@ -86,5 +86,5 @@ def test_invalid_depth_writes_nothing(make_task):
 def test_the_engine_runs_the_decomposed_root(session):
     root = services.task_root_for_session(session=session)
     services.task_decompose(task=root, template="bugfix")
-    ready = list(services.task_ready_for_session(session=session))
-    assert [t.title.split(" ")[0] for t in ready] == ["Reproduce"]
+    ready = services.task_refresh_plan(session=session).ready()
+    assert [Task.objects.get(pk=pk).title.split(" ")[0] for pk in ready] == ["Reproduce"]

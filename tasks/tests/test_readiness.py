@@ -168,9 +168,12 @@ def test_ready_tasks_come_most_urgent_first_and_exclude_containers(session, make
     blocker = make_task("Blocker", priority="blocker")
     normal_1 = make_task("Normal 1")
     normal_2 = make_task("Normal 2")
-    services.task_refresh_readiness(session=session)
-    ready = list(services.task_ready_for_session(session=session))
-    assert ready == [blocker, normal_1, normal_2, low]
+    assert services.task_refresh_plan(session=session).ready() == [blocker.pk, normal_1.pk, normal_2.pk, low.pk]
+    normal_2.order = 0
+    normal_2.save(update_fields=["order"])
+    normal_1.order = 5
+    normal_1.save(update_fields=["order"])
+    assert services.task_refresh_plan(session=session).ready() == [blocker.pk, normal_2.pk, normal_1.pk, low.pk]
 
 
 @pytest.mark.django_db
