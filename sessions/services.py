@@ -767,21 +767,28 @@ def session_set_runtime(*, session_id, **values):
     CodingSession.objects.filter(pk=session_id).update(**values, updated_at=timezone.now())
 
 
+# A step's usage, added in one UPDATE written once: the worker records one per assistant step, and
+# building the ORM's seven F() + value expressions cost ~2 ms of its Python each time.
+_USAGE_UPDATE = (
+    "UPDATE {sessions} SET tokens_input = tokens_input + %s, tokens_output = tokens_output + %s, "
+    "tokens_reasoning = tokens_reasoning + %s, tokens_cache_read = tokens_cache_read + %s, "
+    "tokens_cache_write = tokens_cache_write + %s, cost = cost + %s, api_calls = api_calls + %s, "
+    "updated_at = %s WHERE id = %s"
+).format(sessions=CodingSession._meta.db_table)
+
+
 def session_record_usage(
     *, session_id, tokens_input=0, tokens_output=0, tokens_reasoning=0,
     tokens_cache_read=0, tokens_cache_write=0, cost=0, api_calls=0,
 ):
     """Add usage to the session's counters in one atomic UPDATE (no read-modify-write)."""
-    CodingSession.objects.filter(pk=session_id).update(
-        tokens_input=F("tokens_input") + tokens_input,
-        tokens_output=F("tokens_output") + tokens_output,
-        tokens_reasoning=F("tokens_reasoning") + tokens_reasoning,
-        tokens_cache_read=F("tokens_cache_read") + tokens_cache_read,
-        tokens_cache_write=F("tokens_cache_write") + tokens_cache_write,
-        cost=F("cost") + Decimal(str(cost)),
-        api_calls=F("api_calls") + api_calls,
-        updated_at=timezone.now(),
-    )
+    ops = connection.ops
+    with connection.cursor() as cursor:
+        cursor.execute(_USAGE_UPDATE, [
+            tokens_input, tokens_output, tokens_reasoning, tokens_cache_read, tokens_cache_write,
+            ops.adapt_decimalfield_value(Decimal(str(cost))), api_calls,
+            ops.adapt_datetimefield_value(timezone.now()), session_id,
+        ])
 
 
 def session_budget_soft_pause(*, session, actor=None, tokens, cost):

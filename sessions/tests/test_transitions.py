@@ -1,6 +1,7 @@
 """The 12 x 12 transition matrix, driven through the services, plus retry and claim rules."""
 
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 from django.db import connection
@@ -313,3 +314,20 @@ def test_event_and_checkpoint_writers_lock_the_row_without_loading_it_whole():
         assert all("FOR UPDATE" in sql for sql in selects)
     for sql in selects:
         assert '"initial_prompt"' not in sql and '"metadata"' not in sql and '"result"' not in sql
+
+
+@pytest.mark.django_db
+def test_usage_adds_up_on_the_session_alone():
+    session, other = CodingSessionFactory(status="running"), CodingSessionFactory(status="running")
+    before = session.updated_at
+    services.session_record_usage(session_id=session.pk, tokens_input=100, tokens_output=20, tokens_reasoning=3,
+                                  tokens_cache_read=40, tokens_cache_write=5, cost=0.000123, api_calls=1)
+    services.session_record_usage(session_id=session.pk, tokens_input=1, tokens_output=2, cost=Decimal("0.5"),
+                                  api_calls=1)
+    session.refresh_from_db()
+    assert (session.tokens_input, session.tokens_output, session.tokens_reasoning, session.tokens_cache_read,
+            session.tokens_cache_write, session.api_calls) == (101, 22, 3, 40, 5, 2)
+    assert session.cost == Decimal("0.500123")
+    assert session.updated_at > before
+    other.refresh_from_db()
+    assert (other.tokens_input, other.cost, other.api_calls) == (0, Decimal("0"), 0)
