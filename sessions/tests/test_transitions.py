@@ -331,3 +331,12 @@ def test_usage_adds_up_on_the_session_alone():
     assert session.updated_at > before
     other.refresh_from_db()
     assert (other.tokens_input, other.cost, other.api_calls) == (0, Decimal("0"), 0)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_session_pages_keep_room_for_updated_rows():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reloptions FROM pg_class WHERE relname = %s", [CodingSession._meta.db_table])
+        (options,) = cursor.fetchone()
+    assert "fillfactor=70" in options
