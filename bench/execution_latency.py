@@ -7,7 +7,9 @@ Options: --rounds 3 (single-job rounds per side), --batches 5 (concurrent rounds
 --concurrency 20, --dispatch 30 (sequential sessions for dispatch and event latency, on one repository),
 --gap 6 (seconds between their starts), --keep,
 --py-spy PATH (sample the worker and daphne during the concurrent batches and print where the
-time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`).
+time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`),
+--perf PATH (trace the scheduler during every concurrent batch, `perf sched record -a`, and print
+what the CPUs ran while OpenCode's main thread waited for one; needs root or perf_event_paranoid <= 0).
 
 Everything runs as real processes started here and stopped by PID at the end (bench.execution_stack):
 a throwaway PostgreSQL database, the scripted LLM (in a process of its own, used by both sides: in
@@ -75,7 +77,8 @@ from pathlib import Path
 from bench.common import percentile
 from bench.execution_stack import (
     TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
-    process_size, service_cpu_seconds, thread_schedule, tree_cpu_seconds, wait_for_quiet,
+    process_size, scheduler_traced, scheduler_waits, service_cpu_seconds, thread_schedule, tree_cpu_seconds,
+    wait_for_quiet,
 )
 from bench.opencode_direct import make_repository, make_worktrees
 
@@ -607,6 +610,8 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep workspaces, repositories and OpenCode state")
     parser.add_argument("--py-spy", default=None, metavar="PATH",
                         help="py-spy binary: sample the worker and daphne during the orchestrator's concurrent batches")
+    parser.add_argument("--perf", default=None, metavar="PATH",
+                        help="perf binary: trace the scheduler during the concurrent batches (what delays OpenCode)")
     options = parser.parse_args(argv)
     began = time.perf_counter()
     with running_stack(worker_concurrency=max(24, options.concurrency + 4), agent_capacity=options.concurrency,
@@ -663,6 +668,8 @@ def measure(options, stack, orchestrator, direct):
     quiet_waits = []  # seconds each batch waited for the machine to be quiet (wait_for_quiet)
     cpu = {"direct": Counter(), "orchestrator": Counter()}
     profiles = []
+    # per side: [(seconds OpenCode's main thread waited for a CPU, {label: CPU seconds meanwhile})] per batch
+    scheduler = {"direct": [], "orchestrator": []}
     worker_children = "its child processes (OpenCode servers, retired ones included; git)"
     opencode_part = []  # per orchestrator batch, CPU seconds of the worker's OpenCode server (tool commands included)
 
@@ -695,6 +702,18 @@ def measure(options, stack, orchestrator, direct):
                 continue
             cpu[side][name] += seconds - before[name]
 
+    logs = stack.var_dir / "bench-logs"
+
+    def read_trace(side, trace, opencode_pid):
+        """What ran while OpenCode's main thread waited for a CPU in this batch (after it, not timed)."""
+        if trace is None or not opencode_pid:
+            return
+        names = {stack.worker.pid: "Celery worker", stack.web.pid: "daphne", os.getpid(): "bench process (client)",
+                 llm.pid: "scripted LLM"}
+        scheduler[side].append(scheduler_waits(options.perf, trace, opencode_pid, names))
+        if not options.keep:
+            Path(trace).unlink(missing_ok=True)
+
     def direct_batch(index):
         # The direct server lives as long as the worker's does (a server's age changes its cost: some
         # batches on the worker's long-lived server had OpenCode's main thread work 3-5 s more), unless
@@ -713,7 +732,9 @@ def measure(options, stack, orchestrator, direct):
         quiet_waits.append(wait_for_quiet())
         before = readings("direct")
         schedule = thread_schedule(direct.server.pid)
-        wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
+        with scheduler_traced(options.perf, logs / f"sched-direct-{index}.data") as trace:
+            wall, jobs = direct.batch(worktrees, 20_000 + 100 * index)
+        read_trace("direct", trace, direct.server.pid)
         main_thread["direct"].append((wall, *map(sub, thread_schedule(direct.server.pid), schedule),
                                       *process_size(direct.server.pid)))
         if maps is not None and main_thread["direct"][-1][3] is not None:
@@ -726,7 +747,6 @@ def measure(options, stack, orchestrator, direct):
         return wall
 
     def orchestrator_batch(index):
-        logs = stack.var_dir / "bench-logs"
         opencode = stack.worker_opencode_pid()
         start = {}
 
@@ -739,12 +759,14 @@ def measure(options, stack, orchestrator, direct):
 
         with profiled(options.py_spy, stack.worker.pid, logs / f"worker-profile-{index}.txt") as worker_profile, \
                 profiled(options.py_spy, stack.web.pid, logs / f"web-profile-{index}.txt") as web_profile, \
-                profiled(options.py_spy, os.getpid(), logs / f"bench-profile-{index}.txt") as bench_profile:
+                profiled(options.py_spy, os.getpid(), logs / f"bench-profile-{index}.txt") as bench_profile, \
+                scheduler_traced(options.perf, logs / f"sched-orchestrator-{index}.data") as trace:
             orch_wall, runs = orchestrator.batch(options.concurrency, ready=ready)
             if opencode == stack.worker_opencode_pid():  # not retired meanwhile
                 main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), start["schedule"]),
                                                     *process_size(opencode)))
         profiles.append((worker_profile, web_profile, bench_profile))
+        read_trace("orchestrator", trace, opencode)
         account("orchestrator", start["cpu"])
         orch_walls.append(orch_wall)
         orch_jobs.extend(item.seconds for item in runs)
@@ -855,6 +877,20 @@ def measure(options, stack, orchestrator, direct):
     print(f"  WebSocket drops (reconnected with ?after=<last id>): {sum(drops.values())} {dict(drops)} in "
           f"{sum(1 for item in sequential + concurrent_runs if item.drops)} of "
           f"{len(sequential + concurrent_runs)} sessions; {replayed} replayed events left out of the latencies")
+    if options.perf:
+        print()
+        print("=== Diagnostics: what the CPUs ran while OpenCode's main thread waited for one (perf sched, "
+              "every concurrent batch; CPU seconds per batch, both CPUs; git is OpenCode's and, on the "
+              "orchestrator side, the worker's too) ===")
+        for side, batches in scheduler.items():
+            if not batches:
+                continue
+            waited = sum(seconds for seconds, _ in batches) / len(batches)
+            meanwhile = Counter()
+            for _, occupancy in batches:
+                meanwhile.update(occupancy)
+            parts = ", ".join(f"{label} {seconds / len(batches):.2f}" for label, seconds in meanwhile.most_common(8))
+            print(f"  {side}: waited {waited:.2f} s per batch; meanwhile: {parts}")
     if options.py_spy:
         print()
         print("=== Diagnostics: py-spy samples (50 Hz, threads holding the GIL) during the orchestrator's concurrent batches ===")

@@ -18,6 +18,7 @@ state are cleared at the start (session references restart at IND-000001 in a fr
 a leftover worktree of that name would be reopened) and at the end unless `keep` is set.
 """
 
+import bisect
 import json
 import os
 import re
@@ -462,3 +463,70 @@ def folded_summary(paths, *, top=20, own=("sessions/", "orchestrator/", "agents/
     def ranked(table):
         return [(count / total, frame) for frame, count in sorted(table.items(), key=lambda item: -item[1])[:top]]
     return total, (ranked(inclusive) if total else []), (ranked(leaves) if total else [])
+
+
+@contextmanager
+def scheduler_traced(perf, output):
+    """Record the kernel's scheduler events on every CPU (`perf sched record -a`) while the block runs;
+    no-op without perf. Read with scheduler_waits."""
+    if not perf:
+        yield None
+        return
+    process = subprocess.Popen([perf, "sched", "record", "-a", "-o", str(output)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.3)  # perf opens its buffers before the batch starts
+    try:
+        yield output
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # perf writes its file when interrupted
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+_TIMEHIST = re.compile(r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.+?)\[(\d+)(?:/(\d+))?\]\s+[\d.]+\s+([\d.]+)\s+([\d.]+)\s+(\S+)")
+
+
+def scheduler_waits(perf, data, main_pid, names):
+    """(seconds OpenCode's main thread was runnable but waiting for a CPU, {label: CPU seconds the
+    CPUs spent on it meanwhile}) from a scheduler trace; `names` labels process ids (pid -> label),
+    other processes go by command name. The main thread waits after a wakeup (perf's "sch delay")
+    and after being preempted (switched out runnable, state R: all the time until it runs again);
+    what ran on each CPU is read from the switches' run times."""
+    output = subprocess.run([perf, "sched", "timehist", "--state", "-i", str(data)],
+                            capture_output=True, text=True, timeout=600).stdout
+    spans, waits, previous = {}, [], None
+    for raw in output.splitlines():
+        match = _TIMEHIST.match(raw)
+        if not match:
+            continue
+        end, cpu, comm, tid, pid, delay_ms, run_ms, state = match.groups()
+        end, tid, pid = float(end), int(tid), int(pid or tid)
+        start = end - float(run_ms) / 1000
+        if pid == main_pid:
+            label = "OpenCode main thread" if tid == pid else "OpenCode's other threads"
+        else:
+            label = names.get(pid) or comm.split("-")[0].split(":")[0].split("/")[0]
+        spans.setdefault(int(cpu), []).append((start, end, label))
+        if tid == main_pid:
+            if previous is not None and previous[1] == "R":
+                waits.append((previous[0], start))
+            elif float(delay_ms) > 0:
+                waits.append((start - float(delay_ms) / 1000, start))
+            previous = (end, state)
+    occupancy = {}
+    for cpu_spans in spans.values():
+        cpu_spans.sort()
+        starts = [span[0] for span in cpu_spans]
+        for begin, finish in waits:
+            index = max(0, bisect.bisect_left(starts, begin) - 64)  # spans are short; look back a little
+            for start, end, label in cpu_spans[index:]:
+                if start >= finish:
+                    break
+                overlap = min(end, finish) - max(start, begin)
+                if overlap > 0:
+                    occupancy[label] = occupancy.get(label, 0.0) + overlap
+    return sum(finish - begin for begin, finish in waits), occupancy
