@@ -192,13 +192,21 @@ def snapshot_tree(path):
 
     The private index lives in the worktree's own git folder and is kept between snapshots, so git
     only re-reads files whose size or time changed (a fresh index would hash every file each time).
-    It never touches the worktree's real index.
+    The first one starts as a copy of the worktree's real index, written by the checkout with every
+    file's size and time: `git add` then hashes only what changed since (from `read-tree HEAD`, which
+    has no such data, it hashed every file of the worktree, and took a git process more). Snapshots
+    never touch the real index.
     """
-    index = _git_dir(path) / "ind-index"
+    git_dir = _git_dir(path)
+    index = git_dir / "ind-index"
     env = {"GIT_INDEX_FILE": str(index)}
     with _snapshot_lock(path):
         if not index.exists():
-            git("read-tree", "HEAD", cwd=path, env=env)
+            try:
+                # git replaces an index by renaming a complete new file over it: a copy is never half-written.
+                shutil.copyfile(git_dir / "index", index)
+            except OSError:  # no checkout index (a worktree made without one)
+                git("read-tree", "HEAD", cwd=path, env=env)
         git("add", "-A", ".", cwd=path, env=env)
         return git("write-tree", cwd=path, env=env).strip()
 

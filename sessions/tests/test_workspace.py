@@ -185,3 +185,23 @@ def test_the_git_folder_is_read_from_the_worktree_as_git_would_answer(repo, tmp_
     relative = Path(os.path.relpath(workspace._git_dir(ws.path), ws.path))
     (ws.path / ".git").write_text(f"gitdir: {relative}\n")
     assert workspace._git_dir(ws.path) == Path(workspace.git("rev-parse", "--absolute-git-dir", cwd=ws.path).strip())
+
+
+def test_the_first_snapshot_starts_from_the_checkout_index(repo, tmp_path, monkeypatch):
+    # The checkout's index has every file's size and time, so git hashes only what changed; the
+    # snapshot neither rebuilds an index from HEAD nor touches the real one.
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000011")
+    (ws.path / "new.txt").write_text("new\n")
+    commands = []
+    original = workspace.git
+
+    def recorded(*args, **kwargs):
+        commands.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(workspace, "git", recorded)
+    tree = workspace.snapshot_tree(ws.path)
+    assert commands == ["add", "write-tree"]
+    listed = original("ls-tree", "--name-only", tree, cwd=ws.path).split()
+    assert listed == ["README.md", "new.txt"]
+    assert original("status", "--porcelain", cwd=ws.path).strip() == "?? new.txt"
