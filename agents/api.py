@@ -5,7 +5,6 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
-from rest_framework.routers import SimpleRouter
 
 from agents import routing, selectors, services
 from agents.models import (
@@ -19,6 +18,7 @@ from agents.models import (
     AgentType,
     Tier,
 )
+from orchestrator.api import api_router
 from orchestrator.errors import ValidationFailed
 
 ROUTABLE_TIERS = [tier for tier in routing.TIERS if tier != routing.DEGRADED]
@@ -206,9 +206,7 @@ class AgentViewSet(viewsets.ViewSet):
         return Response(selectors.agent_performance(selectors.agent_get(pk)))
 
 
-router = SimpleRouter()
-# DRF's constructor turns any truthy trailing_slash into "/"; the optional slash is set afterwards.
-router.trailing_slash = "/?"
+router = api_router()
 router.register("agents", AgentViewSet, basename="agent")
 
 urlpatterns = router.urls

@@ -5,10 +5,10 @@ from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
-from rest_framework.routers import SimpleRouter
 
 from contexts import documents, selectors, services
 from contexts.models import ChangeAction, Scope
+from orchestrator.api import api_router
 from orchestrator.errors import NotFound, ValidationFailed
 
 
@@ -297,7 +297,7 @@ class ContextViewSet(viewsets.ViewSet):
         return Response(_merge_body(outcome, {}))
 
 
-router = SimpleRouter(trailing_slash="/?")
+router = api_router()
 router.register("contexts", ContextViewSet, basename="context")
 
 urlpatterns = router.urls

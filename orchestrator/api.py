@@ -6,6 +6,7 @@ from rest_framework import exceptions, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
 from rest_framework.reverse import reverse
+from rest_framework.routers import SimpleRouter
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from orchestrator import errors
@@ -85,3 +86,12 @@ def api_root(request, format=None):
 @api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
 def api_not_found(request, *args, **kwargs):
     raise exceptions.NotFound(f"No API endpoint at {request.path}")
+
+
+def api_router():
+    """The router every app's api.py registers its viewsets on: paths answer with and without a
+    trailing slash. DRF's constructor turns any truthy trailing_slash into "/" (so `/api/v1/tasks`
+    was a 404 while `/api/v1/sessions` answered); the optional slash is set afterwards."""
+    router = SimpleRouter()
+    router.trailing_slash = "/?"
+    return router

@@ -17,9 +17,9 @@ from drf_spectacular.utils import (
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
-from rest_framework.routers import SimpleRouter
 
 from agents.models import Agent
+from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
 from sessions import approvals, rules, selectors, services
@@ -165,14 +165,15 @@ class PriorityField(serializers.Field):
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    """Types only; the rules (lengths, ranges, formats) are checked by session_create."""
+    """Types only; the rules (lengths, ranges, formats) are checked by session_create. The required
+    fields default to None so that a missing one reaches those rules (400 naming it) and not the call."""
 
-    title = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
+    title = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default=None)
     description = serializers.CharField(required=False, allow_blank=True, default="")
     session_type = serializers.CharField(required=False, default="execution")
     priority = PriorityField(required=False, default=rules.PRIORITY_DEFAULT)
-    initial_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
-    repository = serializers.CharField(required=False, allow_blank=True)
+    initial_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default=None)
+    repository = serializers.CharField(required=False, allow_blank=True, default=None)
     model_identifier = serializers.CharField(required=False, allow_blank=True, default="")
     max_duration_seconds = serializers.IntegerField(required=False, default=rules.DURATION_DEFAULT)
     max_retries = serializers.IntegerField(required=False, default=rules.RETRIES_DEFAULT)
@@ -506,9 +507,7 @@ class SessionViewSet(viewsets.ViewSet):
         return Response(selectors.session_stats())
 
 
-router = SimpleRouter()
-# DRF's constructor turns any truthy trailing_slash into "/"; the optional slash is set afterwards.
-router.trailing_slash = "/?"
+router = api_router()
 router.register("sessions", SessionViewSet, basename="session")
 
 urlpatterns = router.urls

@@ -4,8 +4,8 @@ from django.apps import apps
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
-from rest_framework.routers import SimpleRouter
 
+from orchestrator.api import api_router
 from orchestrator.errors import NotFound
 from tasks import selectors, services
 from tasks.decomposition import CAPABILITIES, DEFAULT_DEPTH, MAX_DEPTH, MIN_DEPTH, TEMPLATE_NAMES
@@ -265,7 +265,7 @@ class TaskViewSet(viewsets.GenericViewSet):
         return self._answer(services.task_skip(task=self._task(), reason=data["reason"]))
 
 
-router = SimpleRouter(trailing_slash="/?")
+router = api_router()
 router.register("tasks", TaskViewSet, basename="task")
 
 urlpatterns = router.urls

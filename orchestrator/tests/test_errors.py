@@ -80,3 +80,13 @@ def test_unknown_api_path_is_a_json_404(db, api_client):
     response = api_client.get("/api/v1/no-such-thing")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("collection", ["sessions", "agents", "tasks", "contexts"])
+def test_every_collection_answers_with_and_without_a_trailing_slash(db, api_client, collection):
+    assert api_client.get(f"/api/v1/{collection}").status_code == 200
+    assert api_client.get(f"/api/v1/{collection}/").status_code == 200
+    # A create with nothing in it is refused naming the fields, on either path.
+    for path in (f"/api/v1/{collection}", f"/api/v1/{collection}/"):
+        response = api_client.post(path, {}, format="json")
+        assert response.status_code == 400 and response.json()["error"]["details"], path

@@ -284,3 +284,13 @@ def test_search_finds_rare_matches_beyond_the_newest_window_and_pages_them(api_c
     assert [s["id"] for s in first["results"]] == [made[10], made[5], made[4]]
     second = api_client.get(url("list"), {"search": "quasar", "page_size": 3, "cursor": first["next_cursor"]}).json()
     assert [s["id"] for s in second["results"]] == [made[1]] and second["next_cursor"] is None
+
+
+def test_missing_required_fields_are_400_naming_each(api_client):
+    response = api_client.post("/api/v1/sessions", {}, format="json")
+    assert response.status_code == 400
+    assert set(response.json()["error"]["details"]) == {"title", "initial_prompt", "repository"}
+    response = api_client.post("/api/v1/sessions", {"title": "Add a health probe", "repository": "/etc"}, format="json")
+    assert response.status_code == 400
+    assert "initial_prompt" in response.json()["error"]["details"]
+    assert not CodingSession.objects.exists()
