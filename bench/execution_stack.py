@@ -472,10 +472,17 @@ def scheduler_traced(perf, output):
     if not perf:
         yield None
         return
+    from orchestrator.testing import wait_until
+
+    Path(output).unlink(missing_ok=True)
     process = subprocess.Popen([perf, "sched", "record", "-a", "-o", str(output)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    time.sleep(0.3)  # perf opens its buffers before the batch starts
     try:
+        # perf writes its file's header once its buffers are open: the batch starts after that.
+        wait_until(lambda: process.poll() is not None or (Path(output).exists() and Path(output).stat().st_size > 0),
+                   timeout=10, interval=0.02, message="perf sched record to start")
+        if process.poll() is not None:
+            raise RuntimeError(f"perf sched record exited with {process.returncode} (needs root or perf_event_paranoid <= 0)")
         yield output
     finally:
         if process.poll() is None:
