@@ -144,3 +144,33 @@ def test_dispatch_without_limits_enqueues_only_sessions_queued_suspiciously_long
 
     assert session_dispatch() == 1
     assert [message["kwargs"] for message in broker_queues.drain()] == [{"session_id": lost.pk}]
+
+
+@pytest.mark.parametrize("limit", [0, 5])
+def test_a_run_end_dispatches_only_under_limits(broker_queues, settings, limit):
+    # Under a limit a run's end lets the next queued session in; without one every queued session
+    # already has its job and the periodic dispatch re-enqueues a lost one, so the end does nothing.
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from sessions.dispatch import STALE_QUEUED_SECONDS
+    from sessions.jobs import execute_session
+
+    settings.SESSION_LIMIT_GLOBAL = limit
+    lost, ending = new_session(), new_session()
+    services.session_start(session=lost)
+    services.session_start(session=ending)
+    broker_queues.drain()
+    now = timezone.now()
+    # The ending session is first in queue order (a limit lets no claim pass one ahead of it).
+    CodingSession.objects.filter(pk=ending.pk).update(queued_at=now - timedelta(seconds=STALE_QUEUED_SECONDS + 10))
+    CodingSession.objects.filter(pk=lost.pk).update(queued_at=now - timedelta(seconds=STALE_QUEUED_SECONDS + 5))
+    # Its repository is outside the allowed roots: the run fails at once, and its job ends.
+    execute_session(session_id=ending.pk)
+    assert CodingSession.objects.get(pk=ending.pk).status == "failed"
+    enqueued = [message["kwargs"] for message in broker_queues.drain()]
+    if limit:
+        assert {"session_id": lost.pk} in enqueued
+    else:
+        assert enqueued == []
