@@ -574,10 +574,12 @@ class SessionRun:
 
     # --- checkpoints and health -----------------------------------------------------------
 
-    def checkpoint_soon(self, *, task, message_id, task_step):
-        """Queue a step checkpoint on the run's checkpoint thread and return at once."""
+    def checkpoint_soon(self, *, task, message_id, task_step, unchanged=False):
+        """Queue a step checkpoint on the run's checkpoint thread and return at once. `unchanged`: the
+        step ran no tool, so (with no other task in the worktree) the worktree is as the previous
+        checkpoint recorded it, which this one reuses without running git (see _checkpoint_now)."""
         future = self._checkpointer.submit(self._checkpoint_now, task=task, message_id=message_id,
-                                           task_step=task_step, reason="step")
+                                           task_step=task_step, reason="step", unchanged=unchanged)
         with self._checkpoint_lock:
             self._pending_checkpoints.append(future)
 
@@ -593,12 +595,20 @@ class SessionRun:
         self.wait_for_checkpoints()
         self._checkpoint_now(task=task, message_id=message_id, task_step=task_step, reason=reason)
 
-    def _checkpoint_now(self, *, task, message_id, task_step, reason):
-        """Commit the worktree on a hidden ref and record it with the OpenCode message id."""
-        made = self._last_checkpoint = workspace.create_checkpoint(
-            path=self.ws.path, reference=self.session.reference, name=f"{message_id or reason}-{time.time_ns()}",
-            parent=self.ws.head, previous=self._last_checkpoint,
-        )
+    def _checkpoint_now(self, *, task, message_id, task_step, reason, unchanged=False):
+        """Commit the worktree on a hidden ref and record it with the OpenCode message id.
+
+        A step that ran no tool while no other task shares the worktree changed nothing: its
+        checkpoint is the previous one's commit, as create_checkpoint would find after two git
+        processes (every turn ends with such a step, its answer). Edits made to the worktree by hand
+        meanwhile show in the next snapshot; the session's commit (`git add -A`) takes them anyway."""
+        if unchanged and self._last_checkpoint is not None and self.task_limit == 1:
+            made = self._last_checkpoint
+        else:
+            made = self._last_checkpoint = workspace.create_checkpoint(
+                path=self.ws.path, reference=self.session.reference, name=f"{message_id or reason}-{time.time_ns()}",
+                parent=self.ws.head, previous=self._last_checkpoint,
+            )
         try:
             session_services.session_add_checkpoint(
                 session=self.session_id, opencode_message_id=message_id or "", git_ref=made.commit,
@@ -820,6 +830,9 @@ class TaskTurn:
                 last_snapshot = now
                 self._rebuild_after_reconnect()
                 if translator.finished:
+                    logger.warning("%s: OpenCode session %s ended without its events reaching the worker "
+                                   "(%.0f s silent); finished from its messages", run_.session.reference,
+                                   self.opencode_id, now - last_progress)
                     run_.record([("opencode.turn_recovered", {"task_id": self.task.pk, "opencode_session_id": self.opencode_id})])
                     for step in translator.completed_steps[steps_seen:]:
                         steps_seen += 1
@@ -864,11 +877,13 @@ class TaskTurn:
         translator, records = self.translator, []
         for message in snapshot["messages"]:
             info = message.get("info") or {}
-            records += translator.feed({"type": "message.updated", "properties": {"sessionID": self.opencode_id, "info": info}})
-            for part in message.get("parts") or []:
-                records += translator.feed(
-                    {"type": "message.part.updated", "properties": {"sessionID": self.opencode_id, "part": part}}
-                )
+            update = {"type": "message.updated", "properties": {"sessionID": self.opencode_id, "info": info}}
+            parts = [{"type": "message.part.updated", "properties": {"sessionID": self.opencode_id, "part": part}}
+                     for part in message.get("parts") or []]
+            # In the stream's order: a user message is known before its parts (its text is not the
+            # assistant's); an assistant step's tools end before the step does (StepUsage.ran_tools).
+            for event in [update, *parts] if info.get("role") == "user" else [*parts, update]:
+                records += translator.feed(event)
         if snapshot["error"] and translator.error is None:
             records += translator.feed(
                 {"type": "session.error", "properties": {"sessionID": self.opencode_id, "error": snapshot["error"]}}
@@ -887,7 +902,8 @@ class TaskTurn:
             tokens_reasoning=step.reasoning, tokens_cache_read=step.cache_read,
             tokens_cache_write=step.cache_write, cost=step.cost, api_calls=1,
         )
-        run_.checkpoint_soon(task=self.task, message_id=step.message_id, task_step=self.task_step)
+        run_.checkpoint_soon(task=self.task, message_id=step.message_id, task_step=self.task_step,
+                             unchanged=not step.ran_tools)
 
 
 class TurnEvents:

@@ -30,6 +30,9 @@ class StepUsage:
     cache_read: int = 0
     cache_write: int = 0
     cost: float = 0.0
+    # Whether the step called any tool. OpenCode changes files only through tools, so a step without
+    # one (a turn's closing answer, most often) left the worktree as the step before left it.
+    ran_tools: bool = True
 
     @classmethod
     def from_message(cls, info):
@@ -73,6 +76,7 @@ class TurnTranslator:
     _completed_messages: set = field(default_factory=set)
     _files: set = field(default_factory=set)
     _user_messages: set = field(default_factory=set)
+    _tool_messages: set = field(default_factory=set)  # assistant messages (steps) with a tool part
 
     @property
     def turn_started(self):
@@ -152,6 +156,7 @@ class TurnTranslator:
             return []
         self._completed_messages.add(info["id"])
         usage = StepUsage.from_message(info)
+        usage.ran_tools = info["id"] in self._tool_messages
         self.completed_steps.append(usage)
         payload = {
             "message_id": info["id"],
@@ -177,6 +182,7 @@ class TurnTranslator:
         return []
 
     def _tool(self, part):
+        self._tool_messages.add(part.get("messageID"))
         state = part.get("state") or {}
         status = state.get("status", "")
         if status == "pending" or self._tool_status.get(part["id"]) == status:

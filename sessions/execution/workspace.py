@@ -108,7 +108,7 @@ def prepare_workspace(*, repository, root, reference, path=None):
     # nothing, when the branch exists (the session ran before and its worktree was removed) or a stale
     # worktree is still registered at the path; then the full way below.
     if git("worktree", "add", "-b", branch, str(path), base_commit, cwd=repository, check=False, status=True):
-        _base_file(path).write_text(base_commit)
+        _write_base(path, base_commit)
         return Workspace(repository, path, branch, base_commit, base_commit)
     git("worktree", "prune", cwd=repository)
     branch_exists = git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repository, check=False)
@@ -119,7 +119,7 @@ def prepare_workspace(*, repository, root, reference, path=None):
     else:
         git("worktree", "add", "-b", branch, str(path), base_commit, cwd=repository)
         head = base_commit
-    _base_file(path).write_text(base_commit)
+    _write_base(path, base_commit)
     return Workspace(repository, path, branch, base_commit, head)
 
 
@@ -147,7 +147,7 @@ def adopt_spare(*, repository, path, reference, base_commit):
     GitError when the branch already exists (the session ran before): the caller takes the cold path."""
     branch = branch_name(reference)
     git("checkout", "-q", "-b", branch, cwd=path)
-    _base_file(path).write_text(base_commit)
+    _write_base(path, base_commit)
     return Workspace(Path(repository), Path(path), branch, base_commit, base_commit)
 
 
@@ -165,15 +165,42 @@ def repository_of(path):
     return Path(common).resolve().parent
 
 
-def _base_file(path):
-    # The worktree's private git folder (.git/worktrees/<name>): nothing in the
-    # repository's config or the work tree itself changes.
-    return _git_dir(path) / "ind-base"
+def _private_dir(path):
+    """The folder of the orchestrator's own files for the worktree at `path` (its base commit, its
+    snapshot index): <repository>/.git/ind/worktrees/<the worktree's git folder name>.
+
+    Not the worktree's own git folder (.git/worktrees/<name>), where they were first: OpenCode
+    watches that folder (for branch changes) and turned every file written there, each snapshot's
+    index and its lock, into a `file.watcher.updated` event handled on its one JavaScript thread
+    (the thread every session of the server waits for) and streamed to every subscriber.
+    Nothing in the repository's config or the work tree changes either way.
+    """
+    git_dir = _git_dir(path)
+    try:
+        common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+    except OSError:  # the main checkout: its git folder is the common one
+        return git_dir / "ind" / "main"
+    return common / "ind" / "worktrees" / git_dir.name
+
+
+def _new_private_dir(path):
+    """An empty private folder for a worktree just added: git reuses the folder names of removed
+    worktrees, and a snapshot index left by one must not stand for another's files."""
+    private = _private_dir(path)
+    shutil.rmtree(private, ignore_errors=True)
+    private.mkdir(parents=True)
+    return private
+
+
+def _write_base(path, base_commit):
+    (_new_private_dir(path) / "base").write_text(base_commit)
 
 
 def _read_base(path):
-    base_file = _base_file(path)
-    return base_file.read_text().strip() if base_file.exists() else ""
+    for base_file in (_private_dir(path) / "base", _git_dir(path) / "ind-base"):  # ind-base: before 2026-11
+        if base_file.exists():
+            return base_file.read_text().strip()
+    return ""
 
 
 _snapshot_locks = {}
@@ -190,21 +217,22 @@ def _snapshot_lock(path):
 def snapshot_tree(path):
     """A tree object of the worktree as it is now (tracked and untracked files, ignoring .gitignore'd).
 
-    The private index lives in the worktree's own git folder and is kept between snapshots, so git
+    The private index lives in the worktree's private folder (_private_dir) and is kept between snapshots, so git
     only re-reads files whose size or time changed (a fresh index would hash every file each time).
     The first one starts as a copy of the worktree's real index, written by the checkout with every
     file's size and time: `git add` then hashes only what changed since (from `read-tree HEAD`, which
     has no such data, it hashed every file of the worktree, and took a git process more). Snapshots
     never touch the real index.
     """
-    git_dir = _git_dir(path)
-    index = git_dir / "ind-index"
+    private = _private_dir(path)
+    index = private / "index"
     env = {"GIT_INDEX_FILE": str(index)}
     with _snapshot_lock(path):
         if not index.exists():
+            private.mkdir(parents=True, exist_ok=True)
             try:
                 # git replaces an index by renaming a complete new file over it: a copy is never half-written.
-                shutil.copyfile(git_dir / "index", index)
+                shutil.copyfile(_git_dir(path) / "index", index)
             except OSError:  # no checkout index (a worktree made without one)
                 git("read-tree", "HEAD", cwd=path, env=env)
         git("add", "-A", ".", cwd=path, env=env)
@@ -308,6 +336,8 @@ def commit_workspace(*, path, message):
 def remove_workspace(*, repository, path):
     """Remove the worktree folder; the branch and checkpoint refs stay in the repository."""
     path = Path(path)
+    if (path / ".git").exists():
+        shutil.rmtree(_private_dir(path), ignore_errors=True)
     if path.exists():
         git("worktree", "remove", "--force", str(path), cwd=repository, check=False)
     if path.exists():

@@ -14,6 +14,7 @@ socket down.
 """
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -23,6 +24,8 @@ import httpx
 
 from .client import OpenCodeClient, tls_context
 from .errors import OpenCodeError, Unreachable, error_for_status
+
+logger = logging.getLogger(__name__)
 
 RECONNECTED = "stream.reconnected"
 IDLE_TIMEOUT = 25.0
@@ -148,6 +151,7 @@ class EventStream:
     def __iter__(self):
         failures = 0
         first = True
+        last_error = None  # why the previous connection ended (None: the server closed it)
         delay = self.backoff_initial
         try:
             while not self._stopping.is_set():
@@ -161,6 +165,8 @@ class EventStream:
                             delay = self.backoff_initial
                             if not first:
                                 self.reconnects += 1
+                                logger.warning("OpenCode event stream %s reconnected (%d) after: %s",
+                                               self._path(), self.reconnects, last_error or "the server ended it")
                                 if self.on_reconnect is not None:
                                     self.on_reconnect(self)
                                 yield Event(id=None, type=RECONNECTED, properties={"reconnects": self.reconnects})

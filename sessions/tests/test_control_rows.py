@@ -83,3 +83,33 @@ def test_reading_no_sessions_asks_nothing():
     with CaptureQueriesContext(connection) as queries:
         assert control._read_rows([]) == {}
     assert len(queries) == 0
+
+
+def test_a_read_gives_the_fields_as_a_query_does_and_rebuilds_only_changed_rows():
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    session = CodingSessionFactory(
+        status="running", worker_id="w1", run_started_at=timezone.now(), attempt_seconds=12.5,
+        tokens_input=7, cost=Decimal("0.012345"), cost_budget_hard=Decimal("2.5"),
+        metadata={"soft_budget_passed": True, "nested": [1, "two"]},
+    )
+    other = CodingSessionFactory(status="running", worker_id="w1")
+    first = control._read_rows([session.pk, other.pk])
+    expected = CodingSession.objects.get(pk=session.pk)
+    for name in ("id", *control.FIELDS):
+        assert getattr(first[session.pk], name) == getattr(expected, name), name
+    assert isinstance(first[session.pk].cost, Decimal) and first[session.pk].run_started_at.tzinfo is not None
+    assert first[session.pk].elapsed_seconds() >= 12.5
+
+    CodingSession.objects.filter(pk=session.pk).update(tokens_input=9, status="paused")
+    second = control._read_rows([session.pk, other.pk])
+    assert second[other.pk] is first[other.pk]  # unchanged: the instance built before
+    assert second[session.pk] is not first[session.pk]
+    assert (second[session.pk].tokens_input, second[session.pk].status) == (9, "paused")
+    assert first[session.pk].status == "running"  # an earlier read's row is never changed under its reader
+
+    CodingSession.objects.filter(pk=other.pk).delete()
+    assert set(control._read_rows([session.pk, other.pk])) == {session.pk}
+    assert other.pk not in control._built

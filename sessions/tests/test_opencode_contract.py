@@ -4,6 +4,7 @@ One server and one scripted LLM serve the whole module; every process started he
 PID at the end. No database is used.
 """
 
+import logging
 import os
 import signal
 import subprocess
@@ -382,7 +383,8 @@ def test_event_stream_stops_from_another_thread_within_100_ms(server, repo):
     assert not collector._thread.is_alive() and collector.error is None
 
 
-def test_silent_stream_is_treated_as_dead_and_state_is_rebuilt_after_reconnect(server, repo, finished_turn):
+def test_silent_stream_is_treated_as_dead_and_state_is_rebuilt_after_reconnect(server, repo, finished_turn, caplog):
+    caplog.set_level(logging.WARNING, logger="sessions.opencode.events")
     rebuilt = []
     stream = server.events(repo, idle_timeout=1.0, backoff_initial=0.05,
                            on_reconnect=lambda s: rebuilt.append(session_snapshot(s.client, finished_turn)))
@@ -391,6 +393,9 @@ def test_silent_stream_is_treated_as_dead_and_state_is_rebuilt_after_reconnect(s
 
     assert reconnected is not None and stream.reconnects >= 1
     assert rebuilt and rebuilt[0]["finished"] is True and len(rebuilt[0]["messages"]) == 4
+    # Each reconnect is logged with what ended the previous connection (here: the idle timeout).
+    warnings = [record.getMessage() for record in caplog.records if "reconnected" in record.getMessage()]
+    assert warnings and "/event reconnected (1) after:" in warnings[0] and "timed out" in warnings[0].lower()
 
 
 def started_own_server(llm, tmp_path):

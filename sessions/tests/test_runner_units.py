@@ -1,12 +1,21 @@
-"""Parts of a session run without a worker: the plan loop's sleep, the diff at a turn's end."""
+"""Parts of a session run without a worker: the plan loop's sleep, the diff at a turn's end, a turn
+rebuilt from OpenCode's messages, a step checkpoint."""
 
+import json
 import threading
 from concurrent.futures import Future
+from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from orchestrator.testing import make_git_repository
-from sessions.execution import workspace
+from sessions.execution import runner, workspace
 from sessions.execution.runner import CONTROL_INTERVAL, PLAN_WAIT, SessionRun
+from sessions.execution.translate import TurnTranslator
+from sessions.models import Checkpoint
+from sessions.services import Actor
+from sessions.tests.factories import CodingSessionFactory
 
 
 def finishing_after(seconds):
@@ -52,3 +61,45 @@ def test_a_turn_that_ended_after_its_step_checkpoint_takes_its_diff_from_that_ch
     for run.task_limit, after in ((1, False), (2, True)):
         diff = SessionRun.turn_diff(run, after_step_checkpoint=after)
         assert [f["file"] for f in diff["files"]] == ["later.txt", "step.txt"]
+
+
+def test_a_turn_rebuilt_from_opencode_messages_knows_which_steps_ran_tools(monkeypatch):
+    # After a reconnect the turn is rebuilt from GET /session/{id}/message (a real recorded answer):
+    # each assistant step's tool parts are fed before the step's end, as the stream delivers them.
+    messages = json.loads((Path(__file__).parent / "data" / "recipe-messages.json").read_text())
+    opencode_id = messages[0]["info"]["sessionID"]
+    monkeypatch.setattr(runner, "session_snapshot", lambda *args, **kwargs: {
+        "finished": True, "messages": messages, "error": None})
+    recorded = []
+    turn = SimpleNamespace(client=None, opencode_id=opencode_id, translator=TurnTranslator(opencode_id), task=None,
+                           run_=SimpleNamespace(record=lambda records, task=None: recorded.extend(records)))
+    runner.TaskTurn._rebuild_after_reconnect(turn)
+    assert turn.translator.finished
+    assert [step.ran_tools for step in turn.translator.completed_steps] == [True, True, False]
+    kinds = [kind for kind, _ in recorded]
+    assert kinds.count("opencode.step") == 3 and kinds.count("assistant.text") == 1  # the prompt is not the answer
+
+
+@pytest.mark.django_db
+def test_a_step_that_ran_no_tool_reuses_the_previous_checkpoint_without_git(tmp_path, monkeypatch):
+    repository = make_git_repository(tmp_path / "repo")
+    ws = workspace.prepare_workspace(repository=repository, root=tmp_path / "ws", reference="IND-000043")
+    session = CodingSessionFactory(status="running", worker_id="w1")
+    (ws.path / "step.txt").write_text("written by a tool\n")
+    run = SimpleNamespace(ws=ws, session=session, session_id=session.pk, _last_checkpoint=None, task_limit=1,
+                          actor=Actor.worker("w1"))
+    task = SimpleNamespace(pk=7)
+    SessionRun._checkpoint_now(run, task=task, message_id="msg_1", task_step=1, reason="step")
+    first = run._last_checkpoint
+    commands = []
+    original = workspace.git
+    monkeypatch.setattr(workspace, "git", lambda *args, **kwargs: commands.append(args[0]) or original(*args, **kwargs))
+
+    SessionRun._checkpoint_now(run, task=task, message_id="msg_2", task_step=2, reason="step", unchanged=True)
+    assert commands == [] and run._last_checkpoint is first
+    refs = list(Checkpoint.objects.filter(session=session).order_by("sequence").values_list("git_ref", flat=True))
+    assert refs == [first.commit, first.commit]
+    # Tasks side by side in the worktree: another one may have changed it, so git looks.
+    run.task_limit = 2
+    SessionRun._checkpoint_now(run, task=task, message_id="msg_3", task_step=3, reason="step", unchanged=True)
+    assert commands == ["add", "write-tree"]

@@ -205,3 +205,51 @@ def test_the_first_snapshot_starts_from_the_checkout_index(repo, tmp_path, monke
     listed = original("ls-tree", "--name-only", tree, cwd=ws.path).split()
     assert listed == ["README.md", "new.txt"]
     assert original("status", "--porcelain", cwd=ws.path).strip() == "?? new.txt"
+
+
+def _files_under(folder):
+    return {(str(path.relative_to(folder)), path.stat().st_mtime_ns) for path in folder.rglob("*") if path.is_file()}
+
+
+def test_snapshots_and_checkpoints_write_nothing_in_the_worktrees_git_folder(repo, tmp_path):
+    # OpenCode watches a worktree's git folder (.git/worktrees/<name>) and reports every file written
+    # there as an event on its one JavaScript thread: the private index and base live elsewhere.
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000021")
+    git_folder = workspace._git_dir(ws.path)
+    before = _files_under(git_folder)
+    (ws.path / "new.txt").write_text("new\n")
+    first = workspace.create_checkpoint(path=ws.path, reference="IND-000021", name="msg_1", parent=ws.head)
+    (ws.path / "new.txt").write_text("changed\n")
+    workspace.create_checkpoint(path=ws.path, reference="IND-000021", name="msg_2", parent=ws.head, previous=first)
+    workspace.workspace_diff(path=ws.path, base_commit=ws.base_commit)
+    assert _files_under(git_folder) == before
+    private = workspace._private_dir(ws.path)
+    assert private.parent == repo / ".git" / "ind" / "worktrees"
+    assert sorted(path.name for path in private.iterdir()) == ["base", "index"]
+    # A reopened worktree (a retried session) still knows its base.
+    again = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000021", path=ws.path)
+    assert again.base_commit == ws.base_commit
+
+
+def test_a_removed_worktrees_private_files_go_with_it(repo, tmp_path):
+    # git reuses a removed worktree's folder name: its successor must not inherit the snapshot index.
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "a", reference="IND-000022")
+    (ws.path / "gone.txt").write_text("only in the first\n")
+    workspace.snapshot_tree(ws.path)
+    private = workspace._private_dir(ws.path)
+    workspace.remove_workspace(repository=repo, path=ws.path)
+    assert not private.exists()
+    stale = private / "index"  # as a crash between removal steps could leave it
+    stale.parent.mkdir(parents=True)
+    stale.write_text("not an index")
+    successor = workspace.prepare_workspace(repository=repo, root=tmp_path / "b", reference="IND-000022")
+    assert workspace._private_dir(successor.path) == private
+    tree = workspace.snapshot_tree(successor.path)
+    assert workspace.git("ls-tree", "--name-only", tree, cwd=successor.path).split() == ["README.md"]
+
+
+def test_a_worktree_from_before_the_private_folder_keeps_its_base(repo, tmp_path):
+    ws = workspace.prepare_workspace(repository=repo, root=tmp_path / "ws", reference="IND-000023")
+    shutil.rmtree(workspace._private_dir(ws.path))
+    (workspace._git_dir(ws.path) / "ind-base").write_text(ws.base_commit)
+    assert workspace._read_base(ws.path) == ws.base_commit
