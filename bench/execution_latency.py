@@ -556,18 +556,21 @@ def started_in_spare(run):
 
 
 def dispatch_breakdown(runs, llm, opencode_stores):
-    """Dispatch latency (ms) per run and its segments, from the runs' own event rows."""
+    """Dispatch latency (ms) per run and its segments, from the runs' own event rows; and each run's
+    (total, [(segment, ms)]) for a look at the slowest."""
     created = opencode_session_created(opencode_stores, [run.opencode_session_id for run in runs])
-    totals, segments, ours = [], {}, []
+    totals, segments, ours, per_run = [], {}, [], []
 
     def add(name, value):
         segments.setdefault(name, []).append(ms(value))
+        per_run[-1][1].append((name, ms(value)))
 
     for run in runs:
         first = first_tool_request(llm, run.opencode_session_id)
         if first is None:
             continue
         totals.append(ms(first - run.start_sent))
+        per_run.append((ms(first - run.start_sent), []))
         rows = {}
         for _, event, _ in run.received:
             key = event["type"]
@@ -590,7 +593,7 @@ def dispatch_breakdown(runs, llm, opencode_stores):
                 add(name, after - before)
         if rows.get("task.prompted") is not None:
             ours.append(ms(rows["task.prompted"] - run.start_sent))
-    return totals, segments, ours
+    return totals, segments, ours, per_run
 
 
 # --- main -------------------------------------------------------------------------------------------
@@ -840,7 +843,7 @@ def measure(options, stack, orchestrator, direct):
     print()
     print(f"=== 2. Dispatch latency: POST /start sent -> the scripted LLM receives the session's first "
           f"request with tools ({options.dispatch} sequential sessions, PostgreSQL + Redis) ===")
-    totals, segments, ours = dispatch_breakdown(sequential, llm, opencode_stores)
+    totals, segments, ours, per_run = dispatch_breakdown(sequential, llm, opencode_stores)
     line("API start -> LLM first prompt", totals, target_p99=250)
     in_spares = sum(1 for run in sequential if started_in_spare(run))
     print(f"  {in_spares} of {len(sequential)} sessions started in a spare worktree (one opened by the worker's "
@@ -848,10 +851,13 @@ def measure(options, stack, orchestrator, direct):
     print("  segments (p50 / p99 ms), each from the previous mark:")
     for name, values in segments.items():
         print(f"    {name}: {percentile(values, 0.5):.1f} / {percentile(values, 0.99):.1f}")
+    print("  the slowest three, ms (segments as above):")
+    for total, parts in sorted(per_run, key=lambda item: item[0], reverse=True)[:3]:
+        print(f"    {total:.0f}: " + ", ".join(f"{name.split(' (')[0]} {value:.0f}" for name, value in parts))
     line("the orchestrator's part: API start -> prompt accepted by OpenCode (task.prompted row)", ours)
     line("floor, direct on OpenCode: before create session -> LLM first prompt",
          [ms(s) for s in direct_dispatch])
-    busy, busy_segments, busy_ours = dispatch_breakdown(concurrent_runs, llm, opencode_stores)
+    busy, busy_segments, busy_ours, _ = dispatch_breakdown(concurrent_runs, llm, opencode_stores)
     print(f"  for reference, under {options.concurrency} concurrent starts (part 1 batches):")
     line("  API start -> LLM first prompt", busy)
     for name, values in busy_segments.items():
