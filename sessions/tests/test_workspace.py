@@ -253,3 +253,23 @@ def test_a_worktree_from_before_the_private_folder_keeps_its_base(repo, tmp_path
     shutil.rmtree(workspace._private_dir(ws.path))
     (workspace._git_dir(ws.path) / "ind-base").write_text(ws.base_commit)
     assert workspace._read_base(ws.path) == ws.base_commit
+
+
+def test_the_head_commit_is_read_from_the_repositorys_files_and_from_git_otherwise(repo, monkeypatch):
+    asked = []
+    original = workspace.git
+    monkeypatch.setattr(workspace, "git", lambda *args, **kwargs: asked.append(args) or original(*args, **kwargs))
+
+    def rev_parse():
+        return original("rev-parse", "HEAD", cwd=repo).strip()
+
+    assert workspace.head_commit(repo) == rev_parse() and asked == []  # HEAD -> a loose branch ref
+    (repo / "more.txt").write_text("more\n")
+    original("add", "-A", cwd=repo)
+    original("commit", "-qm", "more", cwd=repo)
+    assert workspace.head_commit(repo) == rev_parse() and asked == []
+    original("checkout", "-q", "--detach", "HEAD~1", cwd=repo)  # a detached HEAD holds the commit itself
+    assert workspace.head_commit(repo) == rev_parse() and asked == []
+    original("checkout", "-q", "main", cwd=repo)
+    original("pack-refs", "--all", cwd=repo)  # no loose ref file any more: git is asked
+    assert workspace.head_commit(repo) == rev_parse() and asked == [("rev-parse", "HEAD")]
