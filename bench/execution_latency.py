@@ -9,7 +9,10 @@ Options: --rounds 3 (single-job rounds per side), --batches 5 (concurrent rounds
 --py-spy PATH (sample the worker and daphne during the concurrent batches and print where the
 time goes; py-spy is not a project dependency: `pip install --target /tmp/pyspy py-spy`),
 --perf PATH (trace the scheduler during every concurrent batch, `perf sched record -a`, and print
-what the CPUs ran while OpenCode's main thread waited for one; needs root or perf_event_paranoid <= 0).
+what the CPUs ran while OpenCode's main thread waited for one; needs root or perf_event_paranoid <= 0),
+--bystander (a second reader of the worker's OpenCode event stream, bench.event_bystander, during the
+orchestrator's concurrent batches: splits their event latency into OpenCode's publishing and the
+worker's handling; it adds a subscriber to OpenCode, so its overhead figures are not the headline).
 
 Everything runs as real processes started here and stopped by PID at the end (bench.execution_stack):
 a throwaway PostgreSQL database, the scripted LLM (in a process of its own, used by both sides: in
@@ -76,7 +79,7 @@ from pathlib import Path
 
 from bench.common import percentile
 from bench.execution_stack import (
-    TERMINAL, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
+    TERMINAL, bystander, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
     process_size, scheduler_traced, scheduler_waits, service_cpu_seconds, thread_schedule, tree_cpu_seconds,
     wait_for_quiet,
 )
@@ -494,8 +497,9 @@ def first_tool_request(llm, key):
     return min(times) if times else None
 
 
-def event_latencies(runs, llm, opencode_stores):
-    """Per-event figures (ms): opencode->row, row->client, opencode->client, llm->row, by kind."""
+def event_latencies(runs, llm, opencode_stores, bystander_seen=None):
+    """Per-event figures (ms): opencode->row, row->client, opencode->client, llm->row, by kind; with
+    `bystander_seen` ({(kind, key): epoch read}), opencode->bystander and bystander->row too."""
     call_ids, message_ids = set(), set()
     for run in runs:
         for _, event, _ in run.received:
@@ -506,8 +510,9 @@ def event_latencies(runs, llm, opencode_stores):
     tool_end, message_done = opencode_times(opencode_stores, call_ids=call_ids, message_ids=message_ids)
     figures = {name: [] for name in (
         "row_client_all", "opencode_row_tool", "opencode_row_step", "row_client_tracked",
-        "opencode_client", "llm_row_tool", "llm_row_step",
+        "opencode_client", "llm_row_tool", "llm_row_step", "opencode_bystander", "bystander_row",
     )}
+    bystander_seen = bystander_seen or {}
     for run in runs:
         steps = llm_step_times(llm, run.opencode_session_id)
         step_rows = 0
@@ -519,13 +524,15 @@ def event_latencies(runs, llm, opencode_stores):
                 opencode_at = tool_end.get(payload.get("call_id"))
                 llm_at = steps.get(TOOL_STEP.get(payload.get("tool")))
                 kind = "tool"
+                read_at = bystander_seen.get(("tool", payload.get("call_id")))
             elif event["type"] == "opencode.step":
                 opencode_at = message_done.get(payload.get("message_id"))
                 llm_at = steps.get(step_rows)
                 step_rows += 1
                 kind = "step"
+                read_at = bystander_seen.get(("step", payload.get("message_id")))
             else:
-                kind = None
+                kind = read_at = None
             if not live:
                 continue
             figures["row_client_all"].append(ms(received_at - row_at))
@@ -533,6 +540,9 @@ def event_latencies(runs, llm, opencode_stores):
                 continue
             if llm_at is not None:
                 figures[f"llm_row_{kind}"].append(ms(row_at - llm_at))
+            if read_at is not None and opencode_at is not None:
+                figures["opencode_bystander"].append(ms(read_at - opencode_at))
+                figures["bystander_row"].append(ms(row_at - read_at))
             if opencode_at is not None:
                 figures[f"opencode_row_{kind}"].append(ms(row_at - opencode_at))
                 figures["row_client_tracked"].append(ms(received_at - row_at))
@@ -549,6 +559,10 @@ def print_event_figures(title, figures):
     line("SUM per event: OpenCode event -> row -> WebSocket client", figures["opencode_client"], target_p99=100)
     line("upper bound: LLM request of the step -> tool.completed row", figures["llm_row_tool"])
     line("upper bound: LLM request of the step -> opencode.step row", figures["llm_row_step"])
+    if figures["opencode_bystander"]:
+        print("  split by a second reader of OpenCode's stream (--bystander), these two kinds:")
+        line("  OpenCode's time -> the event read off its stream (OpenCode publishing)", figures["opencode_bystander"])
+        line("  the event read off its stream -> row (the worker)", figures["bystander_row"])
 
 
 def started_in_spare(run):
@@ -615,6 +629,10 @@ def main(argv=None):
                         help="py-spy binary: sample the worker and daphne during the orchestrator's concurrent batches")
     parser.add_argument("--perf", default=None, metavar="PATH",
                         help="perf binary: trace the scheduler during the concurrent batches (what delays OpenCode)")
+    parser.add_argument("--bystander", action="store_true",
+                        help="a second reader of the worker's OpenCode event stream during the orchestrator's "
+                             "concurrent batches: splits their event latency into OpenCode's publishing and the "
+                             "worker's handling (adds a subscriber to OpenCode: not for the overhead figures)")
     options = parser.parse_args(argv)
     began = time.perf_counter()
     with running_stack(worker_concurrency=max(24, options.concurrency + 4), agent_capacity=options.concurrency,
@@ -651,6 +669,8 @@ def measure(options, stack, orchestrator, direct):
     # --- warm-up (the worker's OpenCode server starts here) ---
     started = time.perf_counter()
     warm = orchestrator.single()
+    server_url = {"latest": warm.detail["opencode"]["server_url"]}  # for --bystander
+    bystander_seen = {}  # (kind, key) -> epoch seconds the bystander read the event
     print(f"orchestrator warm-up session {warm.reference}: {ms(time.perf_counter() - started):.0f} ms "
           "(includes the worker's OpenCode server start; excluded)")
     print(f"direct warm-up job: {ms(direct.job(direct.worktrees(1)[0], 10_000)[0]):.0f} ms (excluded)")
@@ -760,15 +780,19 @@ def measure(options, stack, orchestrator, direct):
             quiet_waits.append(wait_for_quiet())
             start["cpu"], start["schedule"] = readings("orchestrator"), thread_schedule(opencode)
 
+        watched = bystander(options.bystander, server_url["latest"], opencode, logs / f"bystander-{index}.jsonl")
         with profiled(options.py_spy, stack.worker.pid, logs / f"worker-profile-{index}.txt") as worker_profile, \
                 profiled(options.py_spy, stack.web.pid, logs / f"web-profile-{index}.txt") as web_profile, \
                 profiled(options.py_spy, os.getpid(), logs / f"bench-profile-{index}.txt") as bench_profile, \
-                scheduler_traced(options.perf, logs / f"sched-orchestrator-{index}.data") as trace:
+                scheduler_traced(options.perf, logs / f"sched-orchestrator-{index}.data") as trace, \
+                watched as seen:
             orch_wall, runs = orchestrator.batch(options.concurrency, ready=ready)
             if opencode == stack.worker_opencode_pid():  # not retired meanwhile
                 main_thread["orchestrator"].append((orch_wall, *map(sub, thread_schedule(opencode), start["schedule"]),
                                                     *process_size(opencode)))
         profiles.append((worker_profile, web_profile, bench_profile))
+        bystander_seen.update(seen)
+        server_url["latest"] = runs[-1].detail["opencode"]["server_url"]
         read_trace("orchestrator", trace, opencode)
         account("orchestrator", start["cpu"])
         orch_walls.append(orch_wall)
@@ -872,7 +896,7 @@ def measure(options, stack, orchestrator, direct):
           "row = SessionEvent.created_at; client = receipt in this process")
     print_event_figures(f" {options.dispatch} sequential sessions:", event_latencies(sequential, llm, opencode_stores))
     print_event_figures(f" under {options.concurrency} concurrent sessions (part 1 batches):",
-                        event_latencies(concurrent_runs, llm, opencode_stores))
+                        event_latencies(concurrent_runs, llm, opencode_stores, bystander_seen))
     agents = Counter()
     for item in sequential + concurrent_runs:
         for _, event, _ in item.received:

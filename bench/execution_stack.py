@@ -441,6 +441,50 @@ def profiled(py_spy, pid, output):
             process.wait(timeout=5)
 
 
+@contextmanager
+def bystander(enabled, server_url, opencode_pid, output, *, connect_timeout=10.0):
+    """Read the OpenCode server's global event stream from a process of its own while the block
+    runs (bench.event_bystander), yielding a dict filled at the end: {(kind, key): epoch seconds
+    read}. No-op (an empty dict) when not enabled, or when the server is not the one of `server_url`."""
+    seen = {}
+    password = _environ(opencode_pid).get("OPENCODE_SERVER_PASSWORD") if enabled and opencode_pid else None
+    if not password or not server_url:
+        yield seen
+        return
+    Path(output).unlink(missing_ok=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.event_bystander", server_url, password, str(output)],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + connect_timeout
+        while not (Path(output).exists() and Path(output).read_text()) and process.poll() is None:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        yield seen
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        if Path(output).exists():
+            for raw in Path(output).read_text().splitlines():
+                entry = json.loads(raw)
+                if entry.get("key"):
+                    seen.setdefault((entry["kind"], entry["key"]), entry["received"])
+
+
+def _environ(pid):
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
 def folded_summary(paths, *, top=20, own=("sessions/", "orchestrator/", "agents/", "tasks/", "contexts/", "bench/")):
     """(samples, [(inclusive share, frame)] of the project's own frames, [(share, leaf frame)])."""
     inclusive, leaves, total = {}, {}, 0
