@@ -1,6 +1,8 @@
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
+from orchestrator.events import unpack
+
 SYSTEM_GROUP = "system"
 
 
@@ -11,7 +13,8 @@ class DirectDispatchMixin:
     for every message: a thread hop per event delivered, about a tenth of the web server's CPU
     while 20 sessions ran. The consumers here reach the database only through
     database_sync_to_async, which runs that same check around each call, so the one before every
-    message only costs time.
+    message only costs time. A `broadcast.batch` (several broadcasts sent as one) is handled one
+    broadcast at a time.
     """
 
     async def dispatch(self, message):
@@ -19,6 +22,12 @@ class DirectDispatchMixin:
         if handler is None:
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
+
+    async def broadcast_batch(self, message):
+        """Several broadcasts to a group sent as one channel-layer message (orchestrator.events
+        _send_group): each is handled in order, as if it had come alone."""
+        for each in unpack(message):
+            await self.dispatch(each)
 
 
 class SystemConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):

@@ -69,25 +69,47 @@ async def _send_queued(queue):
             waiting.put_nowait((messages, countdown))
 
 
+# Most messages one channel-layer send carries (see _send_group).
+BATCH_LIMIT = 200
+BATCH_TYPE = "broadcast.batch"
+
+
 async def _send_group(group, waiting, senders):
-    """Send `group`'s broadcasts one after the other; end once none is left (all on the loop's
-    thread, so no broadcast can arrive between the last get and the removal)."""
+    """Send `group`'s broadcasts in order; end once none is left (all on the loop's thread, so no
+    broadcast can arrive between the last get and the removal).
+
+    Whatever waits for the group when its turn comes goes out as one channel-layer message (a
+    `broadcast.batch` of them, unpacked by the consumers' DirectDispatchMixin): channels-redis sends
+    a process's publishes one at a time (one lock per Redis connection), so with 20 sessions
+    running, one send per event queued the events 0.3-0.5 s deep before Redis (p99, measured).
+    """
     while True:
-        try:
-            messages, countdown = waiting.get_nowait()
-        except asyncio.QueueEmpty:
+        batch = []
+        while len(batch) < BATCH_LIMIT:
+            try:
+                batch.append(waiting.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        if not batch:
             del senders[group]
             return
+        messages = [message for messages, _ in batch for message in messages]
         try:
             layer = get_channel_layer()
             if layer is not None:
                 async with asyncio.timeout(PUBLISH_TIMEOUT):
-                    for message in messages:
-                        await layer.group_send(group, message)
+                    await layer.group_send(group, messages[0] if len(messages) == 1 else
+                                           {"type": BATCH_TYPE, "messages": messages})
         except Exception:  # the broadcast is best effort; the event row is the record
             logger.exception("broadcast to %s failed", group)
         finally:
-            _sent(countdown)
+            for _, countdown in batch:
+                _sent(countdown)
+
+
+def unpack(message):
+    """The broadcasts one channel-layer message carries, in order (see _send_group)."""
+    return list(message["messages"]) if message.get("type") == BATCH_TYPE else [message]
 
 
 def _sent(countdown):

@@ -1,27 +1,33 @@
 """Side effects wait for the commit: nothing is sent when the transaction rolls back."""
 
 import asyncio
+import threading
 
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import transaction
 
-from orchestrator.events import publish_on_commit
+from orchestrator.events import publish_on_commit, unpack
 
 GROUP = "events-test"
 
 
-async def _receive_all(layer, channel, timeout):
+async def _receive_all(layer, channel, timeout, *, sends=None):
+    """Every broadcast the channel receives (batches unpacked); `sends` collects the channel-layer
+    messages as they came."""
     received = []
     try:
         while True:
-            received.append(await asyncio.wait_for(layer.receive(channel), timeout))
+            message = await asyncio.wait_for(layer.receive(channel), timeout)
+            if sends is not None:
+                sends.append(message)
+            received.extend(unpack(message))
     except asyncio.TimeoutError:
         return received
 
 
-def _collect(action, timeout=0.5):
+def _collect(action, timeout=0.5, *, sends=None):
     layer = get_channel_layer()
 
     async def run():
@@ -29,7 +35,7 @@ def _collect(action, timeout=0.5):
         await layer.group_add(GROUP, channel)
         await asyncio.to_thread(action)
         try:
-            return await _receive_all(layer, channel, timeout)
+            return await _receive_all(layer, channel, timeout, sends=sends)
         finally:
             await layer.group_discard(GROUP, channel)
 
@@ -110,6 +116,30 @@ def test_broadcasts_reach_a_group_in_the_order_they_were_handed_over():
         assert events.wait_for_broadcasts()
 
     assert [message["n"] for message in _collect(many)] == list(range(50))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broadcasts_waiting_for_a_group_go_out_as_one_channel_layer_message():
+    # channels-redis sends a process's publishes one at a time: what queued for a group meanwhile
+    # goes in one send (a `broadcast.batch`), in order, at most BATCH_LIMIT broadcasts a send.
+    from orchestrator import events
+
+    gate = threading.Event()
+
+    def many():
+        loop, _ = events._loop()
+        loop.call_soon_threadsafe(gate.wait)  # the publisher's loop is busy while all are handed over
+        try:
+            for n in range(events.BATCH_LIMIT + 5):
+                events.publish_now(GROUP, {"type": "test.message", "n": n})
+        finally:
+            gate.set()
+        assert events.wait_for_broadcasts()
+
+    sends = []
+    assert [message["n"] for message in _collect(many, sends=sends)] == list(range(events.BATCH_LIMIT + 5))
+    assert [(message["type"], len(message["messages"])) for message in sends] == [
+        ("broadcast.batch", events.BATCH_LIMIT), ("broadcast.batch", 5)]
 
 
 @pytest.mark.django_db(transaction=True)

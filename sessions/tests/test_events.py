@@ -12,7 +12,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from orchestrator.asgi import application
-from orchestrator.events import ALL_SESSIONS_GROUP, session_group
+from orchestrator.events import ALL_SESSIONS_GROUP, session_group, unpack
 from sessions import services
 from orchestrator.errors import NotFound, ValidationFailed
 from sessions.models import CodingSession, SessionEvent
@@ -96,8 +96,8 @@ def test_a_batch_of_events_is_stored_and_published_in_order():
         channel = await layer.new_channel()
         await layer.group_add(session_group(session.pk), channel)
         rows = await database_sync_to_async(services.session_record_events)(session=session, entries=entries)
-        received = [await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT) for _ in entries]
-        return rows, received
+        # One broadcast for the batch, sent as one channel-layer message.
+        return rows, unpack(await asyncio.wait_for(layer.receive(channel), timeout=TIMEOUT))
 
     rows, received = run(scenario)
     ids = [row.id for row in rows]
@@ -219,3 +219,23 @@ def test_events_are_delivered_without_a_database_check_per_message(operator_user
     sent, received = run(scenario)
     assert len(received) == 3 and all(f"{event.id}" in text for event, text in zip(sent, received))
     assert checks == []
+
+
+@pytest.mark.parametrize("path", ["/ws/sessions/{id}", "/ws/console/sessions/{id}"])
+def test_a_batch_of_events_reaches_a_client_as_one_frame_per_event_in_order(operator_user, path):
+    token = Token.objects.create(user=operator_user)
+    session = CodingSessionFactory(status="running")
+    entries = [("tool.started", {"n": 1}), ("tool.completed", {"n": 2}), ("opencode.step", {"n": 3})]
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, path.format(id=session.pk) + f"?token={token.key}")
+        connected, _ = await communicator.connect(timeout=TIMEOUT)
+        assert connected
+        rows = await database_sync_to_async(services.session_record_events)(session=session, entries=entries)
+        received = [await communicator.receive_from(timeout=TIMEOUT) for _ in rows]
+        assert await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+        return rows, received
+
+    rows, received = run(scenario)
+    assert all(f"{row.id}" in text for row, text in zip(rows, received))
