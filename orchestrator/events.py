@@ -69,7 +69,7 @@ async def _send_queued(queue):
             waiting.put_nowait((messages, countdown))
 
 
-# Most messages one channel-layer send carries (see _send_group).
+# Most broadcasts one channel-layer send carries (see _send_group): bounds a message's size.
 BATCH_LIMIT = 200
 BATCH_TYPE = "broadcast.batch"
 

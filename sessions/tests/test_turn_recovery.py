@@ -83,8 +83,10 @@ def test_a_turn_whose_end_never_reaches_the_worker_is_finished_from_opencodes_me
     with caplog.at_level(logging.WARNING, logger="sessions.execution.runner"):
         status = run_session(session=claimed)
 
+    # The final step's completion was lost (the idle signals too, whenever they came: by then the
+    # turn may already have been finished from the messages).
     dropped = [kind for lossy in lossy_queues for kind in lossy.dropped]
-    assert "session.idle" in dropped and "message.updated" in dropped, dropped
+    assert "message.updated" in dropped, dropped
     assert status == "completed"
     session = CodingSession.objects.get(pk=session.pk)
     assert session.result["final_text"] == "All done."
