@@ -6,7 +6,7 @@ import threading
 import pytest
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import connections, transaction
 
 from orchestrator.events import publish_on_commit, unpack
 
@@ -30,10 +30,18 @@ async def _receive_all(layer, channel, timeout, *, sends=None):
 def _collect(action, timeout=0.5, *, sends=None):
     layer = get_channel_layer()
 
+    def action_in_thread():
+        try:
+            action()
+        finally:
+            # That thread's own database connection, back to the pool: left checked out, it kept
+            # a session open on the test database and its drop at the end failed.
+            connections.close_all()
+
     async def run():
         channel = await layer.new_channel()
         await layer.group_add(GROUP, channel)
-        await asyncio.to_thread(action)
+        await asyncio.to_thread(action_in_thread)
         try:
             return await _receive_all(layer, channel, timeout, sends=sends)
         finally:
