@@ -6,7 +6,8 @@ or the worker's handling (bench.execution_latency --bystander).
 
 Tracked, as bench.execution_latency's event latencies are: a tool part that completed (by its
 callID) and an assistant message that completed (by its id); one JSON line per first sighting:
-{"kind": "tool"|"step", "key": ..., "received": epoch seconds}. Runs until it is sent SIGTERM.
+{"kind": "tool"|"step", "key": ..., "received": epoch seconds}; "connected" on standard output once
+the stream is open. Runs until it is sent SIGTERM.
 
 Not on by default: OpenCode serialises and writes every event once per subscriber, so a second
 global stream adds to OpenCode's own work in the batches it watches.
@@ -44,7 +45,7 @@ def main(argv=None):
     with open(out, "a", buffering=1) as sink, httpx.Client(timeout=httpx.Timeout(5.0, read=None)) as http:
         with http.stream("GET", f"{url}/global/event", headers={"Authorization": f"Basic {token}"}) as response:
             response.raise_for_status()
-            sink.write(json.dumps({"kind": "connected", "received": time.time()}) + "\n")
+            print("connected", flush=True)  # the caller waits for this line (bench.execution_stack.bystander)
             for line in response.iter_lines():
                 if not line.startswith("data:"):
                     continue

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import sqlite3
@@ -454,14 +455,14 @@ def bystander(enabled, server_url, opencode_pid, output, *, connect_timeout=10.0
     Path(output).unlink(missing_ok=True)
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.event_bystander", server_url, password, str(output)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + connect_timeout
-        while not (Path(output).exists() and Path(output).read_text()) and process.poll() is None:
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+        # Its "connected" line, or nothing by the deadline (it failed or hangs): said, not hidden.
+        readable, _, _ = select.select([process.stdout], [], [], connect_timeout)
+        if not readable or process.stdout.readline().strip() != b"connected":
+            print(f"  bystander: not connected to {server_url} within {connect_timeout:.0f} s; "
+                  "this batch has no split")
         yield seen
     finally:
         process.terminate()
