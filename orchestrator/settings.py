@@ -287,6 +287,16 @@ if OPENCODE_SCRIPTED_LLM_URL:
 
 # Execution control (seconds unless named otherwise).
 SESSION_TASK_CONCURRENCY = env_int("SESSION_TASK_CONCURRENCY", 1, minimum=1, maximum=16)
+# Planning defaults of a new session (its `planning` option overrides them; see sessions.planning).
+SESSION_PLANNING_MODE = env_str("SESSION_PLANNING_MODE", "single")
+if SESSION_PLANNING_MODE not in ("single", "template", "planner"):
+    raise ImproperlyConfigured(
+        f"SESSION_PLANNING_MODE must be single, template or planner, got {SESSION_PLANNING_MODE!r}"
+    )
+SESSION_PLAN_APPROVAL = env_str("SESSION_PLAN_APPROVAL", "required")
+if SESSION_PLAN_APPROVAL not in ("required", "auto"):
+    raise ImproperlyConfigured(f"SESSION_PLAN_APPROVAL must be required or auto, got {SESSION_PLAN_APPROVAL!r}")
+SESSION_REPLAN_LIMIT = env_int("SESSION_REPLAN_LIMIT", 1, minimum=0, maximum=5)
 SESSION_STALL_SECONDS = env_float("SESSION_STALL_SECONDS", 120.0, minimum=1.0)
 SESSION_HEARTBEAT_SECONDS = env_float("SESSION_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 SESSION_WORKER_LOST_SECONDS = env_float("SESSION_WORKER_LOST_SECONDS", 30.0, minimum=2.0)

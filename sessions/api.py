@@ -23,6 +23,7 @@ from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
 from sessions import approvals, rules, selectors, services
+from sessions.planning import services as planning_services
 from sessions.models import (
     Checkpoint,
     CodingSession,
@@ -196,6 +197,9 @@ class SessionCreateSerializer(serializers.Serializer):
     tags = serializers.JSONField(required=False, default=list)
     metadata = serializers.JSONField(required=False, default=dict)
     start = serializers.BooleanField(required=False, default=False)
+    # Checked by sessions.planning (400 naming `planning.<field>`, or each plan finding with its task keys).
+    planning = serializers.JSONField(required=False, default=None)
+    plan = serializers.JSONField(required=False, default=None)
 
 
 class PermissionRequestSerializer(serializers.ModelSerializer):
@@ -387,7 +391,11 @@ class SessionViewSet(viewsets.ViewSet):
 
     def create(self, request):
         data = dict(self._input(SessionCreateSerializer))
-        session = services.session_create(actor=self._actor(), **data)
+        planning, plan = data.pop("planning"), data.pop("plan")
+        if planning is None and plan is None:
+            session = services.session_create(actor=self._actor(), **data)
+        else:
+            session = planning_services.session_create_planned(actor=self._actor(), planning=planning, plan=plan, **data)
         # The instance just inserted is complete (its creator and agent are the objects passed in):
         # no need to read it back.
         return Response(SessionDetailSerializer(session).data, status=status.HTTP_201_CREATED)

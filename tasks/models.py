@@ -99,6 +99,10 @@ class Task(FSMModelMixin, models.Model):
     order = models.PositiveIntegerField(default=0)
     decomposition_template = models.CharField(max_length=30, blank=True, default="")
     decomposition_reason = models.TextField(blank=True, default="")
+    # From a plan (tasks.plans): its key, the files it owns and the command that accepts its work.
+    plan_key = models.CharField(max_length=50, blank=True, default="")
+    files = models.JSONField(default=list, blank=True)
+    acceptance = models.TextField(blank=True, default="")
 
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -117,6 +121,8 @@ class Task(FSMModelMixin, models.Model):
         constraints = [
             # One root per session: the execution engine runs that root's tree.
             models.UniqueConstraint(fields=["session"], condition=Q(parent__isnull=True), name="task_one_root"),
+            models.UniqueConstraint(fields=["session", "plan_key"], condition=~Q(plan_key=""),
+                                    name="task_plan_key_unique"),
             models.CheckConstraint(
                 condition=Q(optimistic_hours__gte=0)
                 & Q(likely_hours__gte=F("optimistic_hours"))
@@ -239,3 +245,43 @@ class TaskDependency(models.Model):
 
     def __str__(self):
         return f"{self.prerequisite_id} → {self.dependent_id} ({self.dependency_type})"
+
+
+class PlanStatus(models.TextChoices):
+    PROPOSED = "proposed"
+    APPROVED = "approved"
+    SENT_BACK = "sent_back"
+    SUPERSEDED = "superseded"
+
+
+class SessionPlan(models.Model):
+    """One version of a session's plan: the JSON as submitted, what the checks found, and its review.
+
+    Versions count from 1 per session; the highest is the current plan, and its tasks are the
+    session's task graph. A version replaced during review is `superseded`; one sent back holds the
+    reviewer's comment, which the next planning turn reads (`revision_requested` until it does).
+    """
+
+    session = models.ForeignKey("coding_sessions.CodingSession", on_delete=models.CASCADE, related_name="plans")
+    version = models.PositiveIntegerField()
+    # "create" (supplied with the session), "api" (replaced through the plan API), "planner", "template".
+    source = models.CharField(max_length=20, default="api")
+    submitted = models.JSONField(default=dict, blank=True)
+    findings = models.JSONField(default=list, blank=True)
+    adjustments = models.JSONField(default=list, blank=True)
+    status = models.CharField(max_length=12, choices=PlanStatus.choices, default=PlanStatus.PROPOSED)
+    comment = models.TextField(blank=True, default="")
+    revision_requested = models.BooleanField(default=False)
+    created_by = models.CharField(max_length=250, blank=True, default="")
+    decided_by = models.CharField(max_length=250, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session_id", "version"]
+        constraints = [
+            models.UniqueConstraint(fields=["session", "version"], name="session_plan_version_unique"),
+        ]
+
+    def __str__(self):
+        return f"{self.session_id} plan v{self.version} ({self.status})"

@@ -448,3 +448,15 @@ def findings_as_errors(findings) -> dict:
     for finding in findings:
         errors.setdefault(finding.field or "plan", []).append(finding.message)
     return errors
+
+
+def schedule(checked: CheckedPlan):
+    """The PERT schedule of a sound plan (tasks.graph.analyse over the keys): order, waves, critical
+    path weighted by each task's expected hours, total expected hours, slack."""
+    from tasks import graph as graphs
+
+    built = graphs.build_graph(
+        ((task.key, task.key, task.estimate.expected, task.order) for task in checked.tasks),
+        [(edge.prerequisite, edge.dependent) for edge in checked.edges],
+    )
+    return graphs.analyse(built)

@@ -12,6 +12,7 @@ from tasks.plans import (
     check_plan,
     normalise_path,
     plan_from_answer,
+    schedule,
 )
 
 import pytest
@@ -176,3 +177,13 @@ def test_a_malformed_answer_is_one_finding():
     assert codes(checked) == ["malformed"]
     assert codes(check_answer("[1, 2]")) == ["malformed"]
     assert check_answer("```json\n" + json.dumps(plan(task("a"))) + "\n```").ok
+
+
+def test_the_schedule_follows_the_longest_chain_of_expected_hours():
+    slow = {"optimistic": 4, "likely": 5, "pessimistic": 6}
+    checked = check_plan(plan(
+        task("a"), task("b", after=["a"]), task("c", after=["b"]), task("slow", estimate_hours=slow),
+    ))
+    analysis = schedule(checked)
+    assert analysis.critical_path == ["slow"]
+    assert analysis.total_expected_hours == pytest.approx(5.0)
