@@ -7,6 +7,10 @@ decides each answer from directives in the latest user message, one per line, pr
     @@write <path> <content>    tool call `write` {filePath, content}; `\\n`, `\\t`, `\\\\` in content are unescaped
     @@bash <command>            tool call `bash` {command, description}
     @@final <text>              plain answer: ends the turn
+    @@plan <json>               a planning turn's answer: the JSON object (one line) in a ```json fence,
+                                as tasks.plans expects from a planner; ends the turn. Several in a row
+                                answer successive planning turns (the orchestrator's planner prompt
+                                says `@@resume n` after n earlier turns: repair, revision, replan)
     @@text <text>               text streamed before the next step (in the same response)
     @@sleep <seconds>           delay before the next step's response
     @@usage <input> <output>    token figures reported from the next step on
@@ -61,7 +65,8 @@ DEMO_ANSWER = (
 )
 DEFAULT_PERMISSION = {"edit": "allow", "bash": "allow", "webfetch": "deny"}
 
-ACTIONS = ("write", "bash", "final")
+ACTIONS = ("write", "bash", "final", "plan")
+PLAN_PREAMBLE = "Here is the plan."
 MODIFIERS = ("text", "sleep", "usage", "fail")
 
 
@@ -171,6 +176,14 @@ def _make_step(kind, rest, line, pending, usage):
         if not rest:
             raise ScriptError("@@bash needs a command")
         arguments = {"command": rest, "description": "scripted bash step"}
+    elif kind == "plan":
+        try:
+            plan = json.loads(rest)
+        except ValueError as error:
+            raise ScriptError(f"@@plan needs a JSON value on its line: {error}") from error
+        # A final answer, as a planner gives it: the plan in a json fence after a sentence.
+        kind = "final"
+        arguments = {"text": f"{PLAN_PREAMBLE}\n\n```json\n{json.dumps(plan, indent=2)}\n```"}
     else:
         arguments = {"text": unescape(rest) or DEFAULT_FINAL}
     fail_status, fail_times = pending["fail"] or (None, None)

@@ -320,3 +320,38 @@ def test_resume_count_skips_steps_already_done():
     messages += [{"role": "assistant", "content": ""}, {"role": "tool", "content": "ok"}]
     assert script_position(messages)[1] == 3
     assert script_position([{"role": "user", "content": "no directives here"}]) == ("", 0)
+
+
+# --- planning turns (@@plan) ------------------------------------------------------------------
+
+PLAN_A = {"summary": "one", "tasks": [{"key": "a", "title": "A", "prompt": "do a", "capabilities": [],
+                                       "files": ["a.py"], "estimate_hours": {"optimistic": 1, "likely": 1,
+                                                                             "pessimistic": 1}}]}
+PLAN_B = {**PLAN_A, "summary": "two"}
+
+
+def final_text(payloads):
+    return "".join(payload["choices"][0]["delta"].get("content") or "" for payload in payloads
+                   if payload != "[DONE]" and payload["choices"])
+
+
+def test_a_planning_turn_is_answered_with_the_plan_in_a_json_fence(llm):
+    from tasks.planner import planner_prompt
+    from tasks.plans import check_answer
+
+    work = f"Plan the work.\n@@plan {json.dumps(PLAN_A)}\n@@plan {json.dumps(PLAN_B)}"
+    first = planner_prompt(title="Plan", work=work, files=["a.py"])
+    text = final_text(sse_payloads(chat(llm, conversation(first))))
+    assert "```json" in text
+    checked = check_answer(text)
+    assert checked.ok and checked.summary == "one" and [t.key for t in checked.tasks] == ["a"]
+    # The second planning turn (a repair, a revision, a replan) gets the next @@plan.
+    second = planner_prompt(title="Plan", work=work, files=["a.py"], turn=2, comment="again")
+    assert check_answer(final_text(sse_payloads(chat(llm, conversation(second))))).summary == "two"
+
+
+def test_a_plan_directive_without_json_is_a_script_error():
+    with pytest.raises(ScriptError):
+        parse_script("@@plan {not json")
+    (step,) = parse_script('@@plan {"tasks": []}')
+    assert step.kind == "final" and step.directive.startswith("@@plan")
