@@ -351,3 +351,12 @@ def test_a_refused_graph_replacement_changes_nothing_and_keeps_started_tasks():
     # Without the collision the pending tasks go and the started one stays.
     plan_store_graph(session=session, checked=check_plan(plan(task("docs2"), task("tests"))))
     assert leaves(session.pk) == {"schema": "in_progress", "docs2": "ready", "tests": "ready"}
+
+
+def test_reading_the_plan_costs_a_fixed_number_of_queries(api_client, django_assert_max_num_queries):
+    small = create(api_client, plan=BOOKS).json()["id"]
+    large = create(api_client, plan=plan(*[task(f"t{n}", after=[f"t{n - 1}"] if n else []) for n in range(40)])).json()["id"]
+    with django_assert_max_num_queries(7) as small_queries:
+        assert api_client.get(plan_url(small)).status_code == 200
+    with django_assert_max_num_queries(len(small_queries.captured_queries)):
+        assert api_client.get(plan_url(large)).status_code == 200
