@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 
 from orchestrator.errors import DomainError
 from tasks import services
-from tasks.models import Task, TaskDependency
+from tasks.models import SessionPlan, Task, TaskDependency
 
 
 class PrerequisiteInline(admin.TabularInline):
@@ -83,4 +83,20 @@ class TaskDependencyAdmin(admin.ModelAdmin):
     readonly_fields = ("prerequisite", "dependent", "dependency_type", "is_required", "created_at")
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(SessionPlan)
+class SessionPlanAdmin(admin.ModelAdmin):
+    """Plan versions, read-only: plans change through the plan API (checked, with events)."""
+
+    list_display = ("session", "version", "status", "source", "created_by", "created_at", "decided_by")
+    list_filter = ("status", "source")
+    search_fields = ("session__title", "comment")
+    list_select_related = ("session",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

@@ -117,3 +117,37 @@ def planner_prompt(
     if turn > 1:
         parts.append(f"@@resume {turn - 1}")
     return "\n\n".join(parts)
+
+
+def template_plan(*, title: str, work: str, template: str | None = None) -> dict:
+    """A plan in the plan format from a decomposition template (tasks.decomposition, one level).
+
+    The template is the one named or chosen from the title and the work, as the decomposition API
+    does. Its finish-to-start steps become `after`; start-to-start ones are left out (the tasks may
+    then run side by side, which that link allows). Templates know no files, so no file is owned
+    and the overlap check orders nothing. Each prompt is the step, then the work (cut to fit).
+    """
+    from tasks.decomposition import plan_decomposition
+    from tasks.graph import FINISH_TO_START
+
+    decomposed = plan_decomposition(title=title, description=work, template=template, max_depth=1)
+    keys = [_slug(planned.title, index) for index, planned in enumerate(decomposed.subtasks)]
+    tasks = []
+    for index, planned in enumerate(decomposed.subtasks):
+        head = "\n\n".join(part for part in (planned.title, planned.description) if part)
+        room = PROMPT_MAX_BYTES - len(head.encode()) - 200
+        body = work.encode()[:max(0, room)].decode("utf-8", "ignore")
+        tasks.append({
+            "key": keys[index], "title": planned.title[:200],
+            "prompt": f"{head}\n\nThe session's work, of which this task is one step:\n\n{body}",
+            "capabilities": list(planned.capabilities), "files": [],
+            "estimate_hours": {"optimistic": planned.estimate.optimistic, "likely": planned.estimate.likely,
+                               "pessimistic": planned.estimate.pessimistic},
+            "after": [keys[before] for before, kind in planned.depends_on if kind == FINISH_TO_START],
+        })
+    return {"summary": f"{decomposed.template} template: {decomposed.reason}"[:4000], "tasks": tasks}
+
+
+def _slug(title, index):
+    words = "".join(char if char.isalnum() else " " for char in title.lower()).split()
+    return f"{index + 1}-" + "-".join(words)[:40].strip("-") if words else f"step-{index + 1}"

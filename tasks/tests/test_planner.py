@@ -48,3 +48,15 @@ def test_a_replan_sees_what_completed_and_the_failure():
     assert "Completed tasks: schema." in prompt and "Task api failed: tests failed" in prompt
     assert "FAILED test_api" in prompt and "x" * 8_001 not in prompt
     assert prompt.endswith("@@resume 2")
+
+
+def test_a_template_gives_a_plan_that_passes_the_checks():
+    from tasks.plans import check_plan
+    from tasks.planner import template_plan
+
+    body = template_plan(title="Build a user profile CRUD API", work="Users, profiles, the usual. " * 2000)
+    checked = check_plan(body)
+    assert checked.ok, checked.findings
+    assert body["summary"].startswith("crud template")
+    assert len(checked.tasks) >= 3 and any(task.after for task in checked.tasks)
+    assert all(len(task["prompt"].encode()) <= 20_000 for task in body["tasks"])
