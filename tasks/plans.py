@@ -240,12 +240,14 @@ def _estimate(value, *, path, key, findings):
     keys = (key,)
     if not isinstance(value, dict):
         findings.append(Finding(
-            "invalid_estimate", "estimate_hours must be an object {optimistic, likely, pessimistic} in hours", keys, path
+            "invalid_estimate", "estimate_hours must be an object {optimistic, likely, pessimistic} in hours",
+            keys, path,
         ))
         return Estimate(0.0, 0.0, 0.0)
     unknown = sorted(set(value) - set(ESTIMATE_POINTS))
     if unknown:
-        findings.append(Finding("unknown_field", f"estimate_hours has unknown fields: {', '.join(unknown)}", keys, path))
+        findings.append(Finding("unknown_field", f"estimate_hours has unknown fields: {', '.join(unknown)}",
+                                keys, path))
     points = []
     for name in ESTIMATE_POINTS:
         number = value.get(name)
@@ -300,7 +302,8 @@ def _parse_task(index, raw, findings, repository):
                                                      limit=FILES_MAX, findings=findings, name=f"task {key}: files")):
         where = f"{path}.files[{position}]"
         if len(raw_path) > PATH_MAX:
-            findings.append(Finding("too_long", f"task {key}: a path is longer than {PATH_MAX} characters", (key,), where))
+            findings.append(Finding("too_long", f"task {key}: a path is longer than {PATH_MAX} characters",
+                                    (key,), where))
             continue
         normal = normalise_path(raw_path)
         if normal is None or (repository is not None and not _inside(repository, normal)):
@@ -359,7 +362,8 @@ def check_plan(data, *, repository: Path | None = None) -> CheckedPlan:
         findings.append(Finding("invalid_field", "tasks must be a list of task objects", (), "tasks"))
         return CheckedPlan(summary=summary, findings=findings)
     if not TASKS_MIN <= len(raw_tasks) <= TASKS_MAX:
-        findings.append(Finding("task_count", f"A plan has {TASKS_MIN}-{TASKS_MAX} tasks; this one has {len(raw_tasks)}",
+        findings.append(Finding("task_count",
+                                f"A plan has {TASKS_MIN}-{TASKS_MAX} tasks; this one has {len(raw_tasks)}",
                                 (), "tasks"))
         return CheckedPlan(summary=summary, findings=findings)
 

@@ -41,7 +41,8 @@ def plan_view(*, session: CodingSession) -> dict:
         .values("version", "status", "source", "comment", "created_at")[:VERSIONS_SHOWN]
     )
     graph = task_graph(session_id=session.pk)
-    rows = Task.objects.filter(session=session).exclude(plan_key="").values_list("id", "plan_key", "files", "acceptance")
+    rows = (Task.objects.filter(session=session).exclude(plan_key="")
+            .values_list("id", "plan_key", "files", "acceptance"))
     keys, details = {}, {}
     for pk, key, files, acceptance in rows:
         keys[pk] = key

@@ -28,7 +28,8 @@ def task(key, *, after=(), files=(), capabilities=("code_generation",), hours=(0
     optimistic, likely, pessimistic = hours
     return {
         "key": key, "title": f"Do {key}", "prompt": f"Implement {key}.", "capabilities": list(capabilities),
-        "files": list(files), "estimate_hours": {"optimistic": optimistic, "likely": likely, "pessimistic": pessimistic},
+        "files": list(files),
+        "estimate_hours": {"optimistic": optimistic, "likely": likely, "pessimistic": pessimistic},
         "after": list(after), **extra,
     }
 
@@ -355,7 +356,8 @@ def test_a_refused_graph_replacement_changes_nothing_and_keeps_started_tasks():
 
 def test_reading_the_plan_costs_a_fixed_number_of_queries(api_client, django_assert_max_num_queries):
     small = create(api_client, plan=BOOKS).json()["id"]
-    large = create(api_client, plan=plan(*[task(f"t{n}", after=[f"t{n - 1}"] if n else []) for n in range(40)])).json()["id"]
+    chain = plan(*[task(f"t{n}", after=[f"t{n - 1}"] if n else []) for n in range(40)])
+    large = create(api_client, plan=chain).json()["id"]
     with django_assert_max_num_queries(7) as small_queries:
         assert api_client.get(plan_url(small)).status_code == 200
     with django_assert_max_num_queries(len(small_queries.captured_queries)):
