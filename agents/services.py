@@ -11,12 +11,12 @@ from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from agents import routing
+from agents import routing, sql
 from agents.models import (
     HEARTBEAT_STALE_SECONDS,
     MAX_CAPACITY,
@@ -400,93 +400,17 @@ def _bitand_holds(queryset, mask, alias="held"):
     return queryset.alias(**{alias: F("capability_mask").bitand(mask)}).filter(**{alias: mask})
 
 
-def _heartbeat_fresh(now):
-    return Q(last_heartbeat_at__isnull=True) | Q(last_heartbeat_at__gte=now - timedelta(seconds=HEARTBEAT_STALE_SECONDS))
-
-
-def _candidate_sql(*, with_preferred_agent, with_preferred_type, excluded):
-    """The ranked candidate query, as SQL text with %s placeholders, and the order of its parameters.
-
-    Written as SQL rather than ORM expressions because compiling the score's
-    CASE expressions cost more than running the query. Every number comes from
-    `routing`'s point tables, so the database's ranking and `routing.score` agree
-    exactly. The bitmask test comes first in WHERE: one integer AND discards most
-    rows before any text comparison. Portable to SQLite and PostgreSQL.
-    """
-    table = connection.ops.quote_name(Agent._meta.db_table)
-    tier_case = " ".join(f"WHEN tier = '{tier}' THEN {points}" for tier, points in routing.TIER_POINTS.items())
-    load_case = " ".join(
-        f"WHEN current_load * 10 <= max_concurrent_tasks * {tenths} THEN {routing.LOAD_POINTS[level]}"
-        for level, tenths in routing.LOAD_BOUNDS_TENTHS
-    )
-    terms = [
-        f"(CASE {tier_case} ELSE 0 END)",
-        str(routing.MATCH_POINTS),
-        f"(CASE {load_case} WHEN current_load < max_concurrent_tasks THEN {routing.LOAD_POINTS[routing.CRITICAL]} ELSE 0 END)",
-        f"(CASE WHEN status = '{AgentStatus.AVAILABLE}' THEN {routing.AVAILABLE_POINTS} ELSE 0 END)",
-    ]
-    params = []
-    if with_preferred_agent:
-        terms.append(f"(CASE WHEN id = %s THEN {routing.PREFERRED_AGENT_POINTS} ELSE 0 END)")
-        params.append("preferred_agent_id")
-    if with_preferred_type:
-        terms.append(f"(CASE WHEN agent_type = %s THEN {routing.PREFERRED_TYPE_POINTS} ELSE 0 END)")
-        params.append("preferred_type")
-    routable = ", ".join(f"'{status}'" for status in ROUTABLE_STATUSES)
-    where = [
-        "(capability_mask & %s) = %s",
-        "current_load < max_concurrent_tasks",
-        f"status IN ({routable})",
-        "NOT draining",
-        "tier IN (%s)",
-        "(last_heartbeat_at IS NULL OR last_heartbeat_at >= %s)",
-    ]
-    params += ["mask", "mask", "tiers", "fresh_after"]
-    if excluded:
-        where.append("id NOT IN (%s)")
-        params.append("excluded")
-    columns = ", ".join(connection.ops.quote_name(name) for name in CANDIDATE_COLUMNS)
-    sql = (
-        f"SELECT * FROM (SELECT {columns}, {' + '.join(terms)} AS raw_points FROM {table} "
-        f"WHERE {' AND '.join(where)}) ranked "
-        f"ORDER BY (CASE WHEN raw_points > {routing.MAX_POINTS} THEN {routing.MAX_POINTS} ELSE raw_points END) DESC, "
-        f"raw_points DESC, current_load, id LIMIT {CANDIDATE_LIMIT}"
-    )
-    return sql, params
-
-
-# What a candidate row carries: the ranking's inputs and a decision's brief (id, name, type). The other
-# columns (prompts, tools, the track record) stay deferred: building every candidate whole was most of
-# the cost of routing. A reserved choice is read again whole (_fresh).
-CANDIDATE_COLUMNS = ("id", "name", "agent_type", "tier", "status", "current_load", "max_concurrent_tasks")
-
-
-def _candidates(*, mask, min_tier, preferred_agent_id, preferred_type, now, exclude_ids=()):
+def _candidates(*, mask, min_tier, preferred_agent_id, preferred_type, now, exclude_ids=()) -> list[sql.Candidate]:
     """The best-ranked routable agents (at most CANDIDATE_LIMIT), filtered and ranked in the database."""
-    sql, order = _candidate_sql(
-        with_preferred_agent=preferred_agent_id is not None,
-        with_preferred_type=preferred_type is not None,
-        excluded=bool(exclude_ids),
+    return sql.ranked_candidates(
+        mask=mask,
+        tiers=routing.tier_at_least(min_tier or routing.TRAINEE),
+        fresh_after=now - timedelta(seconds=HEARTBEAT_STALE_SECONDS),
+        preferred_agent_id=preferred_agent_id,
+        preferred_type=preferred_type,
+        limit=CANDIDATE_LIMIT,
+        exclude_ids=exclude_ids,
     )
-    tiers = routing.tier_at_least(min_tier or routing.TRAINEE)
-    values = {
-        "preferred_agent_id": preferred_agent_id,
-        "preferred_type": preferred_type,
-        "mask": mask,
-        "fresh_after": connection.ops.adapt_datetimefield_value(now - timedelta(seconds=HEARTBEAT_STALE_SECONDS)),
-    }
-    params = []
-    for name in order:
-        if name == "tiers":
-            params.extend(tiers)
-        elif name == "excluded":
-            params.extend(sorted(exclude_ids))
-        else:
-            params.append(values[name])
-    sql = sql.replace("tier IN (%s)", f"tier IN ({', '.join(['%s'] * len(tiers))})")
-    if exclude_ids:
-        sql = sql.replace("id NOT IN (%s)", f"id NOT IN ({', '.join(['%s'] * len(exclude_ids))})")
-    return list(Agent.objects.raw(sql, params))
 
 
 def _score(agent, *, required, preferred_agent_id, preferred_type):
@@ -549,7 +473,7 @@ def agent_route(
     Python. With `reserve`, one unit of the chosen agent's capacity is taken by
     compare-and-set; losing that race to a concurrent routing moves on to the
     next candidate. `preferred_agent` is an Agent, its id or its name. The agents of a decision
-    that reserved nothing, and its alternatives, carry CANDIDATE_COLUMNS (others load on access).
+    that reserved nothing, and its alternatives, carry sql.CANDIDATE_COLUMNS (others load on access).
 
     Raises ValidationFailed for unknown capability, type or tier names, and
     NoAgentAvailable (a Conflict) naming the missing capabilities or why every
@@ -574,7 +498,7 @@ def agent_route(
         scored = sorted(
             (
                 (_score(agent, required=required, preferred_agent_id=preferred_agent_id, preferred_type=preferred_type), agent)
-                for agent in candidates
+                for agent in (candidate.agent for candidate in candidates)
             ),
             key=lambda pair: (-pair[0].points, -pair[0].raw_points, pair[1].current_load, pair[1].pk),
         )

@@ -18,13 +18,13 @@ Rules the execution engine relies on:
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 from django.utils import timezone
 from django_fsm import can_proceed
 
 from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
-from tasks import readiness
+from tasks import readiness, sql
 from tasks.decomposition import CAPABILITIES, plan_decomposition
 from tasks.estimates import Estimate, validate_estimate
 from tasks.graph import ARROW, build_graph, cycle_if_added, cycle_text, expand_to_leaves, leaves_of
@@ -512,30 +512,15 @@ def _pk_of(session):
     return getattr(session, "pk", session)
 
 
-# The plan's two queries as SQL written once: a worker reads a session's plan four times per task
-# (start, completion, and the plan loop's refreshes), and Django compiled them every time.
-_PLAN_TASKS = f'SELECT id, parent_id, status, priority, "order" FROM {Task._meta.db_table} WHERE session_id = %s'
-_PLAN_LINKS = (
-    f"SELECT link.prerequisite_id, link.dependent_id, link.dependency_type, link.is_required "
-    f"FROM {TaskDependency._meta.db_table} link JOIN {Task._meta.db_table} dependent "
-    f"ON dependent.id = link.dependent_id WHERE dependent.session_id = %s"
-)
-
-
-def _load_plan(session_id):
-    """Two queries. Read outside any lock: every write that follows is a compare-and-set."""
+def _load_plan(session_id: int) -> _Plan:
+    """The session's plan (tasks.sql.plan_rows, two statements), as the readiness rules take it."""
+    rows = sql.plan_rows(session_id)
     statuses, parents, ranks = {}, {}, {}
-    with connection.cursor() as cursor:
-        cursor.execute(_PLAN_TASKS, [session_id])
-        for pk, parent_id, status, priority, order in cursor.fetchall():
-            statuses[pk] = status
-            parents[pk] = parent_id
-            ranks[pk] = (PRIORITY_RANK.get(priority, len(PRIORITY_RANK)), order, pk)
-        cursor.execute(_PLAN_LINKS, [session_id])
-        # SQLite answers booleans as 0/1
-        links = [readiness.Link(prerequisite, dependent, kind, bool(required))
-                 for prerequisite, dependent, kind, required in cursor.fetchall()]
-    return _Plan(statuses, parents, links, ranks)
+    for row in rows.tasks:
+        statuses[row.id] = row.status
+        parents[row.id] = row.parent_id
+        ranks[row.id] = (PRIORITY_RANK.get(row.priority, len(PRIORITY_RANK)), row.order, row.id)
+    return _Plan(statuses, parents, rows.links, ranks)
 
 
 def _refresh(plan):
