@@ -10,7 +10,7 @@ import random
 import threading
 import time
 
-from bench.common import bench_database, summarize_ms, percentile
+from bench.common import bench_database, percentile, summarize_ms
 
 AGENTS = 10_000
 DECISIONS = 1_000

@@ -65,6 +65,7 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -79,8 +80,20 @@ from pathlib import Path
 
 from bench.common import percentile
 from bench.execution_stack import (
-    TERMINAL, bystander, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
-    process_size, scheduler_traced, scheduler_waits, service_cpu_seconds, thread_schedule, tree_cpu_seconds,
+    TERMINAL,
+    bystander,
+    cpu_seconds,
+    folded_summary,
+    opencode_session_created,
+    opencode_times,
+    process_size,
+    profiled,
+    running_stack,
+    scheduler_traced,
+    scheduler_waits,
+    service_cpu_seconds,
+    thread_schedule,
+    tree_cpu_seconds,
     wait_for_quiet,
 )
 from bench.opencode_direct import make_repository, make_worktrees
@@ -347,7 +360,7 @@ class Orchestrator:
             try:
                 window = min(SILENCE_RECONNECT, deadline - time.perf_counter())
                 raw = await asyncio.wait_for(socket.recv(), timeout=max(0.1, window))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if time.perf_counter() >= deadline:
                     raise
                 # A client's rule for a quiet socket: reconnect with the last id seen, as after a drop.
@@ -391,13 +404,13 @@ class Orchestrator:
             if ready is not None:  # sessions created and sockets connected: the caller's last word
                 await asyncio.to_thread(ready)
             started = time.perf_counter()
-            sockets = await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
+            sockets = await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets, strict=True)))
             wall = time.perf_counter() - started
             # Each socket closed and each session read once all have finished, as the direct side's
             # jobs do nothing with the server once their session is idle but close its directory
             # (which the worker does too): done as each ended, they added requests to the server
             # while the batch's other sessions ran.
-            await asyncio.gather(*(self._finish(http, run, socket) for run, socket in zip(runs, sockets)))
+            await asyncio.gather(*(self._finish(http, run, socket) for run, socket in zip(runs, sockets, strict=True)))
             return wall, runs
 
     def batch(self, count, repository=None, ready=None):
@@ -602,7 +615,7 @@ def dispatch_breakdown(runs, llm, opencode_stores):
             ("task.prompted row (event stream, prompt_async accepted)", rows.get("task.prompted")),
             ("LLM first request (OpenCode's own work)", first),
         ]
-        for (_, before), (name, after) in zip(marks, marks[1:]):
+        for (_, before), (name, after) in itertools.pairwise(marks):
             if before is not None and after is not None:
                 add(name, after - before)
         if rows.get("task.prompted") is not None:

@@ -72,10 +72,12 @@ def run(options):
                                                  repository=str(repository))
                         sessions.append(session_start(session=session))
                     # Only sessions the doomed worker claimed count for this kill.
-                    wait_until(lambda: all(CodingSession.objects.get(pk=s.pk).status == "running" for s in sessions),
+                    wait_until(lambda sessions=sessions: all(CodingSession.objects.get(pk=s.pk).status == "running"
+                                                             for s in sessions),
                                timeout=120, message="every session to run")
-                    wait_until(lambda: all(SessionEvent.objects.filter(session=s, type="session.checkpoint").exists()
-                                           for s in sessions), timeout=120, message="a checkpoint in every session")
+                    wait_until(lambda sessions=sessions: all(
+                        SessionEvent.objects.filter(session=s, type="session.checkpoint").exists() for s in sessions
+                    ), timeout=120, message="a checkpoint in every session")
                     owned = [s for s in sessions
                              if CodingSession.objects.get(pk=s.pk).worker_id.endswith(f":{doomed.pid}")]
                     killed_at = time.monotonic()

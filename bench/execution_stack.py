@@ -94,9 +94,9 @@ def _clear_run_folders(var_dir):
 
 @contextmanager
 def _web_server(log_path):
-    from orchestrator.testing import free_port, stop_process, subprocess_env, wait_until
-
     import httpx
+
+    from orchestrator.testing import free_port, stop_process, subprocess_env, wait_until
 
     port = free_port()
     log = open(log_path, "wb")

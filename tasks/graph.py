@@ -14,10 +14,9 @@ With only finish_to_start edges this is the classic longest path weighted by nod
 durations, so a short chain of long tasks beats a long chain of short ones.
 """
 
+import heapq
 from dataclasses import dataclass, field
 from typing import NamedTuple
-
-import heapq
 
 import networkx as nx
 

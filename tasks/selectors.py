@@ -50,11 +50,11 @@ def task_list(*, session_id=None, status=None, parent_id=None):
 def session_graph_rows(session_id):
     """Every task of a session as a dict, and every dependency between them: two queries."""
     nodes = [
-        dict(zip(NODE_FIELDS, row))
+        dict(zip(NODE_FIELDS, row, strict=True))
         for row in Task.objects.filter(session_id=session_id).order_by().values_list(*NODE_FIELDS)
     ]
     edges = [
-        dict(zip(EDGE_FIELDS, row))
+        dict(zip(EDGE_FIELDS, row, strict=True))
         for row in TaskDependency.objects.filter(dependent__session_id=session_id).order_by().values_list(*EDGE_FIELDS)
     ]
     return nodes, edges

@@ -428,7 +428,7 @@ def _create_plan(parent, plan, *, auto_estimate):
         created.extend(rows)
         next_level = []
         siblings = {}
-        for (planned, owner), row in zip(level, rows):
+        for (planned, owner), row in zip(level, rows, strict=True):
             siblings.setdefault(owner.pk, []).append((planned, row))
             next_level.extend((child, row) for child in planned.children)
         for group in siblings.values():

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from contexts import services
-from contexts.documents import DELETE, DEEP_MERGE, LAST_WRITE_WINS, MANUAL, PREFER_SOURCE, PREFER_TARGET
+from contexts.documents import DEEP_MERGE, DELETE, LAST_WRITE_WINS, MANUAL, PREFER_SOURCE, PREFER_TARGET
 from contexts.models import Context, ContextChange, Scope
 from contexts.tests.factories import make_agent, make_session
 from orchestrator.errors import Conflict, NotFound, StaleVersion, ValidationFailed
