@@ -54,7 +54,9 @@ def agent_list(*, agent_type=None, status=None, tier=None, capabilities=(), orde
     order = ordering or "name"
     key = order.lstrip("-")
     if key not in ORDERINGS:
-        raise ValidationFailed(field="ordering", rule=f"must be one of {', '.join(sorted(ORDERINGS))}, optionally with -")
+        raise ValidationFailed(
+            field="ordering", rule=f"must be one of {', '.join(sorted(ORDERINGS))}, optionally with -"
+        )
     expression = ORDERINGS[key]
     if expression == "tier_rank":
         queryset = queryset.alias(

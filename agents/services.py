@@ -497,7 +497,12 @@ def agent_route(
             _raise_no_candidate(mask=mask, names=required_capabilities, min_tier=min_tier, now=now)
         scored = sorted(
             (
-                (_score(agent, required=required, preferred_agent_id=preferred_agent_id, preferred_type=preferred_type), agent)
+                (
+                    _score(
+                        agent, required=required, preferred_agent_id=preferred_agent_id, preferred_type=preferred_type
+                    ),
+                    agent,
+                )
                 for agent in (candidate.agent for candidate in candidates)
             ),
             key=lambda pair: (-pair[0].points, -pair[0].raw_points, pair[1].current_load, pair[1].pk),
@@ -535,11 +540,17 @@ def _raise_no_candidate(*, mask, names, min_tier, now):
     names = sorted(set(names))
     holders = _bitand_holds(Agent.objects.all(), mask)
     if not holders.exists():
-        missing = [name for name in names if not _bitand_holds(Agent.objects.all(), routing.CAPABILITY_BIT[name]).exists()]
+        missing = [
+            name for name in names if not _bitand_holds(Agent.objects.all(), routing.CAPABILITY_BIT[name]).exists()
+        ]
         if missing:
             raise NoAgentAvailable(
                 f"no agent has {', '.join(missing)}",
-                details={"reason": "missing_capabilities", "missing_capabilities": missing, "required_capabilities": names},
+                details={
+                    "reason": "missing_capabilities",
+                    "missing_capabilities": missing,
+                    "required_capabilities": names,
+                },
             )
         raise NoAgentAvailable(
             f"no single agent has all of {', '.join(names)}",
@@ -560,7 +571,9 @@ def _raise_no_candidate(*, mask, names, min_tier, now):
     for reason, label in (("full", "full"), ("offline", "offline"), ("maintenance", "in maintenance")):
         if counts[reason] == total:
             summary = f"all {total} agent(s) with {', '.join(names) or 'no particular capability'} are {label}"
-            raise NoAgentAvailable(summary, details={"reason": f"all_{reason}", "required_capabilities": names, **counts})
+            raise NoAgentAvailable(
+                summary, details={"reason": f"all_{reason}", "required_capabilities": names, **counts}
+            )
     parts = [f"{counts[key]} {label}" for key, label in (
         ("full", "full"),
         ("offline", "offline"),
@@ -570,7 +583,8 @@ def _raise_no_candidate(*, mask, names, min_tier, now):
         ("below_min_tier", f"below {min_tier}"),
     ) if counts[key]]
     raise NoAgentAvailable(
-        f"none of the {total} agent(s) with {', '.join(names) or 'no particular capability'} can take it: {', '.join(parts)}",
+        f"none of the {total} agent(s) with {', '.join(names) or 'no particular capability'} can take it: "
+        f"{', '.join(parts)}",
         details={"reason": "none_routable", "required_capabilities": names, **counts},
     )
 

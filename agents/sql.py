@@ -43,7 +43,9 @@ def _ranked_candidates_sql(tier_count: int, excluded_count: int) -> str:
     quote = connection.ops.quote_name
     columns = ", ".join(quote(name) for name in CANDIDATE_COLUMNS)
     tier_case = " ".join(["WHEN %s THEN %s"] * len(routing.TIER_POINTS))
-    load_case = " ".join(["WHEN current_load * 10 <= max_concurrent_tasks * %s THEN %s"] * len(routing.LOAD_BOUNDS_TENTHS))
+    load_case = " ".join(
+        ["WHEN current_load * 10 <= max_concurrent_tasks * %s THEN %s"] * len(routing.LOAD_BOUNDS_TENTHS)
+    )
     points = (
         f"(CASE tier {tier_case} ELSE 0 END)"
         " + %s"  # matched / required: every candidate holds every required capability

@@ -67,7 +67,9 @@ def run(options):
                 with running_worker(concurrency=16, env=env) as doomed:
                     sessions = []
                     for index in range(options.sessions):
-                        repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"recovery-{uuid.uuid4().hex[:8]}")
+                        repository = make_git_repository(
+                            settings.REPOSITORY_ROOTS[0] / f"recovery-{uuid.uuid4().hex[:8]}"
+                        )
                         session = session_create(title=f"Recovery {round_number}.{index}", initial_prompt=SCRIPT,
                                                  repository=str(repository))
                         sessions.append(session_start(session=session))
@@ -93,15 +95,23 @@ def run(options):
                     if now >= next_reconcile:
                         session_reconcile()
                         next_reconcile = now + RECONCILE_EVERY
-                    states = {s.pk: CodingSession.objects.values_list("status", "worker_id").get(pk=s.pk) for s in owned}
-                    if all(status == "running" and worker.endswith(f":{survivor.pid}") for status, worker in states.values()):
+                    states = {
+                        s.pk: CodingSession.objects.values_list("status", "worker_id").get(pk=s.pk) for s in owned
+                    }
+                    if all(
+                        status == "running" and worker.endswith(f":{survivor.pid}")
+                        for status, worker in states.values()
+                    ):
                         break
                     if now - killed_at > 300:
                         raise SystemExit(f"round {round_number}: sessions not running again after 300 s: {states}")
                     time.sleep(0.1)
                 elapsed = time.monotonic() - killed_at
                 times.append(elapsed)
-                print(f"kill {round_number}: {len(owned)} sessions of the killed worker running again after {elapsed:.1f} s")
+                print(
+                    f"kill {round_number}: {len(owned)} sessions of the killed worker running again after "
+                    f"{elapsed:.1f} s"
+                )
                 _stop_all(sessions, session_stop)
     print(f"recovery, kill -9 -> all of its sessions running again: p50 {statistics.median(times):.1f} s, "
           f"max {max(times):.1f} s over {len(times)} kills "

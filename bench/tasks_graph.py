@@ -44,7 +44,10 @@ def build_session_graph(random_source):
         pairs.add((ids[a], ids[b]))
     kinds = ["finish_to_start"] * 8 + ["start_to_start", "finish_to_finish"]
     TaskDependency.objects.bulk_create(
-        (TaskDependency(prerequisite_id=a, dependent_id=b, dependency_type=random_source.choice(kinds)) for a, b in pairs),
+        (
+            TaskDependency(prerequisite_id=a, dependent_id=b, dependency_type=random_source.choice(kinds))
+            for a, b in pairs
+        ),
         batch_size=5000,
     )
     with connection.cursor() as cursor:

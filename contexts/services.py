@@ -158,9 +158,18 @@ def context_create(
 
 def _history_rows(context, version, changes: Diff, actor, note, now) -> list[ContextChange]:
     label, user = _actor_fields(actor)
-    common = {"context_id": context.pk, "version": version, "actor": label, "user": user, "note": note[:500], "created_at": now}
+    common = {
+        "context_id": context.pk,
+        "version": version,
+        "actor": label,
+        "user": user,
+        "note": note[:500],
+        "created_at": now,
+    }
     rows = [ContextChange(path=p, action=ChangeAction.ADD, new_value=v, **common) for p, v in changes.added.items()]
-    rows += [ContextChange(path=p, action=ChangeAction.REMOVE, old_value=v, **common) for p, v in changes.removed.items()]
+    rows += [
+        ContextChange(path=p, action=ChangeAction.REMOVE, old_value=v, **common) for p, v in changes.removed.items()
+    ]
     rows += [
         ContextChange(path=p, action=ChangeAction.CHANGE, old_value=old, new_value=new, **common)
         for p, (old, new) in changes.changed.items()
@@ -387,8 +396,8 @@ def context_merge(
     With a target, the merge is computed from the target as stored and written
     with compare-and-set: when `expected_version` is given a stale one raises
     StaleVersion, otherwise the target row is locked while the merge is
-    computed and written, so concurrent writers wait rather than fail. Without a target the first source is the base and the
-    result goes into a new temporary context (kept 1 h) that the outcome names.
+    computed and written, so concurrent writers wait rather than fail. Without a target the first
+    source is the base and the result goes into a new temporary context (kept 1 h) that the outcome names.
 
     `manual` writes nothing and raises Conflict listing the conflicts in
     `details["conflicts"]` until `resolutions` {path: value} covers all of them.

@@ -130,7 +130,10 @@ def task_create(
         _refuse_new_children(parent)
     if order is None:
         last = (
-            Task.objects.filter(session=session, parent=parent).order_by("-order").values_list("order", flat=True).first()
+            Task.objects.filter(session=session, parent=parent)
+            .order_by("-order")
+            .values_list("order", flat=True)
+            .first()
             if parent is not None
             else None
         )
@@ -180,7 +183,10 @@ def task_update(*, task: Task, **changes) -> Task:
         raise ValidationFailed(errors={name: ["cannot be changed here"] for name in unknown})
     _validate_fields(changes)
     locked = Task.objects.select_for_update().get(pk=task.pk)
-    estimate = {name: changes.get(name, getattr(locked, name)) for name in ("optimistic_hours", "likely_hours", "pessimistic_hours")}
+    estimate = {
+        name: changes.get(name, getattr(locked, name))
+        for name in ("optimistic_hours", "likely_hours", "pessimistic_hours")
+    }
     validate_estimate(*estimate.values())
     for name, value in changes.items():
         if name == "title":
@@ -697,14 +703,17 @@ def _check_start_for_ready(task, plan):
     waiting = _first_blocker(task, plan, readiness.start_blockers)
     if waiting:
         kind, status, title = waiting
-        raise _refused(task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}")
+        raise _refused(
+            task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}"
+        )
 
 
 def _check_capabilities(task, agent):
     missing = sorted(set(task.required_capabilities) - set(getattr(agent, "capabilities", task.required_capabilities)))
     if missing:
         raise ValidationFailed(
-            f"Agent {agent} lacks the capabilities {', '.join(missing)}", errors={"agent": [f"lacks {', '.join(missing)}"]}
+            f"Agent {agent} lacks the capabilities {', '.join(missing)}",
+            errors={"agent": [f"lacks {', '.join(missing)}"]},
         )
 
 
@@ -725,7 +734,9 @@ def task_start(*, task: Task) -> Task:
 
 def task_complete(*, task: Task, result: dict | None = None, output: str = "") -> Task:
     """in_progress → completed; refused while a finish_to_finish or start_to_finish prerequisite is unmet."""
-    return _transition(task, "complete", check=_check_finish, now=timezone.now(), result=result or {}, output=output or "")
+    return _transition(
+        task, "complete", check=_check_finish, now=timezone.now(), result=result or {}, output=output or ""
+    )
 
 
 def task_fail(*, task: Task, error: dict | str) -> Task:

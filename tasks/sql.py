@@ -61,5 +61,8 @@ def plan_rows(session_id: int) -> PlanRows:
         tasks = [PlanTaskRow(*row) for row in cursor.fetchall()]
         cursor.execute(links_sql, [session_id])
         # SQLite answers booleans as 0/1.
-        links = [Link(prerequisite, dependent, kind, bool(required)) for prerequisite, dependent, kind, required in cursor.fetchall()]
+        links = [
+            Link(prerequisite, dependent, kind, bool(required))
+            for prerequisite, dependent, kind, required in cursor.fetchall()
+        ]
     return PlanRows(tasks=tasks, links=links)

@@ -106,8 +106,16 @@ SCENARIOS = {
     "one capability": {"required": ["code_generation"]},
     "no capability asked for": {"required": []},
     "two capabilities, preferred type": {"required": ["code_generation", "testing"], "preferred_type": "reviewer"},
-    "preferred agent and type": {"required": ["code_generation"], "preferred_agent": True, "preferred_type": "debugger"},
-    "preferred agent, minimum tier": {"required": ["code_generation"], "preferred_agent": True, "min_tier": "COMPETENT"},
+    "preferred agent and type": {
+        "required": ["code_generation"],
+        "preferred_agent": True,
+        "preferred_type": "debugger",
+    },
+    "preferred agent, minimum tier": {
+        "required": ["code_generation"],
+        "preferred_agent": True,
+        "min_tier": "COMPETENT",
+    },
 }
 
 

@@ -295,7 +295,9 @@ def test_share_merges_into_the_sessions_context_and_records_provenance():
     assert target.data == {"shared": [2, 1], "own": True, "conventions": {"style": "black"}}
     assert (target.source_context, target.source_version, target.source_strategy) == (source, 1, DEEP_MERGE)
     assert target.shared_at is not None
-    assert set(target.changes.filter(version=3).values_list("note", flat=True)) == {f"share from #{source.pk} v1 (deep_merge)"}
+    assert set(target.changes.filter(version=3).values_list("note", flat=True)) == {
+        f"share from #{source.pk} v1 (deep_merge)"
+    }
 
 
 def test_share_by_copy_replaces_the_target_document():

@@ -12,7 +12,9 @@ from tasks.sql import PlanRows, PlanTaskRow
 def plan_rows(session_id: int) -> PlanRows:
     tasks = [
         PlanTaskRow(*row)
-        for row in Task.objects.filter(session_id=session_id).values_list("id", "parent_id", "status", "priority", "order")
+        for row in Task.objects.filter(session_id=session_id).values_list(
+            "id", "parent_id", "status", "priority", "order"
+        )
     ]
     links = [
         Link(*row)

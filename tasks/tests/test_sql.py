@@ -7,7 +7,9 @@ from tasks.tests import orm_reference
 
 
 def _sorted(rows):
-    return sorted(rows.tasks, key=lambda row: row.id), sorted(rows.links, key=lambda link: (link.prerequisite, link.dependent))
+    return sorted(rows.tasks, key=lambda row: row.id), sorted(
+        rows.links, key=lambda link: (link.prerequisite, link.dependent)
+    )
 
 
 @pytest.fixture
