@@ -7,8 +7,9 @@ the row version it finally updates, SQLite serialises writers.
 """
 
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, transaction
@@ -54,7 +55,7 @@ class RouteDecision:
     agent: Agent
     score: float
     reason: str
-    alternatives: list = field(default_factory=list)
+    alternatives: list[Alternative] = field(default_factory=list)
     reserved: bool = False
 
 
@@ -141,7 +142,7 @@ def agent_register(
     return agent
 
 
-def agent_update(*, agent: Agent, capabilities: list | None = None, **changes) -> Agent:
+def agent_update(*, agent: Agent, capabilities: list | None = None, **changes: Any) -> Agent:
     """Change an agent's description, OpenCode configuration, capabilities or capacity.
 
     Only the named fields are written, so a concurrent reservation's
@@ -303,7 +304,7 @@ def agent_heartbeat(
     return locked
 
 
-def agent_mark_stale_offline(*, stale_after_seconds: int = HEARTBEAT_STALE_SECONDS, now=None) -> int:
+def agent_mark_stale_offline(*, stale_after_seconds: int = HEARTBEAT_STALE_SECONDS, now: datetime | None = None) -> int:
     """Mark offline every available or busy agent not heard from for `stale_after_seconds`.
 
     One compare-and-set UPDATE: a heartbeat that lands first keeps its agent
@@ -460,7 +461,7 @@ def _validate_route_input(required_capabilities, preferred_type, min_tier):
 def agent_route(
     *,
     required_capabilities: list,
-    preferred_agent=None,
+    preferred_agent: int | str | None = None,
     preferred_type: str | None = None,
     min_tier: str | None = None,
     reserve: bool = False,
@@ -603,10 +604,10 @@ def agent_record_result(
     agent: Agent,
     outcome: str,
     quality: float,
-    duration,
+    duration: float,
     tokens: int = 0,
-    cost=Decimal("0"),
-    release=False,
+    cost: Decimal = Decimal("0"),
+    release: bool = False,
 ) -> Agent | None:
     """Add one finished task to the agent's track record and recompute tier and circuit breaker.
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max
@@ -31,6 +31,15 @@ from contexts import documents
 from contexts.documents import DELETE, MISSING, Diff, MergeConflict
 from contexts.models import RETENTION, SESSION_CONTEXT_NAME, ChangeAction, Context, ContextChange, Scope
 from orchestrator.errors import Conflict, NotFound, StaleVersion, ValidationFailed
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from agents.models import Agent
+    from sessions.models import CodingSession
+
+    # Who changed a context: a user, or a short label such as "engine" or "agent:CODER-1".
+    ContextActor = AbstractBaseUser | str | None
 
 MERGE_STRATEGIES = tuple(documents.STRATEGIES)
 COPY = "copy"
@@ -98,9 +107,9 @@ def context_create(
     scope: str,
     name: str,
     data: dict | None = None,
-    session=None,
-    agent=None,
-    actor=None,
+    session: CodingSession | None = None,
+    agent: Agent | None = None,
+    actor: ContextActor = None,
 ) -> Context:
     """Create a context at version 1; its expiry follows the scope's retention.
 
@@ -260,7 +269,9 @@ def _check_changes(changes) -> None:
         raise ValidationFailed(errors=errors)
 
 
-def context_set(*, context: Context, changes: dict, expected_version: int, actor, note: str = "") -> Context:
+def context_set(
+    *, context: Context, changes: dict, expected_version: int, actor: ContextActor, note: str = ""
+) -> Context:
     """Write several paths at once: {path: value, or documents.DELETE to remove it}.
 
     Applied in order to the document as stored at `expected_version`; raises
@@ -287,7 +298,7 @@ def context_touch(*, context: Context) -> None:
         setattr(context, name, value)
 
 
-def context_get_value(*, context: Context, path: str, default=MISSING, touch: bool = True):
+def context_get_value(*, context: Context, path: str, default: Any = MISSING, touch: bool = True) -> Any:
     """The value at `path` in `context.data` (a stored null is answered as None).
 
     A missing path answers `default`, or raises NotFound when no default is
@@ -389,7 +400,7 @@ def context_merge(
     target: Context | None = None,
     resolutions: dict | None = None,
     expected_version: int | None = None,
-    actor,
+    actor: ContextActor,
 ) -> MergeOutcome:
     """Merge `sources`, in order, into `target` with one of documents.STRATEGIES.
 
@@ -479,7 +490,7 @@ def _merge_into(*, target, expected_version, actor, note, outcome, merged, extra
     )
 
 
-def context_for_session(*, session) -> Context:
+def context_for_session(*, session: CodingSession) -> Context:
     """The session's own context (scope session, name "session"), created on first use."""
     lookup = {"scope": Scope.SESSION, "session": session, "name": SESSION_CONTEXT_NAME}
     found = Context.objects.filter(**lookup).first()
@@ -494,9 +505,9 @@ def context_for_session(*, session) -> Context:
 def context_share(
     *,
     source: Context,
-    target_session,
+    target_session: CodingSession,
     strategy: str,
-    actor,
+    actor: ContextActor,
     resolutions: dict | None = None,
 ) -> MergeOutcome:
     """Copy or merge `source` into `target_session`'s context and record where it came from.
@@ -537,12 +548,12 @@ def context_share(
     )
 
 
-def context_delete(*, context: Context, actor=None) -> None:
+def context_delete(*, context: Context, actor: ContextActor = None) -> None:
     """Delete the context and its history."""
     Context.objects.filter(pk=context.pk).delete()
 
 
-def context_session_ended(*, session) -> int:
+def context_session_ended(*, session: CodingSession) -> int:
     """Start the 24 h retention of the session's contexts; the engine calls this when the session ends.
 
     Counts from `session.ended_at` (now when unset). Answers how many contexts
@@ -609,10 +620,10 @@ def context_prompt_block(
 
 def context_record_task_output(
     *,
-    session,
+    session: CodingSession,
     task_key: str,
-    output,
-    actor,
+    output: Any,
+    actor: ContextActor,
     status: str | None = None,
     attempts: int = WRITE_ATTEMPTS,
 ) -> Context:

@@ -15,11 +15,15 @@ Rules the execution engine relies on:
   read, and the engine may call them at any time: it is idempotent.
 """
 
+from __future__ import annotations
+
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django_fsm import can_proceed
 
@@ -36,6 +40,10 @@ from tasks.models import (
     TaskPriority,
     TaskStatus,
 )
+
+if TYPE_CHECKING:
+    from agents.models import Agent
+    from sessions.models import CodingSession
 
 S = TaskStatus
 TITLE_MAX = 200
@@ -92,17 +100,17 @@ def _dedupe(capabilities):
 @transaction.atomic
 def task_create(
     *,
-    session,
+    session: CodingSession,
     title: str,
     description: str = "",
     parent: Task | None = None,
     priority: str = TaskPriority.NORMAL,
-    required_capabilities=(),
+    required_capabilities: Sequence[str] = (),
     optimistic_hours: float = 0.0,
     likely_hours: float = 0.0,
     pessimistic_hours: float = 0.0,
     estimated_tokens: int = 0,
-    estimated_cost=Decimal("0"),
+    estimated_cost: Decimal = Decimal("0"),
     order: int | None = None,
 ) -> Task:
     """Create a pending task in `session`.
@@ -172,7 +180,7 @@ def _refuse_new_children(parent):
 
 
 @transaction.atomic
-def task_update(*, task: Task, **changes) -> Task:
+def task_update(*, task: Task, **changes: Any) -> Task:
     """Change editable fields (title, description, priority, capabilities, estimates, order).
 
     Expected hours, sigma and complexity are recomputed. Status is never edited here:
@@ -451,7 +459,7 @@ def _create_plan(parent, plan, *, auto_estimate):
 # --- readiness, the one place --------------------------------------------------------
 
 
-def task_refresh_readiness(*, session) -> dict:
+def task_refresh_readiness(*, session: CodingSession) -> dict:
     """Apply the readiness rules (tasks.readiness) to every task of `session`.
 
     Pending leaves whose required dependencies allow them to start become ready;
@@ -461,14 +469,14 @@ def task_refresh_readiness(*, session) -> dict:
     meanwhile is left alone (the next refresh sees it). Two queries when nothing
     changes. Returns {"ready": [ids], "skipped": [ids], "containers": {id: status}}.
     """
-    changes = _refresh(_load_plan(_pk_of(session)))
+    changes = _refresh(_load_plan(session.pk))
     return {"ready": changes.ready, "skipped": list(changes.skipped), "containers": changes.containers}
 
 
-def task_refresh_plan(*, session) -> "PlanState":
+def task_refresh_plan(*, session: CodingSession) -> PlanState:
     """task_refresh_readiness for the execution engine: the statuses after the refresh, from which
     it reads the ready leaves and, once nothing is left, the plan's outcome (no further queries)."""
-    plan = _load_plan(_pk_of(session))
+    plan = _load_plan(session.pk)
     changes = _refresh(plan)
     statuses = dict(plan.statuses)
     statuses.update({pk: S.READY for pk in changes.ready})
@@ -512,10 +520,6 @@ class PlanState:
 
     def summary(self):
         return readiness.plan_summary(self.statuses[pk] for pk in self.leaves())
-
-
-def _pk_of(session):
-    return getattr(session, "pk", session)
 
 
 def _load_plan(session_id: int) -> _Plan:
@@ -592,7 +596,7 @@ def _sync_ancestors(task):
 # --- helpers for the execution engine ---------------------------------------------
 
 
-def task_root_for_session(*, session) -> Task:
+def task_root_for_session(*, session: CodingSession) -> Task:
     """The session's root task, created from the session's title and prompt if missing."""
     root = Task.objects.filter(session=session, parent__isnull=True).first()
     if root is not None:
@@ -612,11 +616,11 @@ def _leaves(queryset):
     )
 
 
-def task_plan_finished(*, session) -> dict:
+def task_plan_finished(*, session: CodingSession) -> dict:
     """Counts of the session's leaves by outcome, and whether the plan has finished
     (tasks.readiness.plan_summary: total, completed, failed, skipped, cancelled, other,
     finished, outcome)."""
-    plan = _load_plan(_pk_of(session))
+    plan = _load_plan(session.pk)
     return PlanState(statuses=plan.statuses, parents=plan.parents, ranks=plan.ranks).summary()
 
 
@@ -717,7 +721,7 @@ def _check_capabilities(task, agent):
         )
 
 
-def task_assign(*, task: Task, agent, start=False) -> Task:
+def task_assign(*, task: Task, agent: Agent, start: bool = False) -> Task:
     """pending or ready → assigned to `agent` (capacity is reserved by the agents app's routing);
     with `start`, on to in_progress in the same transaction (a worker that runs it now)."""
     _check_capabilities(task, agent)
@@ -803,7 +807,7 @@ def task_set_opencode_session(*, task: Task, opencode_session_id: str) -> None:
 INTERRUPTED = (S.ASSIGNED, S.IN_PROGRESS, S.PAUSED)
 
 
-def task_interrupted_for_session(*, session):
+def task_interrupted_for_session(*, session: CodingSession) -> QuerySet[Task]:
     """Leaves a pause or a lost worker interrupted (assigned, in progress or paused), oldest first."""
     return _leaves(
         Task.objects.filter(session=session, status__in=INTERRUPTED)
