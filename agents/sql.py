@@ -1,7 +1,7 @@
 """The agents app's hand-written SQL: routing's ranked candidate query.
 
 Written as SQL rather than ORM expressions because compiling the score's CASE
-expressions cost more than running the query (docs/decisions/0011). The text of
+expressions cost more than running the query (docs/decisions/0024). The text of
 the statement holds only fixed identifiers (the Agent table and its columns) and
 placeholders; every value, including the point tables of `agents.routing`, is a
 parameter, so the database's ranking and `routing.score` agree by construction.

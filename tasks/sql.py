@@ -2,7 +2,7 @@
 
 A worker reads a session's plan four times per task (start, completion and the plan
 loop's refreshes), and Django compiled the two ORM queries every time
-(docs/decisions/0009). The statements hold only fixed identifiers (the Task and
+(docs/decisions/0011). The statements hold only fixed identifiers (the Task and
 TaskDependency tables) and placeholders. The tests hold them to the same read
 through the ORM (tasks/tests/test_sql.py), and run the readiness behaviour over both.
 """
