@@ -1,4 +1,5 @@
-"""Every write to tasks: creation, edits, dependencies, decomposition, transitions, readiness.
+"""Every write to tasks: creation, edits, decomposition, transitions; dependencies (tasks/dependencies.py)
+and the readiness refresh (tasks/plan.py) are re-exported here.
 
 Rules the execution engine relies on:
 - A session has one root task (`task_root_for_session`); a task created without a
@@ -7,18 +8,17 @@ Rules the execution engine relies on:
   derived from its children by `tasks.readiness.container_status` and written by
   `task_refresh_readiness`; its own transitions are refused, except cancel and skip,
   which apply to the leaves below it that still allow them.
-- The readiness refresh (`_refresh`: `tasks.readiness.plan_readiness` on the plan read,
-  then compare-and-set writes) is the one place where pending tasks become ready,
-  dependents of failed, skipped or cancelled prerequisites become skipped and containers
-  follow their children. Every transition runs it on the plan it read for its checks
-  before returning; `task_refresh_readiness` and `task_refresh_plan` run it on a fresh
-  read, and the engine may call them at any time: it is idempotent.
+- The readiness refresh (`tasks.plan.plan_refresh`) is the one place where pending tasks
+  become ready, dependents of failed, skipped or cancelled prerequisites become skipped
+  and containers follow their children. Every transition runs it on the plan it read for
+  its checks before returning; `task_refresh_readiness` and `task_refresh_plan` (in
+  tasks/plan.py, re-exported here) run it on a fresh read, and the engine may call them
+  at any time: it is idempotent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -28,18 +28,22 @@ from django.utils import timezone
 from django_fsm import can_proceed
 
 from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
-from tasks import readiness, sql
+from tasks import readiness
 from tasks.decomposition import CAPABILITIES, plan_decomposition
+from tasks.dependencies import task_add_dependency as task_add_dependency
+from tasks.dependencies import task_remove_dependency as task_remove_dependency
 from tasks.estimates import Estimate, validate_estimate
-from tasks.graph import ARROW, build_graph, cycle_if_added, cycle_text, expand_to_leaves, leaves_of
 from tasks.models import (
-    PRIORITY_RANK,
-    DependencyType,
     Task,
     TaskDependency,
     TaskPriority,
     TaskStatus,
 )
+from tasks.plan import INTERRUPTED, plan_load, plan_refresh, sync_ancestors
+from tasks.plan import PlanState as PlanState
+from tasks.plan import task_plan_finished as task_plan_finished
+from tasks.plan import task_refresh_plan as task_refresh_plan
+from tasks.plan import task_refresh_readiness as task_refresh_readiness
 
 if TYPE_CHECKING:
     from agents.models import Agent
@@ -167,7 +171,7 @@ def task_create(
         # Another request created the session's root between the read and the insert.
         raise Conflict("The session's root task was created concurrently; retry") from None
     if parent is not None:
-        _sync_ancestors(task)
+        sync_ancestors(task)
     return task
 
 
@@ -209,139 +213,6 @@ def task_update(*, task: Task, **changes: Any) -> Task:
     if changes:
         locked.save(update_fields=list(changes))
     return locked
-
-
-# --- dependencies -------------------------------------------------------------------
-
-
-def _session_structure(session_id):
-    """(titles, parents, children, stored edges) of a session's tasks in two queries."""
-    titles, parents, children = {}, {}, {}
-    for pk, parent_id, title in Task.objects.filter(session_id=session_id).values_list("id", "parent_id", "title"):
-        titles[pk] = title
-        parents[pk] = parent_id
-        if parent_id is not None:
-            children.setdefault(parent_id, []).append(pk)
-    edges = list(
-        TaskDependency.objects.filter(dependent__session_id=session_id).values_list(
-            "prerequisite_id", "dependent_id", "dependency_type", "is_required"
-        )
-    )
-    return titles, parents, children, edges
-
-
-def _ancestors(parents, node):
-    node = parents.get(node)
-    while node is not None:
-        yield node
-        node = parents.get(node)
-
-
-def _link_satisfied_for(leaf_status, dependency_type, prerequisite_status):
-    """Whether a new required link is already met for a leaf that is past `pending`."""
-    if leaf_status == S.PENDING or leaf_status in (S.FAILED, S.CANCELLED, S.SKIPPED):
-        return True
-    start_ok = readiness.start_allows(dependency_type, prerequisite_status)
-    if leaf_status == S.COMPLETED:
-        return start_ok and readiness.finish_allows(dependency_type, prerequisite_status)
-    return start_ok
-
-
-def task_add_dependency(
-    *,
-    prerequisite: Task,
-    dependent: Task,
-    dependency_type: str = DependencyType.FINISH_TO_START,
-    is_required: bool = True,
-) -> TaskDependency:
-    """Make `dependent` wait for `prerequisite`.
-
-    Refused with ValidationFailed, writing nothing: a task depending on itself, on
-    its own ancestor or descendant, on a task of another session, a pair that is
-    already linked, and any link that would close a cycle (the message names it:
-    "A → B → C → A"). Refused with Conflict: a required link that an already ready
-    or started dependent would not satisfy (it cannot go back to pending).
-    Edits of one session's graph are serialised by locking the session's root task.
-    Statuses are left alone: the next `task_refresh_readiness` applies the new link.
-    """
-    if dependency_type not in DependencyType.values:
-        raise ValidationFailed(field="dependency_type", rule=f"must be one of {', '.join(DependencyType.values)}")
-    if prerequisite.pk == dependent.pk:
-        raise ValidationFailed(
-            f"A task cannot depend on itself: {dependent.title}{ARROW}{dependent.title}",
-            errors={"prerequisite": ["must differ from the dependent"]},
-        )
-    if prerequisite.session_id != dependent.session_id:
-        raise ValidationFailed(field="prerequisite", rule="must belong to the dependent's session")
-
-    with transaction.atomic():
-        list(Task.objects.select_for_update().filter(session_id=dependent.session_id, parent__isnull=True))
-        titles, parents, children, edges = _session_structure(dependent.session_id)
-        if prerequisite.pk not in titles or dependent.pk not in titles:
-            raise NotFound("Task not found")
-        if prerequisite.pk in set(_ancestors(parents, dependent.pk)) or dependent.pk in set(
-            _ancestors(parents, prerequisite.pk)
-        ):
-            raise ValidationFailed(
-                f"'{dependent.title}' and '{prerequisite.title}' are in one subtree; a container already "
-                "follows its subtasks",
-                errors={"prerequisite": ["must not be an ancestor or descendant of the dependent"]},
-            )
-        if any(p == prerequisite.pk and d == dependent.pk for p, d, _t, _r in edges):
-            raise ValidationFailed(
-                f"'{dependent.title}' already depends on '{prerequisite.title}'",
-                errors={"prerequisite": ["this dependency already exists"]},
-            )
-        _refuse_cycle(titles, children, edges, prerequisite.pk, dependent.pk)
-        if is_required:
-            _refuse_unsatisfiable(children, prerequisite.pk, dependent.pk, dependency_type)
-        link = TaskDependency.objects.create(
-            prerequisite_id=prerequisite.pk,
-            dependent_id=dependent.pk,
-            dependency_type=dependency_type,
-            is_required=is_required,
-        )
-    return link
-
-
-def _refuse_cycle(titles, children, edges, prerequisite_id, dependent_id):
-    # First at the level the caller works at, then through containers (a link to a
-    # container binds each of its leaves).
-    nodes = [(pk, title, 0) for pk, title in titles.items()]
-    stored = build_graph(nodes, [(p, d) for p, d, _t, _r in edges])
-    cycle = cycle_if_added(stored, [(prerequisite_id, dependent_id)])
-    if cycle is None and children:
-        leaves = build_graph(nodes, [(e.prerequisite, e.dependent) for e in expand_to_leaves(edges, children)])
-        new = [(e.prerequisite, e.dependent) for e in expand_to_leaves([(prerequisite_id, dependent_id)], children)]
-        cycle = cycle_if_added(leaves, new)
-        stored = leaves
-    if cycle is not None:
-        text = cycle_text(stored, cycle)
-        raise ValidationFailed(
-            f"This dependency would create a cycle: {text}",
-            errors={"prerequisite": [f"would create the cycle {text}"]},
-        )
-
-
-def _refuse_unsatisfiable(children, prerequisite_id, dependent_id, dependency_type):
-    # A container's stored status is already the one derived from its children.
-    prerequisite_status = Task.objects.values_list("status", flat=True).get(pk=prerequisite_id)
-    leaf_ids = leaves_of(children)(dependent_id)
-    for _pk, title, status in Task.objects.filter(pk__in=leaf_ids).exclude(status=S.PENDING).values_list(
-        "id", "title", "status"
-    ):
-        if not _link_satisfied_for(status, dependency_type, prerequisite_status):
-            raise Conflict(
-                f"Task '{title}' is already {status}; a required {dependency_type} prerequisite that is "
-                f"{prerequisite_status} cannot hold it back. Add the dependency as not required, or earlier."
-            )
-
-
-def task_remove_dependency(*, dependency: TaskDependency) -> None:
-    """Delete a dependency; tasks it held back become ready at the next refresh."""
-    deleted, _ = TaskDependency.objects.filter(pk=dependency.pk).delete()
-    if not deleted:
-        raise NotFound("Dependency not found")
 
 
 # --- decomposition -----------------------------------------------------------------
@@ -456,143 +327,6 @@ def _create_plan(parent, plan, *, auto_estimate):
     return created
 
 
-# --- readiness, the one place --------------------------------------------------------
-
-
-def task_refresh_readiness(*, session: CodingSession) -> dict:
-    """Apply the readiness rules (tasks.readiness) to every task of `session`.
-
-    Pending leaves whose required dependencies allow them to start become ready;
-    pending or ready leaves with a failed, skipped or cancelled required prerequisite
-    become skipped (transitively); containers take the status their children give
-    them. Each write is a compare-and-set on the status read, so a task that moved
-    meanwhile is left alone (the next refresh sees it). Two queries when nothing
-    changes. Returns {"ready": [ids], "skipped": [ids], "containers": {id: status}}.
-    """
-    changes = _refresh(_load_plan(session.pk))
-    return {"ready": changes.ready, "skipped": list(changes.skipped), "containers": changes.containers}
-
-
-def task_refresh_plan(*, session: CodingSession) -> PlanState:
-    """task_refresh_readiness for the execution engine: the statuses after the refresh, from which
-    it reads the ready leaves and, once nothing is left, the plan's outcome (no further queries)."""
-    plan = _load_plan(session.pk)
-    changes = _refresh(plan)
-    statuses = dict(plan.statuses)
-    statuses.update({pk: S.READY for pk in changes.ready})
-    statuses.update({pk: S.SKIPPED for pk in changes.skipped})
-    statuses.update(changes.containers)
-    return PlanState(statuses=statuses, parents=plan.parents, ranks=plan.ranks)
-
-
-@dataclass
-class _Plan:
-    """A session's task statuses, parents and dependency links, as the readiness rules take them."""
-
-    statuses: dict
-    parents: dict
-    links: list
-    ranks: dict  # pk -> (priority rank, order, pk): most urgent first
-
-    def has_subtasks(self, pk):
-        return pk in self.parents.values()
-
-
-@dataclass
-class PlanState:
-    """Statuses of a session's tasks after a readiness refresh (task_refresh_plan)."""
-
-    statuses: dict
-    parents: dict
-    ranks: dict
-
-    def leaves(self):
-        containers = set(self.parents.values())
-        return [pk for pk in self.statuses if pk not in containers]
-
-    def ready(self):
-        """Ready leaves, most urgent first: priority (blocker first), then order, then id."""
-        return sorted((pk for pk in self.leaves() if self.statuses[pk] == S.READY), key=self.ranks.__getitem__)
-
-    def interrupted(self):
-        """Leaves a pause or a lost worker interrupted (as task_interrupted_for_session, unordered)."""
-        return [pk for pk in self.leaves() if self.statuses[pk] in INTERRUPTED]
-
-    def summary(self):
-        return readiness.plan_summary(self.statuses[pk] for pk in self.leaves())
-
-
-def _load_plan(session_id: int) -> _Plan:
-    """The session's plan (tasks.sql.plan_rows, two statements), as the readiness rules take it."""
-    rows = sql.plan_rows(session_id)
-    statuses, parents, ranks = {}, {}, {}
-    for row in rows.tasks:
-        statuses[row.id] = row.status
-        parents[row.id] = row.parent_id
-        ranks[row.id] = (PRIORITY_RANK.get(row.priority, len(PRIORITY_RANK)), row.order, row.id)
-    return _Plan(statuses, parents, rows.links, ranks)
-
-
-def _refresh(plan):
-    """Write what the readiness rules ask of `plan` (in the caller's transaction, or one of its own:
-    no savepoint, which would cost two statements for nothing here)."""
-    changes = readiness.plan_readiness(plan.statuses, plan.parents, plan.links)
-    if changes:
-        with transaction.atomic(savepoint=False):
-            _write_readiness(changes, plan.statuses)
-    return changes
-
-
-def _write_readiness(changes, statuses):
-    now = timezone.now()
-    if changes.ready:
-        Task.objects.filter(pk__in=changes.ready, status=S.PENDING).update(status=S.READY, updated_at=now)
-    by_cause = {}
-    for pk, cause in changes.skipped.items():
-        by_cause.setdefault(cause, []).append(pk)
-    if by_cause:
-        causes = dict(Task.objects.filter(pk__in=list(by_cause)).values_list("id", "title"))
-        for cause, pks in by_cause.items():
-            status = changes.containers.get(cause, statuses[cause])
-            Task.objects.filter(pk__in=pks, status__in=[S.PENDING, S.READY]).update(
-                status=S.SKIPPED,
-                ended_at=now,
-                updated_at=now,
-                error={
-                    "type": "prerequisite_not_completed",
-                    "message": f"Skipped: required prerequisite '{causes.get(cause, cause)}' {status}",
-                    "prerequisite": cause,
-                },
-            )
-    by_move = {}
-    for pk, status in changes.containers.items():
-        by_move.setdefault((statuses[pk], status), []).append(pk)
-    for (old, new), pks in by_move.items():
-        values = {"status": new, "updated_at": now}
-        if new in readiness.TERMINAL:
-            values["ended_at"] = now
-        if new == S.COMPLETED:
-            values["completed_at"] = now
-        if new in readiness.STARTED:
-            Task.objects.filter(pk__in=pks, started_at__isnull=True).update(started_at=now)
-        Task.objects.filter(pk__in=pks, status=old).update(**values)
-
-
-def _sync_ancestors(task):
-    """Re-derive the containers above `task` from their children (one query per level)."""
-    parent_id = task.parent_id
-    now = timezone.now()
-    while parent_id is not None:
-        children = list(Task.objects.filter(parent_id=parent_id).values_list("status", flat=True))
-        parent = Task.objects.filter(pk=parent_id).values_list("status", "parent_id").first()
-        if parent is None:
-            return
-        derived = readiness.container_status(children)
-        if derived is not None and derived != parent[0]:
-            Task.objects.filter(pk=parent_id, status=parent[0]).update(status=derived, updated_at=now)
-        parent_id = parent[1]
-
-
 # --- helpers for the execution engine ---------------------------------------------
 
 
@@ -614,14 +348,6 @@ def _leaves(queryset):
     return queryset.annotate(has_subtasks=Exists(Task.objects.filter(parent_id=OuterRef("pk")))).filter(
         has_subtasks=False
     )
-
-
-def task_plan_finished(*, session: CodingSession) -> dict:
-    """Counts of the session's leaves by outcome, and whether the plan has finished
-    (tasks.readiness.plan_summary: total, completed, failed, skipped, cancelled, other,
-    finished, outcome)."""
-    plan = _load_plan(session.pk)
-    return PlanState(statuses=plan.statuses, parents=plan.parents, ranks=plan.ranks).summary()
 
 
 # --- transitions ------------------------------------------------------------------
@@ -652,7 +378,7 @@ def _transitions(task, steps):
             locked = Task.objects.select_for_update().get(pk=task.pk)
         except Task.DoesNotExist:
             raise NotFound("Task not found") from None
-        plan = _load_plan(locked.session_id)
+        plan = plan_load(locked.session_id)
         if plan.has_subtasks(locked.pk):
             raise TransitionRefused(
                 kind="task", current=locked.status, attempted=steps[0][0], allowed=["cancel", "skip"],
@@ -668,7 +394,7 @@ def _transitions(task, steps):
             fields.update(method(**kwargs))
         locked.save(update_fields=["status", *sorted(fields)])
         plan.statuses[locked.pk] = locked.status
-        _refresh(plan)
+        plan_refresh(plan)
     return locked
 
 
@@ -802,9 +528,6 @@ def task_set_opencode_session(*, task: Task, opencode_session_id: str) -> None:
     """Record which OpenCode session runs the task (the execution engine calls this)."""
     Task.objects.filter(pk=task.pk).update(opencode_session_id=opencode_session_id)
     task.opencode_session_id = opencode_session_id
-
-
-INTERRUPTED = (S.ASSIGNED, S.IN_PROGRESS, S.PAUSED)
 
 
 def task_interrupted_for_session(*, session: CodingSession) -> QuerySet[Task]:
