@@ -14,6 +14,9 @@ merge or share that names no version) lock the row instead and apply their
 change to whatever is current, through the same compare-and-set statement.
 
 `actor` is either a user or a short label such as "engine" or "agent:CODER-1".
+
+Over 600 lines on purpose: every writer here (set, merge, share, task outputs) goes through the
+one compare-and-set write (`_write`) and its history rows; split apart, that write would cross modules.
 """
 
 from __future__ import annotations
