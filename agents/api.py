@@ -58,7 +58,9 @@ class AgentWriteSerializer(serializers.Serializer):
     name = serializers.RegexField(NAME_PATTERN, max_length=64, error_messages={"invalid": "must look like AGENT-NAME"})
     agent_type = serializers.ChoiceField(choices=AgentType.values)
     capabilities = serializers.ListField(
-        child=serializers.ChoiceField(choices=routing.CAPABILITIES), allow_empty=False, max_length=len(routing.CAPABILITIES)
+        child=serializers.ChoiceField(choices=routing.CAPABILITIES),
+        allow_empty=False,
+        max_length=len(routing.CAPABILITIES),
     )
     description = serializers.CharField(required=False, allow_blank=True, max_length=10_000)
     opencode_agent = serializers.RegexField(

@@ -1,6 +1,9 @@
 """Reads of the agent registry: lookups, filtered lists and the performance summary."""
 
-from django.db.models import Case, F, IntegerField, Value, When
+from collections.abc import Sequence
+from datetime import datetime
+
+from django.db.models import Case, Expression, F, IntegerField, QuerySet, Value, When
 from django.utils import timezone
 
 from agents import routing
@@ -23,7 +26,7 @@ ORDERINGS = {
 }
 
 
-def agent_get(agent_id) -> Agent:
+def agent_get(agent_id: int | str) -> Agent:
     """The agent with this id (or AGENT- name); NotFound otherwise."""
     lookup = {"name": agent_id} if isinstance(agent_id, str) and agent_id.startswith("AGENT-") else {"pk": agent_id}
     try:
@@ -32,7 +35,14 @@ def agent_get(agent_id) -> Agent:
         raise NotFound(f"agent {agent_id} not found") from None
 
 
-def agent_list(*, agent_type=None, status=None, tier=None, capabilities=(), ordering=None):
+def agent_list(
+    *,
+    agent_type: str | None = None,
+    status: str | None = None,
+    tier: str | None = None,
+    capabilities: Sequence[str] = (),
+    ordering: str | None = None,
+) -> QuerySet[Agent]:
     """Agents filtered by type, status, tier and held capabilities, in a stable order.
 
     `capabilities` lists names every returned agent must hold; `ordering` is a
@@ -54,7 +64,9 @@ def agent_list(*, agent_type=None, status=None, tier=None, capabilities=(), orde
     order = ordering or "name"
     key = order.lstrip("-")
     if key not in ORDERINGS:
-        raise ValidationFailed(field="ordering", rule=f"must be one of {', '.join(sorted(ORDERINGS))}, optionally with -")
+        raise ValidationFailed(
+            field="ordering", rule=f"must be one of {', '.join(sorted(ORDERINGS))}, optionally with -"
+        )
     expression = ORDERINGS[key]
     if expression == "tier_rank":
         queryset = queryset.alias(
@@ -67,11 +79,11 @@ def agent_list(*, agent_type=None, status=None, tier=None, capabilities=(), orde
     return queryset.order_by(f"{prefix}{expression}", "name")
 
 
-def routing_mask_expression(mask):
+def routing_mask_expression(mask: int) -> Expression:
     return F("capability_mask").bitand(mask)
 
 
-def heartbeat_age_seconds(agent, *, now=None):
+def heartbeat_age_seconds(agent: Agent, *, now: datetime | None = None) -> float | None:
     if agent.last_heartbeat_at is None:
         return None
     return max(0.0, ((now or timezone.now()) - agent.last_heartbeat_at).total_seconds())

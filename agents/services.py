@@ -1,4 +1,5 @@
-"""Every write to the agent registry, and the routing decision.
+"""Every write to the agent registry, and the routing decision; the track record is in
+agents/track_record.py (agent_record_result, re-exported here).
 
 Capacity is reserved with one compare-and-set UPDATE
 (`current_load < max_concurrent_tasks`), so concurrent routings can never put
@@ -7,16 +8,16 @@ the row version it finally updates, SQLite serialises writers.
 """
 
 from dataclasses import dataclass, field
-from datetime import timedelta
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timedelta
+from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Case, Count, F, Q, Value, When
 from django.utils import timezone
 from django_fsm import TransitionNotAllowed
 
-from agents import routing
+from agents import routing, sql
 from agents.models import (
     HEARTBEAT_STALE_SECONDS,
     MAX_CAPACITY,
@@ -26,6 +27,7 @@ from agents.models import (
     AgentType,
     Tier,
 )
+from agents.track_record import agent_record_result as agent_record_result
 from orchestrator.errors import Conflict, TransitionRefused, ValidationFailed
 
 # How many ranked candidates one query brings back: the choice, 3 alternatives, and
@@ -33,7 +35,6 @@ from orchestrator.errors import Conflict, TransitionRefused, ValidationFailed
 CANDIDATE_LIMIT = 8
 MAX_RESERVE_ROUNDS = 20
 
-OUTCOMES = ("completed", "failed", "partial")
 HEARTBEAT_STATUSES = (AgentStatus.AVAILABLE, AgentStatus.BUSY, AgentStatus.MAINTENANCE)
 
 
@@ -54,7 +55,7 @@ class RouteDecision:
     agent: Agent
     score: float
     reason: str
-    alternatives: list = field(default_factory=list)
+    alternatives: list[Alternative] = field(default_factory=list)
     reserved: bool = False
 
 
@@ -141,7 +142,7 @@ def agent_register(
     return agent
 
 
-def agent_update(*, agent: Agent, capabilities: list | None = None, **changes) -> Agent:
+def agent_update(*, agent: Agent, capabilities: list | None = None, **changes: Any) -> Agent:
     """Change an agent's description, OpenCode configuration, capabilities or capacity.
 
     Only the named fields are written, so a concurrent reservation's
@@ -303,7 +304,7 @@ def agent_heartbeat(
     return locked
 
 
-def agent_mark_stale_offline(*, stale_after_seconds: int = HEARTBEAT_STALE_SECONDS, now=None) -> int:
+def agent_mark_stale_offline(*, stale_after_seconds: int = HEARTBEAT_STALE_SECONDS, now: datetime | None = None) -> int:
     """Mark offline every available or busy agent not heard from for `stale_after_seconds`.
 
     One compare-and-set UPDATE: a heartbeat that lands first keeps its agent
@@ -400,93 +401,17 @@ def _bitand_holds(queryset, mask, alias="held"):
     return queryset.alias(**{alias: F("capability_mask").bitand(mask)}).filter(**{alias: mask})
 
 
-def _heartbeat_fresh(now):
-    return Q(last_heartbeat_at__isnull=True) | Q(last_heartbeat_at__gte=now - timedelta(seconds=HEARTBEAT_STALE_SECONDS))
-
-
-def _candidate_sql(*, with_preferred_agent, with_preferred_type, excluded):
-    """The ranked candidate query, as SQL text with %s placeholders, and the order of its parameters.
-
-    Written as SQL rather than ORM expressions because compiling the score's
-    CASE expressions cost more than running the query. Every number comes from
-    `routing`'s point tables, so the database's ranking and `routing.score` agree
-    exactly. The bitmask test comes first in WHERE: one integer AND discards most
-    rows before any text comparison. Portable to SQLite and PostgreSQL.
-    """
-    table = connection.ops.quote_name(Agent._meta.db_table)
-    tier_case = " ".join(f"WHEN tier = '{tier}' THEN {points}" for tier, points in routing.TIER_POINTS.items())
-    load_case = " ".join(
-        f"WHEN current_load * 10 <= max_concurrent_tasks * {tenths} THEN {routing.LOAD_POINTS[level]}"
-        for level, tenths in routing.LOAD_BOUNDS_TENTHS
-    )
-    terms = [
-        f"(CASE {tier_case} ELSE 0 END)",
-        str(routing.MATCH_POINTS),
-        f"(CASE {load_case} WHEN current_load < max_concurrent_tasks THEN {routing.LOAD_POINTS[routing.CRITICAL]} ELSE 0 END)",
-        f"(CASE WHEN status = '{AgentStatus.AVAILABLE}' THEN {routing.AVAILABLE_POINTS} ELSE 0 END)",
-    ]
-    params = []
-    if with_preferred_agent:
-        terms.append(f"(CASE WHEN id = %s THEN {routing.PREFERRED_AGENT_POINTS} ELSE 0 END)")
-        params.append("preferred_agent_id")
-    if with_preferred_type:
-        terms.append(f"(CASE WHEN agent_type = %s THEN {routing.PREFERRED_TYPE_POINTS} ELSE 0 END)")
-        params.append("preferred_type")
-    routable = ", ".join(f"'{status}'" for status in ROUTABLE_STATUSES)
-    where = [
-        "(capability_mask & %s) = %s",
-        "current_load < max_concurrent_tasks",
-        f"status IN ({routable})",
-        "NOT draining",
-        "tier IN (%s)",
-        "(last_heartbeat_at IS NULL OR last_heartbeat_at >= %s)",
-    ]
-    params += ["mask", "mask", "tiers", "fresh_after"]
-    if excluded:
-        where.append("id NOT IN (%s)")
-        params.append("excluded")
-    columns = ", ".join(connection.ops.quote_name(name) for name in CANDIDATE_COLUMNS)
-    sql = (
-        f"SELECT * FROM (SELECT {columns}, {' + '.join(terms)} AS raw_points FROM {table} "
-        f"WHERE {' AND '.join(where)}) ranked "
-        f"ORDER BY (CASE WHEN raw_points > {routing.MAX_POINTS} THEN {routing.MAX_POINTS} ELSE raw_points END) DESC, "
-        f"raw_points DESC, current_load, id LIMIT {CANDIDATE_LIMIT}"
-    )
-    return sql, params
-
-
-# What a candidate row carries: the ranking's inputs and a decision's brief (id, name, type). The other
-# columns (prompts, tools, the track record) stay deferred: building every candidate whole was most of
-# the cost of routing. A reserved choice is read again whole (_fresh).
-CANDIDATE_COLUMNS = ("id", "name", "agent_type", "tier", "status", "current_load", "max_concurrent_tasks")
-
-
-def _candidates(*, mask, min_tier, preferred_agent_id, preferred_type, now, exclude_ids=()):
+def _candidates(*, mask, min_tier, preferred_agent_id, preferred_type, now, exclude_ids=()) -> list[sql.Candidate]:
     """The best-ranked routable agents (at most CANDIDATE_LIMIT), filtered and ranked in the database."""
-    sql, order = _candidate_sql(
-        with_preferred_agent=preferred_agent_id is not None,
-        with_preferred_type=preferred_type is not None,
-        excluded=bool(exclude_ids),
+    return sql.ranked_candidates(
+        mask=mask,
+        tiers=routing.tier_at_least(min_tier or routing.TRAINEE),
+        fresh_after=now - timedelta(seconds=HEARTBEAT_STALE_SECONDS),
+        preferred_agent_id=preferred_agent_id,
+        preferred_type=preferred_type,
+        limit=CANDIDATE_LIMIT,
+        exclude_ids=exclude_ids,
     )
-    tiers = routing.tier_at_least(min_tier or routing.TRAINEE)
-    values = {
-        "preferred_agent_id": preferred_agent_id,
-        "preferred_type": preferred_type,
-        "mask": mask,
-        "fresh_after": connection.ops.adapt_datetimefield_value(now - timedelta(seconds=HEARTBEAT_STALE_SECONDS)),
-    }
-    params = []
-    for name in order:
-        if name == "tiers":
-            params.extend(tiers)
-        elif name == "excluded":
-            params.extend(sorted(exclude_ids))
-        else:
-            params.append(values[name])
-    sql = sql.replace("tier IN (%s)", f"tier IN ({', '.join(['%s'] * len(tiers))})")
-    if exclude_ids:
-        sql = sql.replace("id NOT IN (%s)", f"id NOT IN ({', '.join(['%s'] * len(exclude_ids))})")
-    return list(Agent.objects.raw(sql, params))
 
 
 def _score(agent, *, required, preferred_agent_id, preferred_type):
@@ -536,7 +461,7 @@ def _validate_route_input(required_capabilities, preferred_type, min_tier):
 def agent_route(
     *,
     required_capabilities: list,
-    preferred_agent=None,
+    preferred_agent: int | str | None = None,
     preferred_type: str | None = None,
     min_tier: str | None = None,
     reserve: bool = False,
@@ -549,7 +474,7 @@ def agent_route(
     Python. With `reserve`, one unit of the chosen agent's capacity is taken by
     compare-and-set; losing that race to a concurrent routing moves on to the
     next candidate. `preferred_agent` is an Agent, its id or its name. The agents of a decision
-    that reserved nothing, and its alternatives, carry CANDIDATE_COLUMNS (others load on access).
+    that reserved nothing, and its alternatives, carry sql.CANDIDATE_COLUMNS (others load on access).
 
     Raises ValidationFailed for unknown capability, type or tier names, and
     NoAgentAvailable (a Conflict) naming the missing capabilities or why every
@@ -573,8 +498,13 @@ def agent_route(
             _raise_no_candidate(mask=mask, names=required_capabilities, min_tier=min_tier, now=now)
         scored = sorted(
             (
-                (_score(agent, required=required, preferred_agent_id=preferred_agent_id, preferred_type=preferred_type), agent)
-                for agent in candidates
+                (
+                    _score(
+                        agent, required=required, preferred_agent_id=preferred_agent_id, preferred_type=preferred_type
+                    ),
+                    agent,
+                )
+                for agent in (candidate.agent for candidate in candidates)
             ),
             key=lambda pair: (-pair[0].points, -pair[0].raw_points, pair[1].current_load, pair[1].pk),
         )
@@ -611,11 +541,17 @@ def _raise_no_candidate(*, mask, names, min_tier, now):
     names = sorted(set(names))
     holders = _bitand_holds(Agent.objects.all(), mask)
     if not holders.exists():
-        missing = [name for name in names if not _bitand_holds(Agent.objects.all(), routing.CAPABILITY_BIT[name]).exists()]
+        missing = [
+            name for name in names if not _bitand_holds(Agent.objects.all(), routing.CAPABILITY_BIT[name]).exists()
+        ]
         if missing:
             raise NoAgentAvailable(
                 f"no agent has {', '.join(missing)}",
-                details={"reason": "missing_capabilities", "missing_capabilities": missing, "required_capabilities": names},
+                details={
+                    "reason": "missing_capabilities",
+                    "missing_capabilities": missing,
+                    "required_capabilities": names,
+                },
             )
         raise NoAgentAvailable(
             f"no single agent has all of {', '.join(names)}",
@@ -636,7 +572,9 @@ def _raise_no_candidate(*, mask, names, min_tier, now):
     for reason, label in (("full", "full"), ("offline", "offline"), ("maintenance", "in maintenance")):
         if counts[reason] == total:
             summary = f"all {total} agent(s) with {', '.join(names) or 'no particular capability'} are {label}"
-            raise NoAgentAvailable(summary, details={"reason": f"all_{reason}", "required_capabilities": names, **counts})
+            raise NoAgentAvailable(
+                summary, details={"reason": f"all_{reason}", "required_capabilities": names, **counts}
+            )
     parts = [f"{counts[key]} {label}" for key, label in (
         ("full", "full"),
         ("offline", "offline"),
@@ -646,109 +584,7 @@ def _raise_no_candidate(*, mask, names, min_tier, now):
         ("below_min_tier", f"below {min_tier}"),
     ) if counts[key]]
     raise NoAgentAvailable(
-        f"none of the {total} agent(s) with {', '.join(names) or 'no particular capability'} can take it: {', '.join(parts)}",
+        f"none of the {total} agent(s) with {', '.join(names) or 'no particular capability'} can take it: "
+        f"{', '.join(parts)}",
         details={"reason": "none_routable", "required_capabilities": names, **counts},
     )
-
-
-# --- track record --------------------------------------------------------------------------
-
-
-def _seconds(duration):
-    if isinstance(duration, timedelta):
-        return duration.total_seconds()
-    return duration
-
-
-def agent_record_result(
-    *,
-    agent: Agent,
-    outcome: str,
-    quality: float,
-    duration,
-    tokens: int = 0,
-    cost=Decimal("0"),
-    release=False,
-) -> Agent | None:
-    """Add one finished task to the agent's track record and recompute tier and circuit breaker.
-
-    `outcome` is completed, failed or partial; `quality` 0-1; `duration` seconds
-    or a timedelta; `tokens` and `cost` are that task's totals. Returns the agent.
-
-    With `release`, the unit of capacity the task held is given back too, in the same
-    transaction and UPDATE (what `agent_release` does, for the worker at a task's end: one
-    transaction instead of two), and nothing is returned.
-    """
-    errors = {}
-    if outcome not in OUTCOMES:
-        errors["outcome"] = [f"must be one of {', '.join(OUTCOMES)}"]
-    if not isinstance(quality, (int, float)) or not 0 <= quality <= 1:
-        errors["quality"] = ["must be a number from 0 to 1"]
-    seconds = _seconds(duration)
-    if not isinstance(seconds, (int, float)) or seconds < 0:
-        errors["duration"] = ["must be a non-negative number of seconds"]
-    if not isinstance(tokens, int) or tokens < 0:
-        errors["tokens"] = ["must be a non-negative integer"]
-    try:
-        cost = Decimal(str(cost))
-        if cost < 0 or not cost.is_finite():
-            raise InvalidOperation
-    except (InvalidOperation, ValueError):
-        errors["cost"] = ["must be a non-negative amount"]
-    if errors:
-        raise ValidationFailed(errors=errors)
-
-    with transaction.atomic():
-        locked = Agent.objects.select_for_update().get(pk=agent.pk)
-        locked.total_tasks += 1
-        n = locked.total_tasks
-        if outcome == "completed":
-            locked.successful_tasks += 1
-        elif outcome == "failed":
-            locked.failed_tasks += 1
-        else:
-            locked.partial_tasks += 1
-        locked.average_quality = _running_mean(locked.average_quality, quality, n)
-        locked.average_duration_seconds = _running_mean(locked.average_duration_seconds, seconds, n)
-        locked.total_tokens += tokens
-        locked.total_cost += cost
-        locked.success_rate = routing.success_rate(
-            total=n, successful=locked.successful_tasks, partial=locked.partial_tasks
-        )
-        standing = routing.standing_after(
-            total=n, success=locked.success_rate, quality=locked.average_quality, breaker_open=locked.circuit_open
-        )
-        now = timezone.now()
-        if standing.breaker_open and not locked.circuit_open:
-            locked.circuit_opened_at = now
-        elif not standing.breaker_open:
-            locked.circuit_opened_at = None
-        locked.tier = standing.tier
-        locked.circuit_open = standing.breaker_open
-        locked.last_task_at = now
-        if not release:
-            locked.save(update_fields=[*RESULT_FIELDS, "updated_at"])
-            return locked
-        values = {name: getattr(locked, name) for name in RESULT_FIELDS}
-        if locked.current_load > 0:  # the row is locked: its load is exact (agent_release's rules)
-            values["current_load"] = locked.current_load - 1
-            if locked.current_load == 1 and locked.status == AgentStatus.BUSY:
-                values["status"] = AgentStatus.AVAILABLE  # an update: the status field is protected
-        Agent.objects.filter(pk=locked.pk).update(**values, updated_at=now)
-        if locked.draining and values.get("current_load", locked.current_load) == 0:
-            Agent.objects.filter(pk=locked.pk).delete()
-    return None
-
-
-# What agent_record_result writes.
-RESULT_FIELDS = (
-    "total_tasks", "successful_tasks", "failed_tasks", "partial_tasks", "average_quality",
-    "average_duration_seconds", "total_tokens", "total_cost", "success_rate", "tier", "circuit_open",
-    "circuit_opened_at", "last_task_at",
-)
-
-
-def _running_mean(previous, value, count):
-    if previous is None or count <= 1:
-        return float(value)
-    return previous + (float(value) - previous) / count

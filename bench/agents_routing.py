@@ -10,7 +10,7 @@ import random
 import threading
 import time
 
-from bench.common import bench_database, summarize_ms, percentile
+from bench.common import bench_database, percentile, summarize_ms
 
 AGENTS = 10_000
 DECISIONS = 1_000
@@ -116,7 +116,10 @@ def main():
 
         timings, misses, elapsed = run_concurrent(seed=1000)
         summarize_ms(f"{CLIENTS} concurrent clients, reserving ({misses} without candidate)", timings)
-        print(f"throughput: {len(timings) / elapsed:.0f} routings/s with {CLIENTS} clients ({len(timings)} in {elapsed:.2f} s)")
+        print(
+            f"throughput: {len(timings) / elapsed:.0f} routings/s with {CLIENTS} clients ({len(timings)} in "
+            f"{elapsed:.2f} s)"
+        )
         worst = max(p99_dry, p99_reserve)
         verdict = "met" if worst <= TARGET_P99_MS else "MISSED"
         print(f"target: p99 <= {TARGET_P99_MS:.0f} ms single client -> {verdict} (worst p99 {worst:.2f} ms)")

@@ -130,7 +130,9 @@ def verify(context_ids, expected_updates):
     rows = Context.objects.filter(pk__in=context_ids)
     counter = sum(row.data.get("counter", 0) for row in rows)
     versions = sum(row.version - 1 for row in rows)
-    history_versions = ContextChange.objects.filter(context_id__in=context_ids).values("context_id", "version").distinct().count()
+    history_versions = (
+        ContextChange.objects.filter(context_id__in=context_ids).values("context_id", "version").distinct().count()
+    )
     ok = counter == versions == history_versions == expected_updates
     return ok, counter, versions, history_versions
 
@@ -158,7 +160,10 @@ def main():
         from contexts.models import Context, Scope
         from orchestrator.errors import Conflict
 
-        print(f"PostgreSQL {connection.pg_version}, {WRITERS} writer threads, {SECONDS:.0f} s per run, CPUs: {os.cpu_count()}")
+        print(
+            f"PostgreSQL {connection.pg_version}, {WRITERS} writer threads, {SECONDS:.0f} s per run, CPUs: "
+            f"{os.cpu_count()}"
+        )
 
         hot = services.context_create(scope=Scope.GLOBAL, name="hot", data={"counter": 0}, actor="bench")
         updates, retries, latencies, elapsed = run_writers([hot.pk], SECONDS)
@@ -229,7 +234,10 @@ def main():
                     services.context_merge(sources=[source], target=target, strategy=strategy, actor="bench")
                 except Conflict as exc:
                     listed = len(exc.details["conflicts"])
-                print(f"  service manual, first call (409, {listed} conflicts listed): {(time.perf_counter() - started) * 1000:.0f} ms")
+                print(
+                    f"  service manual, first call (409, {listed} conflicts listed): "
+                    f"{(time.perf_counter() - started) * 1000:.0f} ms"
+                )
             started = time.perf_counter()
             outcome = services.context_merge(
                 sources=[source],
@@ -241,7 +249,8 @@ def main():
             elapsed = time.perf_counter() - started
             written = Context.objects.get(pk=target.pk)
             print(
-                f"  service {strategy:<16} write + history: {elapsed * 1000:.0f} ms (target <= {TARGETS['service_merge_ms']} ms), "
+                f"  service {strategy:<16} write + history: {elapsed * 1000:.0f} ms (target <= "
+                f"{TARGETS['service_merge_ms']} ms), "
                 f"{len(outcome.changes.paths)} history rows, version {written.version}"
             )
 

@@ -17,8 +17,9 @@ worker's handling; it adds a subscriber to OpenCode, so its overhead figures are
 Everything runs as real processes started here and stopped by PID at the end (bench.execution_stack):
 a throwaway PostgreSQL database, the scripted LLM (in a process of its own, used by both sides: in
 this one it shared the GIL with the clients, and the orchestrator side's WebSocket clients delayed
-its answers; its request log has the time of every request), daphne (HTTP + WebSocket), one Celery worker (threads pool, concurrency 24) that
-starts its own OpenCode server, Redis as broker and channel layer. DEBUG is off.
+its answers; its request log has the time of every request), daphne (HTTP + WebSocket), one Celery
+worker (threads pool, concurrency 24) that starts its own OpenCode server, Redis as broker and
+channel layer. DEBUG is off.
 
 The job, on both sides: `@@write out.txt ...`, `@@bash cat out.txt`, `@@final ...` (three LLM
 steps, each answered at once by the scripted LLM), in a fresh git worktree of its own repository
@@ -44,8 +45,8 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
    orchestrator ..., so each server rests through one batch of the other side before each of its
    own: a server's second batch in a row (as the earlier order d,o | o,d | d,o ... gave each side
    twice in 5 rounds) had OpenCode's main thread work 3-6 s more on either side, and the median of
-   the paired ratios swung with which side drew those batches. Printed: p50 of each side and the ratio, for 1 and for N concurrent (wall
-   time of the batch). Target: ratio <= 1.10 at 20 concurrent.
+   the paired ratios swung with which side drew those batches. Printed: p50 of each side and the
+   ratio, for 1 and for N concurrent (wall time of the batch). Target: ratio <= 1.10 at 20 concurrent.
 2. Dispatch latency: just before POST /start is sent -> the scripted LLM receives the first request
    with tools of that session's OpenCode session (LLM log `time`, matched by the OpenCode session
    id). Sequential sessions on one repository, --gap seconds apart, after SHARED_WARM_UP sessions
@@ -65,6 +66,7 @@ a full core while idle) and each wave of 20 ran slower than the last until one t
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import shutil
@@ -79,8 +81,20 @@ from pathlib import Path
 
 from bench.common import percentile
 from bench.execution_stack import (
-    TERMINAL, bystander, cpu_seconds, folded_summary, opencode_session_created, opencode_times, profiled, running_stack,
-    process_size, scheduler_traced, scheduler_waits, service_cpu_seconds, thread_schedule, tree_cpu_seconds,
+    TERMINAL,
+    bystander,
+    cpu_seconds,
+    folded_summary,
+    opencode_session_created,
+    opencode_times,
+    process_size,
+    profiled,
+    running_stack,
+    scheduler_traced,
+    scheduler_waits,
+    service_cpu_seconds,
+    thread_schedule,
+    tree_cpu_seconds,
     wait_for_quiet,
 )
 from bench.opencode_direct import make_repository, make_worktrees
@@ -266,7 +280,9 @@ class Direct:
             except Exception as error:  # noqa: BLE001 - raised after the batch
                 failures.append(error)
 
-        threads = [threading.Thread(target=work, args=(index, directory)) for index, directory in enumerate(directories)]
+        threads = [
+            threading.Thread(target=work, args=(index, directory)) for index, directory in enumerate(directories)
+        ]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
@@ -347,7 +363,7 @@ class Orchestrator:
             try:
                 window = min(SILENCE_RECONNECT, deadline - time.perf_counter())
                 raw = await asyncio.wait_for(socket.recv(), timeout=max(0.1, window))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if time.perf_counter() >= deadline:
                     raise
                 # A client's rule for a quiet socket: reconnect with the last id seen, as after a drop.
@@ -391,13 +407,15 @@ class Orchestrator:
             if ready is not None:  # sessions created and sockets connected: the caller's last word
                 await asyncio.to_thread(ready)
             started = time.perf_counter()
-            sockets = await asyncio.gather(*(self._run(http, run, socket) for run, socket in zip(runs, sockets)))
+            sockets = await asyncio.gather(
+                *(self._run(http, run, socket) for run, socket in zip(runs, sockets, strict=True))
+            )
             wall = time.perf_counter() - started
             # Each socket closed and each session read once all have finished, as the direct side's
             # jobs do nothing with the server once their session is idle but close its directory
             # (which the worker does too): done as each ended, they added requests to the server
             # while the batch's other sessions ran.
-            await asyncio.gather(*(self._finish(http, run, socket) for run, socket in zip(runs, sockets)))
+            await asyncio.gather(*(self._finish(http, run, socket) for run, socket in zip(runs, sockets, strict=True)))
             return wall, runs
 
     def batch(self, count, repository=None, ready=None):
@@ -470,10 +488,17 @@ def print_tail(runs, llm):
         for at, event, _ in run.received:
             created = epoch(event["created_at"])
             if created >= last:
-                kind = event["type"] if event["type"] != "session.transition" else f"transition to {event['payload'].get('to')}"
+                kind = (
+                    event["type"]
+                    if event["type"] != "session.transition"
+                    else f"transition to {event['payload'].get('to')}"
+                )
                 rows.setdefault(kind, []).append(created - last)
                 received.setdefault(kind, []).append(at - last)
-    print("  the orchestrator's tail, s after the LLM's last request: row written / received on the WebSocket (p50 / max):")
+    print(
+        "  the orchestrator's tail, s after the LLM's last request: row written / received on the WebSocket "
+        "(p50 / max):"
+    )
     for kind, values in sorted(rows.items(), key=lambda item: percentile(item[1], 0.5)):
         print(f"    {kind} (n={len(values)}): row {percentile(values, 0.5):.2f} / {max(values):.2f}; "
               f"received {percentile(received[kind], 0.5):.2f} / {max(received[kind]):.2f}")
@@ -602,7 +627,7 @@ def dispatch_breakdown(runs, llm, opencode_stores):
             ("task.prompted row (event stream, prompt_async accepted)", rows.get("task.prompted")),
             ("LLM first request (OpenCode's own work)", first),
         ]
-        for (_, before), (name, after) in zip(marks, marks[1:]):
+        for (_, before), (name, after) in itertools.pairwise(marks):
             if before is not None and after is not None:
                 add(name, after - before)
         if rows.get("task.prompted") is not None:
@@ -831,17 +856,23 @@ def measure(options, stack, orchestrator, direct):
           f"{ms(o1):.0f} ms, ratio {o1 / d1:.2f} (no target at 1; shown for the fixed cost)")
     dn, on = percentile(direct_walls, 0.5), percentile(orch_walls, 0.5)
     ratio = percentile(pairs, 0.5)  # the median of the rounds' paired ratios
-    print(f"  {options.concurrency} concurrent ({options.batches} rounds each, wall time of the batch): "
-          f"direct p50 {ms(dn):.0f} ms, orchestrator p50 {ms(on):.0f} ms, ratio (median of the paired rounds) {ratio:.2f} "
-          f"(paired per round: {', '.join(f'{p:.2f}' for p in pairs)})   "
-          f"[target ratio <= 1.10: {'MET' if ratio <= 1.10 else 'MISSED'}]")
+    print(
+        f"  {options.concurrency} concurrent ({options.batches} rounds each, wall time of the batch): "
+        f"direct p50 {ms(dn):.0f} ms, orchestrator p50 {ms(on):.0f} ms, ratio (median of the paired rounds) "
+        f"{ratio:.2f} "
+        f"(paired per round: {', '.join(f'{p:.2f}' for p in pairs)})   "
+        f"[target ratio <= 1.10: {'MET' if ratio <= 1.10 else 'MISSED'}]"
+    )
     line(f"per job at {options.concurrency} concurrent, direct", [ms(s) for s in direct_jobs])
     line(f"per job at {options.concurrency} concurrent, orchestrator", [ms(s) for s in orch_jobs])
     jobs_run = options.batches * options.concurrency
     for side in ("direct", "orchestrator"):
         parts = ", ".join(f"{name} {ms(seconds / jobs_run):.0f}" for name, seconds in cpu[side].items())
-        print(f"  CPU per job at {options.concurrency} concurrent, {side}: {ms(sum(cpu[side].values()) / jobs_run):.0f} ms "
-              f"({parts}; {os.cpu_count()} CPUs shared with other work)")
+        print(
+            f"  CPU per job at {options.concurrency} concurrent, {side}: "
+            f"{ms(sum(cpu[side].values()) / jobs_run):.0f} ms "
+            f"({parts}; {os.cpu_count()} CPUs shared with other work)"
+        )
     if opencode_part:
         # The rest of the worker's children: git (worktrees, checkpoints, diffs, the final commit).
         per_batch = sum(opencode_part) / len(opencode_part) / options.concurrency
@@ -849,8 +880,11 @@ def measure(options, stack, orchestrator, direct):
         print(f"  of the orchestrator's {ms(children):.0f} ms of worker children per job: OpenCode server "
               f"{ms(per_batch):.0f}, git and the rest {ms(children - per_batch):.0f} "
               f"({len(opencode_part)} of {options.batches} batches on one server throughout)")
-    print(f"  CPU ratio, orchestrator / direct: {sum(cpu['orchestrator'].values()) / sum(cpu['direct'].values()):.2f} "
-          "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's work fills)")
+    print(
+        f"  CPU ratio, orchestrator / direct: {sum(cpu['orchestrator'].values()) / sum(cpu['direct'].values()):.2f} "
+        "(the wall ratio can be lower: OpenCode alone leaves part of the cores idle, which the orchestrator's "
+        "work fills)"
+    )
     print_timelines(timelines)
     print(f"  direct OpenCode server restarted before batches: {direct_restarts or 'none'} "
           f"(its mappings added per batch: {', '.join(str(g) for g in direct_growth)})")
@@ -923,7 +957,10 @@ def measure(options, stack, orchestrator, direct):
             print(f"  {side}: waited {waited:.2f} s per batch; meanwhile: {parts}")
     if options.py_spy:
         print()
-        print("=== Diagnostics: py-spy samples (50 Hz, threads holding the GIL) during the orchestrator's concurrent batches ===")
+        print(
+            "=== Diagnostics: py-spy samples (50 Hz, threads holding the GIL) during the orchestrator's "
+            "concurrent batches ==="
+        )
         for label, paths in (("Celery worker", [p[0] for p in profiles]), ("daphne", [p[1] for p in profiles]),
                              ("bench process (client)", [p[2] for p in profiles])):
             total, own, leaves = folded_summary(paths, top=15)

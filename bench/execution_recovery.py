@@ -67,15 +67,19 @@ def run(options):
                 with running_worker(concurrency=16, env=env) as doomed:
                     sessions = []
                     for index in range(options.sessions):
-                        repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"recovery-{uuid.uuid4().hex[:8]}")
+                        repository = make_git_repository(
+                            settings.REPOSITORY_ROOTS[0] / f"recovery-{uuid.uuid4().hex[:8]}"
+                        )
                         session = session_create(title=f"Recovery {round_number}.{index}", initial_prompt=SCRIPT,
                                                  repository=str(repository))
                         sessions.append(session_start(session=session))
                     # Only sessions the doomed worker claimed count for this kill.
-                    wait_until(lambda: all(CodingSession.objects.get(pk=s.pk).status == "running" for s in sessions),
+                    wait_until(lambda sessions=sessions: all(CodingSession.objects.get(pk=s.pk).status == "running"
+                                                             for s in sessions),
                                timeout=120, message="every session to run")
-                    wait_until(lambda: all(SessionEvent.objects.filter(session=s, type="session.checkpoint").exists()
-                                           for s in sessions), timeout=120, message="a checkpoint in every session")
+                    wait_until(lambda sessions=sessions: all(
+                        SessionEvent.objects.filter(session=s, type="session.checkpoint").exists() for s in sessions
+                    ), timeout=120, message="a checkpoint in every session")
                     owned = [s for s in sessions
                              if CodingSession.objects.get(pk=s.pk).worker_id.endswith(f":{doomed.pid}")]
                     killed_at = time.monotonic()
@@ -91,15 +95,23 @@ def run(options):
                     if now >= next_reconcile:
                         session_reconcile()
                         next_reconcile = now + RECONCILE_EVERY
-                    states = {s.pk: CodingSession.objects.values_list("status", "worker_id").get(pk=s.pk) for s in owned}
-                    if all(status == "running" and worker.endswith(f":{survivor.pid}") for status, worker in states.values()):
+                    states = {
+                        s.pk: CodingSession.objects.values_list("status", "worker_id").get(pk=s.pk) for s in owned
+                    }
+                    if all(
+                        status == "running" and worker.endswith(f":{survivor.pid}")
+                        for status, worker in states.values()
+                    ):
                         break
                     if now - killed_at > 300:
                         raise SystemExit(f"round {round_number}: sessions not running again after 300 s: {states}")
                     time.sleep(0.1)
                 elapsed = time.monotonic() - killed_at
                 times.append(elapsed)
-                print(f"kill {round_number}: {len(owned)} sessions of the killed worker running again after {elapsed:.1f} s")
+                print(
+                    f"kill {round_number}: {len(owned)} sessions of the killed worker running again after "
+                    f"{elapsed:.1f} s"
+                )
                 _stop_all(sessions, session_stop)
     print(f"recovery, kill -9 -> all of its sessions running again: p50 {statistics.median(times):.1f} s, "
           f"max {max(times):.1f} s over {len(times)} kills "

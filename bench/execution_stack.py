@@ -94,9 +94,9 @@ def _clear_run_folders(var_dir):
 
 @contextmanager
 def _web_server(log_path):
-    from orchestrator.testing import free_port, stop_process, subprocess_env, wait_until
-
     import httpx
+
+    from orchestrator.testing import free_port, stop_process, subprocess_env, wait_until
 
     port = free_port()
     log = open(log_path, "wb")
@@ -273,11 +273,17 @@ def running_stack(*, worker_concurrency=24, agent_capacity=20, keep=False, worke
 
             # Registered before the worker is entered, so it runs after the worker has stopped.
             stack.callback(stop_orphans)
-            worker = stack.enter_context(running_worker(
-                concurrency=worker_concurrency, env={"OPENCODE_SCRIPTED_LLM_URL": llm.base_url, "WORKSPACE_SPARES": settings.WORKSPACE_SPARES,
-                                                  **(worker_env or {})},
-                log_path=logs / "worker.log",
-            ))
+            worker = stack.enter_context(
+                running_worker(
+                    concurrency=worker_concurrency,
+                    env={
+                        "OPENCODE_SCRIPTED_LLM_URL": llm.base_url,
+                        "WORKSPACE_SPARES": settings.WORKSPACE_SPARES,
+                        **(worker_env or {}),
+                    },
+                    log_path=logs / "worker.log",
+                )
+            )
             yield Stack(
                 api_url=url, ws_url=url.replace("http://", "ws://"), token=token, llm=llm,
                 worker=worker, web=web, var_dir=var_dir, database_url=database_url_for_subprocess(),
@@ -527,7 +533,9 @@ def scheduler_traced(perf, output):
         wait_until(lambda: process.poll() is not None or (Path(output).exists() and Path(output).stat().st_size > 0),
                    timeout=10, interval=0.02, message="perf sched record to start")
         if process.poll() is not None:
-            raise RuntimeError(f"perf sched record exited with {process.returncode} (needs root or perf_event_paranoid <= 0)")
+            raise RuntimeError(
+                f"perf sched record exited with {process.returncode} (needs root or perf_event_paranoid <= 0)"
+            )
         yield output
     finally:
         if process.poll() is None:

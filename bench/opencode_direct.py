@@ -148,8 +148,11 @@ def main(argv=None):
     try:
         started = time.perf_counter()
         server.start()
-        print(f"snapshots {options.snapshot}; opencode {server.version} started in {(time.perf_counter() - started) * 1000:.0f} ms "
-              f"(pid {server.pid}, {server.url})")
+        print(
+            f"snapshots {options.snapshot}; opencode {server.version} started in "
+            f"{(time.perf_counter() - started) * 1000:.0f} ms "
+            f"(pid {server.pid}, {server.url})"
+        )
         repo = make_repository(root)
         client = server.client()
         modes = ("fresh", "shared") if options.directories == "both" else (options.directories,)

@@ -44,7 +44,10 @@ def build_session_graph(random_source):
         pairs.add((ids[a], ids[b]))
     kinds = ["finish_to_start"] * 8 + ["start_to_start", "finish_to_finish"]
     TaskDependency.objects.bulk_create(
-        (TaskDependency(prerequisite_id=a, dependent_id=b, dependency_type=random_source.choice(kinds)) for a, b in pairs),
+        (
+            TaskDependency(prerequisite_id=a, dependent_id=b, dependency_type=random_source.choice(kinds))
+            for a, b in pairs
+        ),
         batch_size=5000,
     )
     with connection.cursor() as cursor:
@@ -58,11 +61,10 @@ def main():
         from django.db import reset_queries
         from django.test.utils import CaptureQueriesContext
 
-        from tasks import selectors
+        from tasks import selectors, services
         from tasks.decomposition import plan_decomposition
         from tasks.estimates import pert
         from tasks.services import task_decompose
-        from tasks import services
         from tasks.tests.factories import SessionFactory
 
         started = time.perf_counter()
@@ -87,7 +89,7 @@ def main():
         print(f"  target p50 <= 1000 ms: {'met' if percentile(timings, 0.5) <= 1.0 else 'MISSED'}")
 
         plan_times, write_times, sizes = [], [], []
-        for index in range(ROUNDS * 4):
+        for _ in range(ROUNDS * 4):
             begin = time.perf_counter()
             plan = plan_decomposition(title="Build the orders microservice", estimate=pert(100, 200, 300), max_depth=3)
             plan_times.append(time.perf_counter() - begin)

@@ -14,7 +14,9 @@ from contexts.models import Context, ContextChange
 
 
 def _pretty(value):
-    return format_html("<pre style='white-space:pre-wrap;margin:0'>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False))
+    return format_html(
+        "<pre style='white-space:pre-wrap;margin:0'>{}</pre>", json.dumps(value, indent=2, ensure_ascii=False)
+    )
 
 
 class ContextChangeInline(admin.TabularInline):

@@ -113,7 +113,8 @@ MergeResponse = inline_serializer(
     },
 )
 ValueResponse = inline_serializer(
-    "ContextValue", {"path": serializers.CharField(), "value": serializers.JSONField(), "version": serializers.IntegerField()}
+    "ContextValue",
+    {"path": serializers.CharField(), "value": serializers.JSONField(), "version": serializers.IntegerField()},
 )
 DiffResponse = inline_serializer(
     "ContextDiff",

@@ -208,7 +208,10 @@ def _set(node, segments, value, path, depth):
     if isinstance(node, list):
         index = _list_index(path, segment, size=len(node), allow_end=True)
         if index is None:
-            raise PathError(path, f"index {segment} is past the end of {join_path(segments[:depth]) or '(root)'} (length {len(node)})")
+            raise PathError(
+                path,
+                f"index {segment} is past the end of {join_path(segments[:depth]) or '(root)'} (length {len(node)})",
+            )
         copy = list(node)
         if index == len(node):
             copy.append(value if last else _set({}, segments, value, path, depth + 1))
@@ -318,7 +321,7 @@ def same(a, b) -> bool:
     if isinstance(a, dict):
         return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
     if isinstance(a, list):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 

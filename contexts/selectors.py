@@ -1,5 +1,8 @@
 """Reads of contexts and their history."""
 
+from collections.abc import Iterable, Sequence
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Q, QuerySet
 
 from contexts.models import Context, ContextChange
@@ -7,7 +10,9 @@ from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_can_view
 
 
-def context_list(*, scope: str | None = None, session_id=None, agent_id=None, name: str | None = None) -> QuerySet:
+def context_list(
+    *, scope: str | None = None, session_id: int | None = None, agent_id: int | None = None, name: str | None = None
+) -> QuerySet[Context]:
     queryset = Context.objects.select_related("session", "agent", "created_by")
     if scope:
         queryset = queryset.filter(scope=scope)
@@ -20,7 +25,9 @@ def context_list(*, scope: str | None = None, session_id=None, agent_id=None, na
     return queryset
 
 
-def context_get_for_user(user, context_id, *, for_update: bool = False) -> Context:
+def context_get_for_user(
+    user: AbstractBaseUser | AnonymousUser, context_id: int, *, for_update: bool = False
+) -> Context:
     """The context with this id if `user` may see it; NotFound or PermissionRefused otherwise."""
     if not user_can_view(user):
         raise PermissionRefused("Sign in to see contexts")
@@ -33,7 +40,7 @@ def context_get_for_user(user, context_id, *, for_update: bool = False) -> Conte
         raise NotFound(f"Context {context_id} does not exist", details={"id": context_id}) from None
 
 
-def context_get_many_for_user(user, context_ids) -> list[Context]:
+def context_get_many_for_user(user: AbstractBaseUser | AnonymousUser, context_ids: Sequence[int]) -> list[Context]:
     """The contexts with these ids, in the order given; NotFound names any that are missing."""
     if not user_can_view(user):
         raise PermissionRefused("Sign in to see contexts")
@@ -44,7 +51,7 @@ def context_get_many_for_user(user, context_ids) -> list[Context]:
     return [found[pk] for pk in context_ids]
 
 
-def context_history(*, context: Context, path: str | None = None) -> QuerySet:
+def context_history(*, context: Context, path: str | None = None) -> QuerySet[ContextChange]:
     """Newest change first; with `path`, only that path and the paths below it."""
     queryset = ContextChange.objects.filter(context=context).select_related("user")
     if path:
@@ -52,6 +59,6 @@ def context_history(*, context: Context, path: str | None = None) -> QuerySet:
     return queryset.order_by("-version", "id")
 
 
-def context_change_counts(context_ids) -> dict:
+def context_change_counts(context_ids: Iterable[int]) -> dict[int, int]:
     rows = ContextChange.objects.filter(context_id__in=context_ids).values("context_id").annotate(n=Count("id"))
     return {row["context_id"]: row["n"] for row in rows}

@@ -14,6 +14,9 @@ merge or share that names no version) lock the row instead and apply their
 change to whatever is current, through the same compare-and-set statement.
 
 `actor` is either a user or a short label such as "engine" or "agent:CODER-1".
+
+Over 600 lines on purpose: every writer here (set, merge, share, task outputs) goes through the
+one compare-and-set write (`_write`) and its history rows; split apart, that write would cross modules.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Max
@@ -31,6 +34,15 @@ from contexts import documents
 from contexts.documents import DELETE, MISSING, Diff, MergeConflict
 from contexts.models import RETENTION, SESSION_CONTEXT_NAME, ChangeAction, Context, ContextChange, Scope
 from orchestrator.errors import Conflict, NotFound, StaleVersion, ValidationFailed
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
+
+    from agents.models import Agent
+    from sessions.models import CodingSession
+
+    # Who changed a context: a user, or a short label such as "engine" or "agent:CODER-1".
+    ContextActor = AbstractBaseUser | str | None
 
 MERGE_STRATEGIES = tuple(documents.STRATEGIES)
 COPY = "copy"
@@ -98,9 +110,9 @@ def context_create(
     scope: str,
     name: str,
     data: dict | None = None,
-    session=None,
-    agent=None,
-    actor=None,
+    session: CodingSession | None = None,
+    agent: Agent | None = None,
+    actor: ContextActor = None,
 ) -> Context:
     """Create a context at version 1; its expiry follows the scope's retention.
 
@@ -158,9 +170,18 @@ def context_create(
 
 def _history_rows(context, version, changes: Diff, actor, note, now) -> list[ContextChange]:
     label, user = _actor_fields(actor)
-    common = {"context_id": context.pk, "version": version, "actor": label, "user": user, "note": note[:500], "created_at": now}
+    common = {
+        "context_id": context.pk,
+        "version": version,
+        "actor": label,
+        "user": user,
+        "note": note[:500],
+        "created_at": now,
+    }
     rows = [ContextChange(path=p, action=ChangeAction.ADD, new_value=v, **common) for p, v in changes.added.items()]
-    rows += [ContextChange(path=p, action=ChangeAction.REMOVE, old_value=v, **common) for p, v in changes.removed.items()]
+    rows += [
+        ContextChange(path=p, action=ChangeAction.REMOVE, old_value=v, **common) for p, v in changes.removed.items()
+    ]
     rows += [
         ContextChange(path=p, action=ChangeAction.CHANGE, old_value=old, new_value=new, **common)
         for p, (old, new) in changes.changed.items()
@@ -251,7 +272,9 @@ def _check_changes(changes) -> None:
         raise ValidationFailed(errors=errors)
 
 
-def context_set(*, context: Context, changes: dict, expected_version: int, actor, note: str = "") -> Context:
+def context_set(
+    *, context: Context, changes: dict, expected_version: int, actor: ContextActor, note: str = ""
+) -> Context:
     """Write several paths at once: {path: value, or documents.DELETE to remove it}.
 
     Applied in order to the document as stored at `expected_version`; raises
@@ -278,7 +301,7 @@ def context_touch(*, context: Context) -> None:
         setattr(context, name, value)
 
 
-def context_get_value(*, context: Context, path: str, default=MISSING, touch: bool = True):
+def context_get_value(*, context: Context, path: str, default: Any = MISSING, touch: bool = True) -> Any:
     """The value at `path` in `context.data` (a stored null is answered as None).
 
     A missing path answers `default`, or raises NotFound when no default is
@@ -380,15 +403,15 @@ def context_merge(
     target: Context | None = None,
     resolutions: dict | None = None,
     expected_version: int | None = None,
-    actor,
+    actor: ContextActor,
 ) -> MergeOutcome:
     """Merge `sources`, in order, into `target` with one of documents.STRATEGIES.
 
     With a target, the merge is computed from the target as stored and written
     with compare-and-set: when `expected_version` is given a stale one raises
     StaleVersion, otherwise the target row is locked while the merge is
-    computed and written, so concurrent writers wait rather than fail. Without a target the first source is the base and the
-    result goes into a new temporary context (kept 1 h) that the outcome names.
+    computed and written, so concurrent writers wait rather than fail. Without a target the first
+    source is the base and the result goes into a new temporary context (kept 1 h) that the outcome names.
 
     `manual` writes nothing and raises Conflict listing the conflicts in
     `details["conflicts"]` until `resolutions` {path: value} covers all of them.
@@ -470,7 +493,7 @@ def _merge_into(*, target, expected_version, actor, note, outcome, merged, extra
     )
 
 
-def context_for_session(*, session) -> Context:
+def context_for_session(*, session: CodingSession) -> Context:
     """The session's own context (scope session, name "session"), created on first use."""
     lookup = {"scope": Scope.SESSION, "session": session, "name": SESSION_CONTEXT_NAME}
     found = Context.objects.filter(**lookup).first()
@@ -485,9 +508,9 @@ def context_for_session(*, session) -> Context:
 def context_share(
     *,
     source: Context,
-    target_session,
+    target_session: CodingSession,
     strategy: str,
-    actor,
+    actor: ContextActor,
     resolutions: dict | None = None,
 ) -> MergeOutcome:
     """Copy or merge `source` into `target_session`'s context and record where it came from.
@@ -528,12 +551,12 @@ def context_share(
     )
 
 
-def context_delete(*, context: Context, actor=None) -> None:
+def context_delete(*, context: Context, actor: ContextActor = None) -> None:
     """Delete the context and its history."""
     Context.objects.filter(pk=context.pk).delete()
 
 
-def context_session_ended(*, session) -> int:
+def context_session_ended(*, session: CodingSession) -> int:
     """Start the 24 h retention of the session's contexts; the engine calls this when the session ends.
 
     Counts from `session.ended_at` (now when unset). Answers how many contexts
@@ -600,10 +623,10 @@ def context_prompt_block(
 
 def context_record_task_output(
     *,
-    session,
+    session: CodingSession,
     task_key: str,
-    output,
-    actor,
+    output: Any,
+    actor: ContextActor,
     status: str | None = None,
     attempts: int = WRITE_ATTEMPTS,
 ) -> Context:

@@ -395,7 +395,9 @@ def _is_implementation(task):
 def _expand(template, subject, parent_estimate, *, depth, max_depth, reason):
     keys = [step.key for step in template.steps]
     planned = []
-    for order, (step, estimate) in enumerate(zip(template.steps, _step_estimates(template, parent_estimate))):
+    for order, (step, estimate) in enumerate(
+        zip(template.steps, _step_estimates(template, parent_estimate), strict=True)
+    ):
         task = PlannedTask(
             title=step.title.format(subject=subject),
             description=step.description.format(subject=subject) if step.description else "",

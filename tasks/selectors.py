@@ -1,6 +1,6 @@
 """Reads: task lookups, lists and the analysed dependency graph of a task or a session."""
 
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, QuerySet
 
 from orchestrator.errors import NotFound
 from tasks import graph as graphs
@@ -13,7 +13,7 @@ NODE_FIELDS = (
 EDGE_FIELDS = ("id", "prerequisite_id", "dependent_id", "dependency_type", "is_required")
 
 
-def task_get(*, task_id) -> Task:
+def task_get(*, task_id: int) -> Task:
     """The task with its session and agent, or NotFound."""
     try:
         return Task.objects.select_related("session", "assigned_agent").get(pk=task_id)
@@ -21,7 +21,7 @@ def task_get(*, task_id) -> Task:
         raise NotFound(f"Task {task_id} not found") from None
 
 
-def task_dependency_get(*, task, dependency_id) -> TaskDependency:
+def task_dependency_get(*, task: Task, dependency_id: int) -> TaskDependency:
     """A dependency that `task` takes part in (at either end), or NotFound."""
     dependency = (
         TaskDependency.objects.select_related("dependent__session")
@@ -33,7 +33,9 @@ def task_dependency_get(*, task, dependency_id) -> TaskDependency:
     return dependency
 
 
-def task_list(*, session_id=None, status=None, parent_id=None):
+def task_list(
+    *, session_id: int | None = None, status: str | None = None, parent_id: int | None = None
+) -> QuerySet[Task]:
     """Tasks with their agent and whether each has subtasks, in plan order."""
     queryset = Task.objects.select_related("assigned_agent").annotate(
         has_subtasks=Exists(Task.objects.filter(parent_id=OuterRef("pk")))
@@ -47,20 +49,20 @@ def task_list(*, session_id=None, status=None, parent_id=None):
     return queryset.order_by("session_id", "parent_id", "order", "id")
 
 
-def session_graph_rows(session_id):
+def session_graph_rows(session_id: int) -> tuple[list[dict], list[dict]]:
     """Every task of a session as a dict, and every dependency between them: two queries."""
     nodes = [
-        dict(zip(NODE_FIELDS, row))
+        dict(zip(NODE_FIELDS, row, strict=True))
         for row in Task.objects.filter(session_id=session_id).order_by().values_list(*NODE_FIELDS)
     ]
     edges = [
-        dict(zip(EDGE_FIELDS, row))
+        dict(zip(EDGE_FIELDS, row, strict=True))
         for row in TaskDependency.objects.filter(dependent__session_id=session_id).order_by().values_list(*EDGE_FIELDS)
     ]
     return nodes, edges
 
 
-def task_graph(*, task=None, session_id=None) -> dict:
+def task_graph(*, task: Task | None = None, session_id: int | None = None) -> dict:
     """The analysed graph of a task's subtree (or of a whole session), in two queries.
 
     Nodes are the tasks below `task` (or `task` itself when it has none; every task

@@ -1,4 +1,5 @@
-"""Every write to tasks: creation, edits, dependencies, decomposition, transitions, readiness.
+"""Every write to tasks: creation, edits, decomposition, transitions; dependencies (tasks/dependencies.py)
+and the readiness refresh (tasks/plan.py) are re-exported here.
 
 Rules the execution engine relies on:
 - A session has one root task (`task_root_for_session`); a task created without a
@@ -7,35 +8,46 @@ Rules the execution engine relies on:
   derived from its children by `tasks.readiness.container_status` and written by
   `task_refresh_readiness`; its own transitions are refused, except cancel and skip,
   which apply to the leaves below it that still allow them.
-- The readiness refresh (`_refresh`: `tasks.readiness.plan_readiness` on the plan read,
-  then compare-and-set writes) is the one place where pending tasks become ready,
-  dependents of failed, skipped or cancelled prerequisites become skipped and containers
-  follow their children. Every transition runs it on the plan it read for its checks
-  before returning; `task_refresh_readiness` and `task_refresh_plan` run it on a fresh
-  read, and the engine may call them at any time: it is idempotent.
+- The readiness refresh (`tasks.plan.plan_refresh`) is the one place where pending tasks
+  become ready, dependents of failed, skipped or cancelled prerequisites become skipped
+  and containers follow their children. Every transition runs it on the plan it read for
+  its checks before returning; `task_refresh_readiness` and `task_refresh_plan` (in
+  tasks/plan.py, re-exported here) run it on a fresh read, and the engine may call them
+  at any time: it is idempotent.
 """
 
-from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from __future__ import annotations
 
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, OuterRef
+from collections.abc import Sequence
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 from django_fsm import can_proceed
 
 from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
 from tasks import readiness
 from tasks.decomposition import CAPABILITIES, plan_decomposition
+from tasks.dependencies import task_add_dependency as task_add_dependency
+from tasks.dependencies import task_remove_dependency as task_remove_dependency
 from tasks.estimates import Estimate, validate_estimate
-from tasks.graph import ARROW, build_graph, cycle_if_added, cycle_text, expand_to_leaves, leaves_of
 from tasks.models import (
-    PRIORITY_RANK,
-    DependencyType,
     Task,
     TaskDependency,
     TaskPriority,
     TaskStatus,
 )
+from tasks.plan import INTERRUPTED, plan_load, plan_refresh, sync_ancestors
+from tasks.plan import PlanState as PlanState
+from tasks.plan import task_plan_finished as task_plan_finished
+from tasks.plan import task_refresh_plan as task_refresh_plan
+from tasks.plan import task_refresh_readiness as task_refresh_readiness
+
+if TYPE_CHECKING:
+    from agents.models import Agent
+    from sessions.models import CodingSession
 
 S = TaskStatus
 TITLE_MAX = 200
@@ -92,17 +104,17 @@ def _dedupe(capabilities):
 @transaction.atomic
 def task_create(
     *,
-    session,
+    session: CodingSession,
     title: str,
     description: str = "",
     parent: Task | None = None,
     priority: str = TaskPriority.NORMAL,
-    required_capabilities=(),
+    required_capabilities: Sequence[str] = (),
     optimistic_hours: float = 0.0,
     likely_hours: float = 0.0,
     pessimistic_hours: float = 0.0,
     estimated_tokens: int = 0,
-    estimated_cost=Decimal("0"),
+    estimated_cost: Decimal = Decimal("0"),
     order: int | None = None,
 ) -> Task:
     """Create a pending task in `session`.
@@ -130,7 +142,10 @@ def task_create(
         _refuse_new_children(parent)
     if order is None:
         last = (
-            Task.objects.filter(session=session, parent=parent).order_by("-order").values_list("order", flat=True).first()
+            Task.objects.filter(session=session, parent=parent)
+            .order_by("-order")
+            .values_list("order", flat=True)
+            .first()
             if parent is not None
             else None
         )
@@ -156,7 +171,7 @@ def task_create(
         # Another request created the session's root between the read and the insert.
         raise Conflict("The session's root task was created concurrently; retry") from None
     if parent is not None:
-        _sync_ancestors(task)
+        sync_ancestors(task)
     return task
 
 
@@ -169,7 +184,7 @@ def _refuse_new_children(parent):
 
 
 @transaction.atomic
-def task_update(*, task: Task, **changes) -> Task:
+def task_update(*, task: Task, **changes: Any) -> Task:
     """Change editable fields (title, description, priority, capabilities, estimates, order).
 
     Expected hours, sigma and complexity are recomputed. Status is never edited here:
@@ -180,7 +195,10 @@ def task_update(*, task: Task, **changes) -> Task:
         raise ValidationFailed(errors={name: ["cannot be changed here"] for name in unknown})
     _validate_fields(changes)
     locked = Task.objects.select_for_update().get(pk=task.pk)
-    estimate = {name: changes.get(name, getattr(locked, name)) for name in ("optimistic_hours", "likely_hours", "pessimistic_hours")}
+    estimate = {
+        name: changes.get(name, getattr(locked, name))
+        for name in ("optimistic_hours", "likely_hours", "pessimistic_hours")
+    }
     validate_estimate(*estimate.values())
     for name, value in changes.items():
         if name == "title":
@@ -195,139 +213,6 @@ def task_update(*, task: Task, **changes) -> Task:
     if changes:
         locked.save(update_fields=list(changes))
     return locked
-
-
-# --- dependencies -------------------------------------------------------------------
-
-
-def _session_structure(session_id):
-    """(titles, parents, children, stored edges) of a session's tasks in two queries."""
-    titles, parents, children = {}, {}, {}
-    for pk, parent_id, title in Task.objects.filter(session_id=session_id).values_list("id", "parent_id", "title"):
-        titles[pk] = title
-        parents[pk] = parent_id
-        if parent_id is not None:
-            children.setdefault(parent_id, []).append(pk)
-    edges = list(
-        TaskDependency.objects.filter(dependent__session_id=session_id).values_list(
-            "prerequisite_id", "dependent_id", "dependency_type", "is_required"
-        )
-    )
-    return titles, parents, children, edges
-
-
-def _ancestors(parents, node):
-    node = parents.get(node)
-    while node is not None:
-        yield node
-        node = parents.get(node)
-
-
-def _link_satisfied_for(leaf_status, dependency_type, prerequisite_status):
-    """Whether a new required link is already met for a leaf that is past `pending`."""
-    if leaf_status == S.PENDING or leaf_status in (S.FAILED, S.CANCELLED, S.SKIPPED):
-        return True
-    start_ok = readiness.start_allows(dependency_type, prerequisite_status)
-    if leaf_status == S.COMPLETED:
-        return start_ok and readiness.finish_allows(dependency_type, prerequisite_status)
-    return start_ok
-
-
-def task_add_dependency(
-    *,
-    prerequisite: Task,
-    dependent: Task,
-    dependency_type: str = DependencyType.FINISH_TO_START,
-    is_required: bool = True,
-) -> TaskDependency:
-    """Make `dependent` wait for `prerequisite`.
-
-    Refused with ValidationFailed, writing nothing: a task depending on itself, on
-    its own ancestor or descendant, on a task of another session, a pair that is
-    already linked, and any link that would close a cycle (the message names it:
-    "A → B → C → A"). Refused with Conflict: a required link that an already ready
-    or started dependent would not satisfy (it cannot go back to pending).
-    Edits of one session's graph are serialised by locking the session's root task.
-    Statuses are left alone: the next `task_refresh_readiness` applies the new link.
-    """
-    if dependency_type not in DependencyType.values:
-        raise ValidationFailed(field="dependency_type", rule=f"must be one of {', '.join(DependencyType.values)}")
-    if prerequisite.pk == dependent.pk:
-        raise ValidationFailed(
-            f"A task cannot depend on itself: {dependent.title}{ARROW}{dependent.title}",
-            errors={"prerequisite": ["must differ from the dependent"]},
-        )
-    if prerequisite.session_id != dependent.session_id:
-        raise ValidationFailed(field="prerequisite", rule="must belong to the dependent's session")
-
-    with transaction.atomic():
-        list(Task.objects.select_for_update().filter(session_id=dependent.session_id, parent__isnull=True))
-        titles, parents, children, edges = _session_structure(dependent.session_id)
-        if prerequisite.pk not in titles or dependent.pk not in titles:
-            raise NotFound("Task not found")
-        if prerequisite.pk in set(_ancestors(parents, dependent.pk)) or dependent.pk in set(
-            _ancestors(parents, prerequisite.pk)
-        ):
-            raise ValidationFailed(
-                f"'{dependent.title}' and '{prerequisite.title}' are in one subtree; a container already "
-                "follows its subtasks",
-                errors={"prerequisite": ["must not be an ancestor or descendant of the dependent"]},
-            )
-        if any(p == prerequisite.pk and d == dependent.pk for p, d, _t, _r in edges):
-            raise ValidationFailed(
-                f"'{dependent.title}' already depends on '{prerequisite.title}'",
-                errors={"prerequisite": ["this dependency already exists"]},
-            )
-        _refuse_cycle(titles, children, edges, prerequisite.pk, dependent.pk)
-        if is_required:
-            _refuse_unsatisfiable(children, prerequisite.pk, dependent.pk, dependency_type)
-        link = TaskDependency.objects.create(
-            prerequisite_id=prerequisite.pk,
-            dependent_id=dependent.pk,
-            dependency_type=dependency_type,
-            is_required=is_required,
-        )
-    return link
-
-
-def _refuse_cycle(titles, children, edges, prerequisite_id, dependent_id):
-    # First at the level the caller works at, then through containers (a link to a
-    # container binds each of its leaves).
-    nodes = [(pk, title, 0) for pk, title in titles.items()]
-    stored = build_graph(nodes, [(p, d) for p, d, _t, _r in edges])
-    cycle = cycle_if_added(stored, [(prerequisite_id, dependent_id)])
-    if cycle is None and children:
-        leaves = build_graph(nodes, [(e.prerequisite, e.dependent) for e in expand_to_leaves(edges, children)])
-        new = [(e.prerequisite, e.dependent) for e in expand_to_leaves([(prerequisite_id, dependent_id)], children)]
-        cycle = cycle_if_added(leaves, new)
-        stored = leaves
-    if cycle is not None:
-        text = cycle_text(stored, cycle)
-        raise ValidationFailed(
-            f"This dependency would create a cycle: {text}",
-            errors={"prerequisite": [f"would create the cycle {text}"]},
-        )
-
-
-def _refuse_unsatisfiable(children, prerequisite_id, dependent_id, dependency_type):
-    # A container's stored status is already the one derived from its children.
-    prerequisite_status = Task.objects.values_list("status", flat=True).get(pk=prerequisite_id)
-    leaf_ids = leaves_of(children)(dependent_id)
-    for _pk, title, status in Task.objects.filter(pk__in=leaf_ids).exclude(status=S.PENDING).values_list(
-        "id", "title", "status"
-    ):
-        if not _link_satisfied_for(status, dependency_type, prerequisite_status):
-            raise Conflict(
-                f"Task '{title}' is already {status}; a required {dependency_type} prerequisite that is "
-                f"{prerequisite_status} cannot hold it back. Add the dependency as not required, or earlier."
-            )
-
-
-def task_remove_dependency(*, dependency: TaskDependency) -> None:
-    """Delete a dependency; tasks it held back become ready at the next refresh."""
-    deleted, _ = TaskDependency.objects.filter(pk=dependency.pk).delete()
-    if not deleted:
-        raise NotFound("Dependency not found")
 
 
 # --- decomposition -----------------------------------------------------------------
@@ -428,7 +313,7 @@ def _create_plan(parent, plan, *, auto_estimate):
         created.extend(rows)
         next_level = []
         siblings = {}
-        for (planned, owner), row in zip(level, rows):
+        for (planned, owner), row in zip(level, rows, strict=True):
             siblings.setdefault(owner.pk, []).append((planned, row))
             next_level.extend((child, row) for child in planned.children)
         for group in siblings.values():
@@ -442,166 +327,10 @@ def _create_plan(parent, plan, *, auto_estimate):
     return created
 
 
-# --- readiness, the one place --------------------------------------------------------
-
-
-def task_refresh_readiness(*, session) -> dict:
-    """Apply the readiness rules (tasks.readiness) to every task of `session`.
-
-    Pending leaves whose required dependencies allow them to start become ready;
-    pending or ready leaves with a failed, skipped or cancelled required prerequisite
-    become skipped (transitively); containers take the status their children give
-    them. Each write is a compare-and-set on the status read, so a task that moved
-    meanwhile is left alone (the next refresh sees it). Two queries when nothing
-    changes. Returns {"ready": [ids], "skipped": [ids], "containers": {id: status}}.
-    """
-    changes = _refresh(_load_plan(_pk_of(session)))
-    return {"ready": changes.ready, "skipped": list(changes.skipped), "containers": changes.containers}
-
-
-def task_refresh_plan(*, session) -> "PlanState":
-    """task_refresh_readiness for the execution engine: the statuses after the refresh, from which
-    it reads the ready leaves and, once nothing is left, the plan's outcome (no further queries)."""
-    plan = _load_plan(_pk_of(session))
-    changes = _refresh(plan)
-    statuses = dict(plan.statuses)
-    statuses.update({pk: S.READY for pk in changes.ready})
-    statuses.update({pk: S.SKIPPED for pk in changes.skipped})
-    statuses.update(changes.containers)
-    return PlanState(statuses=statuses, parents=plan.parents, ranks=plan.ranks)
-
-
-@dataclass
-class _Plan:
-    """A session's task statuses, parents and dependency links, as the readiness rules take them."""
-
-    statuses: dict
-    parents: dict
-    links: list
-    ranks: dict  # pk -> (priority rank, order, pk): most urgent first
-
-    def has_subtasks(self, pk):
-        return pk in self.parents.values()
-
-
-@dataclass
-class PlanState:
-    """Statuses of a session's tasks after a readiness refresh (task_refresh_plan)."""
-
-    statuses: dict
-    parents: dict
-    ranks: dict
-
-    def leaves(self):
-        containers = set(self.parents.values())
-        return [pk for pk in self.statuses if pk not in containers]
-
-    def ready(self):
-        """Ready leaves, most urgent first: priority (blocker first), then order, then id."""
-        return sorted((pk for pk in self.leaves() if self.statuses[pk] == S.READY), key=self.ranks.__getitem__)
-
-    def interrupted(self):
-        """Leaves a pause or a lost worker interrupted (as task_interrupted_for_session, unordered)."""
-        return [pk for pk in self.leaves() if self.statuses[pk] in INTERRUPTED]
-
-    def summary(self):
-        return readiness.plan_summary(self.statuses[pk] for pk in self.leaves())
-
-
-def _pk_of(session):
-    return getattr(session, "pk", session)
-
-
-# The plan's two queries as SQL written once: a worker reads a session's plan four times per task
-# (start, completion, and the plan loop's refreshes), and Django compiled them every time.
-_PLAN_TASKS = f'SELECT id, parent_id, status, priority, "order" FROM {Task._meta.db_table} WHERE session_id = %s'
-_PLAN_LINKS = (
-    f"SELECT link.prerequisite_id, link.dependent_id, link.dependency_type, link.is_required "
-    f"FROM {TaskDependency._meta.db_table} link JOIN {Task._meta.db_table} dependent "
-    f"ON dependent.id = link.dependent_id WHERE dependent.session_id = %s"
-)
-
-
-def _load_plan(session_id):
-    """Two queries. Read outside any lock: every write that follows is a compare-and-set."""
-    statuses, parents, ranks = {}, {}, {}
-    with connection.cursor() as cursor:
-        cursor.execute(_PLAN_TASKS, [session_id])
-        for pk, parent_id, status, priority, order in cursor.fetchall():
-            statuses[pk] = status
-            parents[pk] = parent_id
-            ranks[pk] = (PRIORITY_RANK.get(priority, len(PRIORITY_RANK)), order, pk)
-        cursor.execute(_PLAN_LINKS, [session_id])
-        # SQLite answers booleans as 0/1
-        links = [readiness.Link(prerequisite, dependent, kind, bool(required))
-                 for prerequisite, dependent, kind, required in cursor.fetchall()]
-    return _Plan(statuses, parents, links, ranks)
-
-
-def _refresh(plan):
-    """Write what the readiness rules ask of `plan` (in the caller's transaction, or one of its own:
-    no savepoint, which would cost two statements for nothing here)."""
-    changes = readiness.plan_readiness(plan.statuses, plan.parents, plan.links)
-    if changes:
-        with transaction.atomic(savepoint=False):
-            _write_readiness(changes, plan.statuses)
-    return changes
-
-
-def _write_readiness(changes, statuses):
-    now = timezone.now()
-    if changes.ready:
-        Task.objects.filter(pk__in=changes.ready, status=S.PENDING).update(status=S.READY, updated_at=now)
-    by_cause = {}
-    for pk, cause in changes.skipped.items():
-        by_cause.setdefault(cause, []).append(pk)
-    if by_cause:
-        causes = dict(Task.objects.filter(pk__in=list(by_cause)).values_list("id", "title"))
-        for cause, pks in by_cause.items():
-            status = changes.containers.get(cause, statuses[cause])
-            Task.objects.filter(pk__in=pks, status__in=[S.PENDING, S.READY]).update(
-                status=S.SKIPPED,
-                ended_at=now,
-                updated_at=now,
-                error={
-                    "type": "prerequisite_not_completed",
-                    "message": f"Skipped: required prerequisite '{causes.get(cause, cause)}' {status}",
-                    "prerequisite": cause,
-                },
-            )
-    by_move = {}
-    for pk, status in changes.containers.items():
-        by_move.setdefault((statuses[pk], status), []).append(pk)
-    for (old, new), pks in by_move.items():
-        values = {"status": new, "updated_at": now}
-        if new in readiness.TERMINAL:
-            values["ended_at"] = now
-        if new == S.COMPLETED:
-            values["completed_at"] = now
-        if new in readiness.STARTED:
-            Task.objects.filter(pk__in=pks, started_at__isnull=True).update(started_at=now)
-        Task.objects.filter(pk__in=pks, status=old).update(**values)
-
-
-def _sync_ancestors(task):
-    """Re-derive the containers above `task` from their children (one query per level)."""
-    parent_id = task.parent_id
-    now = timezone.now()
-    while parent_id is not None:
-        children = list(Task.objects.filter(parent_id=parent_id).values_list("status", flat=True))
-        parent = Task.objects.filter(pk=parent_id).values_list("status", "parent_id").first()
-        if parent is None:
-            return
-        derived = readiness.container_status(children)
-        if derived is not None and derived != parent[0]:
-            Task.objects.filter(pk=parent_id, status=parent[0]).update(status=derived, updated_at=now)
-        parent_id = parent[1]
-
-
 # --- helpers for the execution engine ---------------------------------------------
 
 
-def task_root_for_session(*, session) -> Task:
+def task_root_for_session(*, session: CodingSession) -> Task:
     """The session's root task, created from the session's title and prompt if missing."""
     root = Task.objects.filter(session=session, parent__isnull=True).first()
     if root is not None:
@@ -619,14 +348,6 @@ def _leaves(queryset):
     return queryset.annotate(has_subtasks=Exists(Task.objects.filter(parent_id=OuterRef("pk")))).filter(
         has_subtasks=False
     )
-
-
-def task_plan_finished(*, session) -> dict:
-    """Counts of the session's leaves by outcome, and whether the plan has finished
-    (tasks.readiness.plan_summary: total, completed, failed, skipped, cancelled, other,
-    finished, outcome)."""
-    plan = _load_plan(_pk_of(session))
-    return PlanState(statuses=plan.statuses, parents=plan.parents, ranks=plan.ranks).summary()
 
 
 # --- transitions ------------------------------------------------------------------
@@ -657,7 +378,7 @@ def _transitions(task, steps):
             locked = Task.objects.select_for_update().get(pk=task.pk)
         except Task.DoesNotExist:
             raise NotFound("Task not found") from None
-        plan = _load_plan(locked.session_id)
+        plan = plan_load(locked.session_id)
         if plan.has_subtasks(locked.pk):
             raise TransitionRefused(
                 kind="task", current=locked.status, attempted=steps[0][0], allowed=["cancel", "skip"],
@@ -673,7 +394,7 @@ def _transitions(task, steps):
             fields.update(method(**kwargs))
         locked.save(update_fields=["status", *sorted(fields)])
         plan.statuses[locked.pk] = locked.status
-        _refresh(plan)
+        plan_refresh(plan)
     return locked
 
 
@@ -712,18 +433,21 @@ def _check_start_for_ready(task, plan):
     waiting = _first_blocker(task, plan, readiness.start_blockers)
     if waiting:
         kind, status, title = waiting
-        raise _refused(task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}")
+        raise _refused(
+            task, "mark_ready", f"'{task.title}' is not ready: its {kind} prerequisite '{title}' is {status}"
+        )
 
 
 def _check_capabilities(task, agent):
     missing = sorted(set(task.required_capabilities) - set(getattr(agent, "capabilities", task.required_capabilities)))
     if missing:
         raise ValidationFailed(
-            f"Agent {agent} lacks the capabilities {', '.join(missing)}", errors={"agent": [f"lacks {', '.join(missing)}"]}
+            f"Agent {agent} lacks the capabilities {', '.join(missing)}",
+            errors={"agent": [f"lacks {', '.join(missing)}"]},
         )
 
 
-def task_assign(*, task: Task, agent, start=False) -> Task:
+def task_assign(*, task: Task, agent: Agent, start: bool = False) -> Task:
     """pending or ready → assigned to `agent` (capacity is reserved by the agents app's routing);
     with `start`, on to in_progress in the same transaction (a worker that runs it now)."""
     _check_capabilities(task, agent)
@@ -740,7 +464,9 @@ def task_start(*, task: Task) -> Task:
 
 def task_complete(*, task: Task, result: dict | None = None, output: str = "") -> Task:
     """in_progress → completed; refused while a finish_to_finish or start_to_finish prerequisite is unmet."""
-    return _transition(task, "complete", check=_check_finish, now=timezone.now(), result=result or {}, output=output or "")
+    return _transition(
+        task, "complete", check=_check_finish, now=timezone.now(), result=result or {}, output=output or ""
+    )
 
 
 def task_fail(*, task: Task, error: dict | str) -> Task:
@@ -804,10 +530,7 @@ def task_set_opencode_session(*, task: Task, opencode_session_id: str) -> None:
     task.opencode_session_id = opencode_session_id
 
 
-INTERRUPTED = (S.ASSIGNED, S.IN_PROGRESS, S.PAUSED)
-
-
-def task_interrupted_for_session(*, session):
+def task_interrupted_for_session(*, session: CodingSession) -> QuerySet[Task]:
     """Leaves a pause or a lost worker interrupted (assigned, in progress or paused), oldest first."""
     return _leaves(
         Task.objects.filter(session=session, status__in=INTERRUPTED)

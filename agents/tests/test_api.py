@@ -33,7 +33,12 @@ def test_register_returns_the_agent(api_client):
     assert response.status_code == 201, response.json()
     body = response.json()
     assert body["capabilities"] == ["code_review", "security_audit"]
-    assert (body["status"], body["tier"], body["load_level"], body["max_concurrent_tasks"]) == ("available", "COMPETENT", "IDLE", 7)
+    assert (body["status"], body["tier"], body["load_level"], body["max_concurrent_tasks"]) == (
+        "available",
+        "COMPETENT",
+        "IDLE",
+        7,
+    )
     assert body["tools"] == {"edit": False, "bash": False}
 
 
@@ -101,7 +106,12 @@ def test_list_filters_and_orders(api_client, django_assert_max_num_queries):
 
 @pytest.mark.parametrize(
     "query, field",
-    [("type=wizard", "type"), ("capability=telepathy", "capability"), ("ordering=colour", "ordering"), ("tier=GOD", "tier")],
+    [
+        ("type=wizard", "type"),
+        ("capability=telepathy", "capability"),
+        ("ordering=colour", "ordering"),
+        ("tier=GOD", "tier"),
+    ],
 )
 def test_list_rejects_unknown_filter_values(api_client, query, field):
     response = api_client.get(f"{LIST}?{query}")
@@ -118,7 +128,9 @@ def test_detail_and_unknown_agent(api_client):
 
 def test_patch_changes_configuration_but_never_status(api_client):
     agent = AgentFactory()
-    response = api_client.patch(url(agent), {"capabilities": ["testing"], "max_concurrent_tasks": 9, "status": "offline"}, format="json")
+    response = api_client.patch(
+        url(agent), {"capabilities": ["testing"], "max_concurrent_tasks": 9, "status": "offline"}, format="json"
+    )
     assert response.status_code == 200, response.json()
     stored = Agent.objects.get(pk=agent.pk)
     assert (stored.capabilities, stored.max_concurrent_tasks, stored.status) == (["testing"], 9, "available")
@@ -153,14 +165,21 @@ def test_route_is_a_dry_run(api_client):
     assert body["agent"]["name"] == "AGENT-BEST"
     assert body["score"] == 1.0
     assert body["reason"] == "full capability match, low load; score 1.00"
-    assert body["alternatives"] == [{"id": body["alternatives"][0]["id"], "name": "AGENT-NEXT", "agent_type": "implementer", "score": 0.84}]
+    assert body["alternatives"] == [
+        {"id": body["alternatives"][0]["id"], "name": "AGENT-NEXT", "agent_type": "implementer", "score": 0.84}
+    ]
     assert Agent.objects.get(pk=chosen.pk).current_load == 0
 
 
 def test_route_with_preferences(api_client):
     response = api_client.post(
         f"{LIST}/route",
-        {"required_capabilities": ["code_review"], "preferred_type": "reviewer", "preferred_agent": "AGENT-REVIEWER", "min_tier": "TRAINEE"},
+        {
+            "required_capabilities": ["code_review"],
+            "preferred_type": "reviewer",
+            "preferred_agent": "AGENT-REVIEWER",
+            "min_tier": "TRAINEE",
+        },
         format="json",
     )
     assert response.status_code == 200, response.json()

@@ -72,7 +72,9 @@ def test_capacity_bounds_are_accepted():
 def test_update_changes_only_named_fields_and_keeps_the_load():
     agent = AgentFactory(current_load=2)
     Agent.objects.filter(pk=agent.pk).update(current_load=3)  # a reservation the stale instance has not seen
-    updated = agent_update(agent=agent, capabilities=["code_review", "testing"], temperature=0.4, model_identifier="openai/gpt-5")
+    updated = agent_update(
+        agent=agent, capabilities=["code_review", "testing"], temperature=0.4, model_identifier="openai/gpt-5"
+    )
     stored = Agent.objects.get(pk=agent.pk)
     assert stored.capabilities == ["testing", "code_review"]
     assert (stored.temperature, stored.model_identifier, stored.current_load) == (0.4, "openai/gpt-5", 3)
@@ -149,7 +151,9 @@ def test_stale_marking_leaves_maintenance_and_unmonitored_agents_alone():
     never_heard = AgentFactory(last_heartbeat_at=None)
     busy = AgentFactory(status="busy", current_load=1, last_heartbeat_at=old)
     assert jobs.mark_stale_offline() == 1
-    statuses = dict(Agent.objects.filter(pk__in=[in_maintenance.pk, never_heard.pk, busy.pk]).values_list("pk", "status"))
+    statuses = dict(
+        Agent.objects.filter(pk__in=[in_maintenance.pk, never_heard.pk, busy.pk]).values_list("pk", "status")
+    )
     assert statuses == {in_maintenance.pk: "maintenance", never_heard.pk: "available", busy.pk: "offline"}
 
 
@@ -181,7 +185,9 @@ def record(agent, outcomes, quality=1.0):
 
 def test_track_record_accumulates_totals_and_averages():
     agent = AgentFactory()
-    agent = agent_record_result(agent=agent, outcome="completed", quality=0.9, duration=timedelta(seconds=30), tokens=1000, cost=Decimal("0.50"))
+    agent = agent_record_result(
+        agent=agent, outcome="completed", quality=0.9, duration=timedelta(seconds=30), tokens=1000, cost=Decimal("0.50")
+    )
     agent = agent_record_result(agent=agent, outcome="partial", quality=0.5, duration=10, tokens=3000, cost="0.30")
     agent = agent_record_result(agent=agent, outcome="failed", quality=0.1, duration=20, tokens=2000, cost=0)
     stored = Agent.objects.get(pk=agent.pk)

@@ -60,7 +60,13 @@ CASES = {
     "preferred type: +0.3 does not lift a loaded busy TRAINEE over an idle ELITE (0.92 < 1.0)": (
         {
             "A": {"tier": "ELITE"},
-            "B": {"tier": "TRAINEE", "agent_type": "reviewer", "status": "busy", "current_load": 4, "max_concurrent_tasks": 10},
+            "B": {
+                "tier": "TRAINEE",
+                "agent_type": "reviewer",
+                "status": "busy",
+                "current_load": 4,
+                "max_concurrent_tasks": 10,
+            },
         },
         {"preferred_type": "reviewer"},
         "A",
@@ -69,7 +75,13 @@ CASES = {
     "preferred type wins when the rest is close": (
         {
             "A": {"tier": "ADVANCED"},
-            "B": {"tier": "TRAINEE", "agent_type": "reviewer", "status": "busy", "current_load": 1, "max_concurrent_tasks": 10},
+            "B": {
+                "tier": "TRAINEE",
+                "agent_type": "reviewer",
+                "status": "busy",
+                "current_load": 1,
+                "max_concurrent_tasks": 10,
+            },
         },
         {"preferred_type": "reviewer"},
         "B",
@@ -280,7 +292,9 @@ def test_default_roster_routes_every_capability_and_every_pair(db):
 
 def test_default_roster_prefers_the_specialist_type(db):
     assert agent_route(required_capabilities=["code_review"], preferred_type="reviewer").agent.name == "AGENT-REVIEWER"
-    assert agent_route(required_capabilities=["system_design"], preferred_type="architect").agent.name == "AGENT-ARCHITECT"
+    assert (
+        agent_route(required_capabilities=["system_design"], preferred_type="architect").agent.name == "AGENT-ARCHITECT"
+    )
 
 
 @pytest.mark.postgres

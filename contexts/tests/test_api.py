@@ -19,7 +19,9 @@ def url(name, *args):
 
 
 def test_create_and_read(api_client):
-    response = api_client.post(url("list"), {"scope": "global", "name": "conventions", "data": {"a": None}}, format="json")
+    response = api_client.post(
+        url("list"), {"scope": "global", "name": "conventions", "data": {"a": None}}, format="json"
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert (body["version"], body["data"], body["created_by"]) == (1, {"a": None}, api_client.user.username)
@@ -44,7 +46,9 @@ def test_create_with_a_missing_owner_is_400(api_client):
 def test_viewer_may_read_but_not_write(viewer_client):
     context = create()
     assert viewer_client.get(url("detail", context.pk)).status_code == 200
-    response = viewer_client.patch(url("detail", context.pk), {"changes": {"a": 1}, "expected_version": 1}, format="json")
+    response = viewer_client.patch(
+        url("detail", context.pk), {"changes": {"a": 1}, "expected_version": 1}, format="json"
+    )
     assert response.status_code == 403
     assert Context.objects.get(pk=context.pk).version == 1
 
@@ -120,7 +124,9 @@ def test_merge_into_a_target(api_client):
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["context"]["data"] == {"a": 1, "b": 3}
-    assert body["conflicts"] == [{"path": "a", "source": 2, "target": 1, "winner": "target", "value": 1, "source_id": source.pk}]
+    assert body["conflicts"] == [
+        {"path": "a", "source": 2, "target": 1, "winner": "target", "value": 1, "source_id": source.pk}
+    ]
     assert body["changes"]["added"] == {"b": 3}
 
 
@@ -155,7 +161,9 @@ def test_merge_with_an_unknown_source_is_404(api_client):
 def test_share_into_a_session(api_client):
     session = make_session()
     source = create(name="g", data={"k": 1})
-    response = api_client.post(url("share", source.pk), {"session": session.pk, "strategy": "prefer_source"}, format="json")
+    response = api_client.post(
+        url("share", source.pk), {"session": session.pk, "strategy": "prefer_source"}, format="json"
+    )
     assert response.status_code == 200, response.json()
     body = response.json()["context"]
     assert body["session"] == session.pk

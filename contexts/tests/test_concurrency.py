@@ -99,7 +99,9 @@ def test_shares_racing_task_outputs_into_one_session_context_keep_both():
     session = make_session()
     services.context_for_session(session=session)
     sources = [
-        services.context_create(scope=Scope.GLOBAL, name=f"src{i}", data={"shared": {f"s{i}": i}, "tags": [i]}, actor="t")
+        services.context_create(
+            scope=Scope.GLOBAL, name=f"src{i}", data={"shared": {f"s{i}": i}, "tags": [i]}, actor="t"
+        )
         for i in range(THREADS // 2)
     ]
 
@@ -108,7 +110,9 @@ def test_shares_racing_task_outputs_into_one_session_context_keep_both():
             services.context_share(source=sources[index // 2], target_session=session, strategy="deep_merge", actor="t")
         else:
             for step in range(3):
-                services.context_record_task_output(session=session, task_key=f"t{index}_{step}", output=step, actor="e")
+                services.context_record_task_output(
+                    session=session, task_key=f"t{index}_{step}", output=step, actor="e"
+                )
 
     _run_threads(act)
     context = services.context_for_session(session=session)

@@ -23,7 +23,13 @@ from contexts.documents import (
 # is where diffs and conflicts happen; digit keys exercise dicts whose keys look
 # like list indexes.
 keys = st.sampled_from(["a", "b", "c", "0", "1", "x_y"])
-scalars = st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=3)
+scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 3)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=3)
+)
 values = st.recursive(
     scalars,
     lambda children: st.lists(children, max_size=4) | st.dictionaries(keys, children, max_size=4),

@@ -14,7 +14,13 @@ from contexts.documents import (
     merge,
 )
 
-SOURCE = {"model": "claude", "tags": ["a", "b"], "limits": {"tokens": 200, "time": 5}, "only_source": 1, "kind": {"x": 1}}
+SOURCE = {
+    "model": "claude",
+    "tags": ["a", "b"],
+    "limits": {"tokens": 200, "time": 5},
+    "only_source": 1,
+    "kind": {"x": 1},
+}
 TARGET = {"model": "gpt", "tags": ["b", "c"], "limits": {"tokens": 100, "depth": 2}, "only_target": 2, "kind": "flat"}
 CONFLICTS = {"model", "tags", "limits.tokens", "kind"}
 

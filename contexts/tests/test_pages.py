@@ -11,7 +11,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def context():
-    context = services.context_create(scope=Scope.GLOBAL, name="conventions", data={"style": {"quotes": "double"}}, actor="x")
+    context = services.context_create(
+        scope=Scope.GLOBAL, name="conventions", data={"style": {"quotes": "double"}}, actor="x"
+    )
     services.context_set(context=context, changes={"style.line": 120}, expected_version=1, actor="engine")
     return context
 

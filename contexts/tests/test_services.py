@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from contexts import services
-from contexts.documents import DELETE, DEEP_MERGE, LAST_WRITE_WINS, MANUAL, PREFER_SOURCE, PREFER_TARGET
+from contexts.documents import DEEP_MERGE, DELETE, LAST_WRITE_WINS, MANUAL, PREFER_SOURCE, PREFER_TARGET
 from contexts.models import Context, ContextChange, Scope
 from contexts.tests.factories import make_agent, make_session
 from orchestrator.errors import Conflict, NotFound, StaleVersion, ValidationFailed
@@ -295,7 +295,9 @@ def test_share_merges_into_the_sessions_context_and_records_provenance():
     assert target.data == {"shared": [2, 1], "own": True, "conventions": {"style": "black"}}
     assert (target.source_context, target.source_version, target.source_strategy) == (source, 1, DEEP_MERGE)
     assert target.shared_at is not None
-    assert set(target.changes.filter(version=3).values_list("note", flat=True)) == {f"share from #{source.pk} v1 (deep_merge)"}
+    assert set(target.changes.filter(version=3).values_list("note", flat=True)) == {
+        f"share from #{source.pk} v1 (deep_merge)"
+    }
 
 
 def test_share_by_copy_replaces_the_target_document():

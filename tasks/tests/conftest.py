@@ -46,3 +46,14 @@ def run(agent):
         return services.task_start(task=task)
 
     return start
+
+
+@pytest.fixture(params=["sql", "orm"])
+def plan_read(request, monkeypatch):
+    """Run a test once over the plan read of tasks.sql and once over the same read through the ORM."""
+    if request.param == "orm":
+        from tasks import sql
+        from tasks.tests import orm_reference
+
+        monkeypatch.setattr(sql, "plan_rows", orm_reference.plan_rows)
+    return request.param

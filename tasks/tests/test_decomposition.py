@@ -39,7 +39,9 @@ def test_crud_runs_model_then_operations_then_validation_authorization_tests():
     assert deps["Implement authorization checks for invoice CRUD"] == [
         ("Implement input validation for invoice CRUD", "finish_to_start")
     ]
-    assert deps["Write tests for invoice CRUD"] == [("Implement authorization checks for invoice CRUD", "finish_to_start")]
+    assert deps["Write tests for invoice CRUD"] == [
+        ("Implement authorization checks for invoice CRUD", "finish_to_start")
+    ]
     assert plan.subtasks[0].capabilities == ["system_design", "code_generation"]
     assert plan.subtasks[-1].capabilities == ["test_generation", "testing"]
     assert plan.subtasks[0].estimate == pert(1, 2, 4)

@@ -6,6 +6,9 @@ from orchestrator.errors import TransitionRefused
 from tasks import services
 from tasks.models import Task
 
+# Every test here runs over the plan read of tasks.sql and over the same read through the ORM.
+pytestmark = pytest.mark.usefixtures("plan_read")
+
 
 def status(task):
     return Task.objects.values_list("status", flat=True).get(pk=task.pk)

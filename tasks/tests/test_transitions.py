@@ -6,6 +6,9 @@ from orchestrator.errors import TransitionRefused, ValidationFailed
 from tasks import services
 from tasks.models import Task
 
+# Every test here runs over the plan read of tasks.sql and over the same read through the ORM.
+pytestmark = pytest.mark.usefixtures("plan_read")
+
 ALLOWED = {
     "pending": {"ready", "assigned", "cancelled", "skipped"},
     "ready": {"assigned", "cancelled", "skipped"},
