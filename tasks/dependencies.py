@@ -1,5 +1,5 @@
 """Dependencies between a session's tasks: adding one (refusing cycles and links that could not
-hold) and removing one. Statuses are left to the next readiness refresh (tasks/plan.py)."""
+hold) and removing one. Statuses are left to the next readiness refresh (tasks/graph_state.py)."""
 
 from django.db import transaction
 

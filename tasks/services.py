@@ -1,5 +1,5 @@
 """Every write to tasks: creation, edits, decomposition, transitions; dependencies (tasks/dependencies.py)
-and the readiness refresh (tasks/plan.py) are re-exported here.
+and the readiness refresh (tasks/graph_state.py) are re-exported here.
 
 Rules the execution engine relies on:
 - A session has one root task (`task_root_for_session`); a task created without a
@@ -8,11 +8,11 @@ Rules the execution engine relies on:
   derived from its children by `tasks.readiness.container_status` and written by
   `task_refresh_readiness`; its own transitions are refused, except cancel and skip,
   which apply to the leaves below it that still allow them.
-- The readiness refresh (`tasks.plan.plan_refresh`) is the one place where pending tasks
+- The readiness refresh (`tasks.graph_state.plan_refresh`) is the one place where pending tasks
   become ready, dependents of failed, skipped or cancelled prerequisites become skipped
   and containers follow their children. Every transition runs it on the plan it read for
   its checks before returning; `task_refresh_readiness` and `task_refresh_plan` (in
-  tasks/plan.py, re-exported here) run it on a fresh read, and the engine may call them
+  tasks/graph_state.py, re-exported here) run it on a fresh read, and the engine may call them
   at any time: it is idempotent.
 """
 
@@ -39,11 +39,11 @@ from tasks.models import (
     TaskPriority,
     TaskStatus,
 )
-from tasks.plan import INTERRUPTED, plan_load, plan_refresh, sync_ancestors
-from tasks.plan import PlanState as PlanState
-from tasks.plan import task_plan_finished as task_plan_finished
-from tasks.plan import task_refresh_plan as task_refresh_plan
-from tasks.plan import task_refresh_readiness as task_refresh_readiness
+from tasks.graph_state import INTERRUPTED, plan_load, plan_refresh, sync_ancestors
+from tasks.graph_state import PlanState as PlanState
+from tasks.graph_state import task_plan_finished as task_plan_finished
+from tasks.graph_state import task_refresh_plan as task_refresh_plan
+from tasks.graph_state import task_refresh_readiness as task_refresh_readiness
 
 if TYPE_CHECKING:
     from agents.models import Agent
