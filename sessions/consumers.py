@@ -8,7 +8,9 @@
 /ws/console/sessions/<id>   the same feed for the console's detail page, as
                        rendered HTML (htmx ws extension): each event appended
                        to #event-log, and the panels it changes replaced
-                       out of band (see sessions.views.live_fragment)
+                       out of band (see sessions.monitor.live_fragment)
+/ws/console/sessions/<id>/graph   the task graph page: its SVG partial again
+                       whenever a task event arrives (sessions.monitor.graph_fragment)
 
 Each message is the "event" part of the published message: {"id",
 "session_id", "reference", "type", "payload", "created_at"}. The consumer joins
@@ -19,6 +21,8 @@ anything at or below the last id sent is a duplicate. Across sessions ids do
 not arrive in order, so the all-sessions feed forwards everything.
 """
 
+import asyncio
+from collections import OrderedDict
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -29,7 +33,8 @@ from orchestrator import events
 from orchestrator.consumers import DirectDispatchMixin
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
-from sessions import selectors, services, views
+from sessions import monitor, selectors, services
+from sessions.models import SessionEvent
 
 REPLAY_BATCH = selectors.EVENTS_LIMIT_MAX
 
@@ -114,7 +119,35 @@ class SessionEventsConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):
 
 @database_sync_to_async
 def _fragment(session_id, event, is_operator):
-    return views.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
+    return monitor.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
+
+
+@database_sync_to_async
+def _graph_fragment(session_id):
+    return monitor.graph_fragment(session_id=session_id)
+
+
+# Every client watching a session gets the same fragment for an event (one for operators, one for
+# viewers): the first consumer to need it renders it, the others in this process await that render.
+# 200 watchers of one session cost one render per event, not 200. Keyed by the event loop too: a
+# future belongs to the loop that made it.
+RENDER_CACHE_SIZE = 1_024
+_renders = OrderedDict()
+
+
+async def shared_render(key, render):
+    """The result of `render()` (a coroutine function), computed once per `key` in this process."""
+    key = (id(asyncio.get_running_loop()), *key)
+    future = _renders.get(key)
+    if future is None:
+        future = _renders[key] = asyncio.ensure_future(render())
+        while len(_renders) > RENDER_CACHE_SIZE:
+            _renders.popitem(last=False)
+    try:
+        return await asyncio.shield(future)
+    except Exception:
+        _renders.pop(key, None)  # a failed render is tried again by the next client
+        raise
 
 
 class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
@@ -156,7 +189,11 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         if event["id"] <= self.last_sent_id:
             return
         self.last_sent_id = event["id"]
-        await self.send(text_data=await _fragment(self.session_id, event, self.is_operator))
+        html = await shared_render(
+            ("event", self.session_id, event["id"], self.is_operator),
+            lambda: _fragment(self.session_id, event, self.is_operator),
+        )
+        await self.send(text_data=html)
 
     async def disconnect(self, code):
         if self.session_id is not None:
@@ -166,8 +203,63 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         await self._send_once(message["event"])
 
 
+@database_sync_to_async
+def _task_events_after(session_id, after_id):
+    """(whether a task event came after `after_id`, the newest event id) of the session."""
+    events_after = SessionEvent.objects.filter(session_id=session_id, pk__gt=after_id)
+    newest = SessionEvent.objects.filter(session_id=session_id).order_by("-pk").values_list("pk", flat=True).first()
+    return events_after.filter(type__startswith="task.").exists(), newest or 0
+
+
+class SessionGraphConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
+    """The task graph page's live feed: the graph partial, re-rendered, after each task event.
+
+    Same checks on connect as the console feed (4401 anonymous, 4404 unknown or not visible).
+    `?after=<event id>` (the newest event when the page was rendered): when a task event came
+    since, the graph is sent once at once; events up to the newest one read then are not sent
+    again, since the graph just sent already shows them.
+    """
+
+    session_id = None
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        session = await _visible_session(user, self.scope["url_route"]["kwargs"]["session_id"])
+        if session is None:
+            await self.close(code=4404)
+            return
+        self.session_id = session.pk
+        self.last_seen_id = 0
+        await self.channel_layer.group_add(events.session_group(session.pk), self.channel_name)
+        await self.accept()
+        after = _after_from_scope(self.scope)
+        if after is not None:
+            missed, newest = await _task_events_after(session.pk, after)
+            self.last_seen_id = max(after, newest)
+            if missed:
+                await self.send(text_data=await _graph_fragment(session.pk))
+
+    async def disconnect(self, code):
+        if self.session_id is not None:
+            await self.channel_layer.group_discard(events.session_group(self.session_id), self.channel_name)
+
+    async def session_event(self, message):
+        event = message["event"]
+        if event["id"] <= self.last_seen_id:
+            return
+        self.last_seen_id = event["id"]
+        if event["type"].startswith("task."):
+            html = await shared_render(("graph", self.session_id, event["id"]),
+                                       lambda: _graph_fragment(self.session_id))
+            await self.send(text_data=html)
+
+
 websocket_urlpatterns = [
     path("ws/sessions", SessionEventsConsumer.as_asgi()),
     path("ws/sessions/<int:session_id>", SessionEventsConsumer.as_asgi()),
     path("ws/console/sessions/<int:session_id>", SessionConsoleConsumer.as_asgi()),
+    path("ws/console/sessions/<int:session_id>/graph", SessionGraphConsumer.as_asgi()),
 ]
