@@ -41,8 +41,46 @@ def _base_commit(session, repository, branch):
 
 
 def session_diff(*, session: CodingSession) -> SessionDiff | None:
-    """The session's patch per file, or None when there is nothing to compare yet (it never
-    ran, or its repository or branch is gone)."""
+    """The session's patch per file, or None when there is nothing to compare yet.
+
+    From git when the repository still holds the session's branch or checkpoints; otherwise from
+    the newest "session.diff" event (the engine records one, with the patch, when a run ends)."""
+    return _diff_from_git(session) or _diff_from_event(session)
+
+
+def _diff_from_event(session):
+    payload = (
+        SessionEvent.objects.filter(session_id=session.pk, type="session.diff")
+        .order_by("-pk").values_list("payload", flat=True).first()
+    )
+    if not isinstance(payload, dict):
+        return None
+    listed = payload.get("files") or []
+    only = str(listed[0].get("file") or "") if len(listed) == 1 and isinstance(listed[0], dict) else "patch"
+    files = rendering.split_patch(payload.get("patch") or "", default_path=only)
+    files = [file for file in files if file.lines or file.path != only or len(listed) == 1]
+    by_path = {file.path: file for file in files}
+    for entry in listed:
+        if not isinstance(entry, dict):
+            continue
+        name = str(entry.get("file") or "")
+        file = by_path.get(name)
+        if file is None:
+            file = by_path[name] = rendering.FilePatch(path=name)
+            files.append(file)
+        file.status = str(entry.get("status") or "modified")
+        file.additions, file.deletions = int(entry.get("additions") or 0), int(entry.get("deletions") or 0)
+    for file in files:
+        if not hasattr(file, "status"):
+            file.status = "modified"
+    return SessionDiff(
+        base="", target="", source="recorded at the end of the run", files=files,
+        additions=int(payload.get("additions") or 0), deletions=int(payload.get("deletions") or 0),
+        truncated=bool(payload.get("patch_truncated")),
+    )
+
+
+def _diff_from_git(session):
     repository = Path(session.repository)
     branch = session.branch_name or workspace.branch_name(session.reference)
     if not repository.is_dir():

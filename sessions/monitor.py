@@ -121,12 +121,16 @@ def _current_tasks(session):
     )
 
 
-def header_context(session, *, is_operator, notice=None, notice_level="error"):
+def header_context(session, *, is_operator, notice=None, notice_level="error", transitions=None):
     """The monitor header: status with its typed reason, health, current task and agent, time and
-    budgets, and the operator's actions (two queries: current tasks, last transition)."""
+    budgets, and the operator's actions (two queries: current tasks, last transition, unless the
+    caller has the `transitions` already)."""
     allowed = set(session.allowed_actions())
     actions = [{"name": name, "confirm": CONFIRM.get(name, "")} for name in ACTIONS if name in allowed]
-    last = session.transitions.order_by("-pk").values_list("action", "reason").first()
+    if transitions is not None:
+        last = (transitions[-1].action, transitions[-1].reason) if transitions else None
+    else:
+        last = session.transitions.order_by("-pk").values_list("action", "reason").first()
     elapsed = session.elapsed_seconds()
     budget = session.max_duration_seconds
     current = _current_tasks(session)
@@ -178,15 +182,16 @@ def session_detail(request, session_id):
     session = visible_session_or_404(request.user, session_id)
     is_operator = user_is_operator(request.user)
     events, older = events_window(session)
+    transitions = selectors.session_transitions(session)
     context = {
-        **header_context(session, is_operator=is_operator),
+        **header_context(session, is_operator=is_operator, transitions=transitions),
         "events": events,
         "older_before": older,
         "last_event_id": events[-1]["id"] if events else 0,
         "permission_requests": _pending_permissions(session),
         "tasks": _tasks(session),
         **timeline_context(session),
-        "transitions": selectors.session_transitions(session),
+        "transitions": transitions,
         "children": list(session.children.filter(deleted_at__isnull=True).order_by("pk")[:20]),
         "message_max": followups.MESSAGE_MAX,
     }
@@ -365,8 +370,11 @@ def live_fragment(*, session_id, event, is_operator):
     session = CodingSession.objects.select_related("agent").filter(pk=session_id).first() if needs_session else None
     if session is not None:
         context["session"] = session
+        if kind == "session.transition":
+            context["transitions"] = selectors.session_transitions(session)
+            context["push_transitions"] = True
         if kind in HEADER_EVENTS or is_task:
-            context.update(header_context(session, is_operator=is_operator))
+            context.update(header_context(session, is_operator=is_operator, transitions=context.get("transitions")))
             context["push_header"] = True
         if kind.startswith("permission."):
             context["permission_requests"] = _pending_permissions(session)
@@ -377,9 +385,6 @@ def live_fragment(*, session_id, event, is_operator):
         if kind in TIMELINE_EVENTS:
             context.update(timeline_context(session))
             context["push_timeline"] = True
-        if kind == "session.transition":
-            context["transitions"] = selectors.session_transitions(session)
-            context["push_transitions"] = True
         if kind == "session.diff":
             context["push_diff"] = True
     return render_to_string(f"{DETAIL}#live", context)

@@ -40,14 +40,20 @@ def _path_of(header):
     return rest.removeprefix("a/")
 
 
-def split_patch(patch, *, file_lines_max=FILE_LINES_MAX):
+def split_patch(patch, *, file_lines_max=FILE_LINES_MAX, default_path=None):
     """The files of a unified patch (`git diff` output), in order, each line classified.
 
     Lines are kept as text (the template escapes them); nothing is highlighted by language.
+    Lines before any `diff --git` header belong to `default_path` when given (a bare hunk body),
+    and are dropped otherwise.
     """
     files = []
     current = None
     in_hunk = False
+    if default_path is not None and not (patch or "").startswith("diff --git "):
+        current = FilePatch(path=default_path)
+        files.append(current)
+        in_hunk = True
     for line in (patch or "").splitlines():
         if line.startswith("diff --git "):
             current = FilePatch(path=_path_of(line))

@@ -30,6 +30,18 @@ from sessions.models import PermissionReply, PermissionRequestStatus, SessionSta
 DETAIL = "sessions/detail.html"
 
 
+def _require_operator(request):
+    if not user_is_operator(request.user):
+        raise PermissionDenied("Only operators can change sessions")
+
+
+def _visible_session_or_404(user, session_id):
+    try:
+        return services.session_get_for_user(user, session_id)
+    except NotFound:
+        raise Http404("No such session") from None
+
+
 def _pending_permissions(session):
     return list(approvals.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
 
