@@ -117,8 +117,13 @@ class SessionEventsConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):
         await self._send_once(message["event"])
 
 
-@database_sync_to_async
-def _fragment(session_id, event, is_operator):
+async def _fragment(session_id, event, is_operator):
+    """The console push for `event`. Most events (text, tools, steps of OpenCode) only render their
+    own partial: that is done on the event loop, sparing each a hop to the database thread, which
+    every render used to wait its turn for; the others read the database there."""
+    if monitor.fragment_reads_database(event["type"]):
+        return await database_sync_to_async(monitor.live_fragment)(
+            session_id=session_id, event=event, is_operator=is_operator)
     return monitor.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
 
 

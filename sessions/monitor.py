@@ -352,6 +352,12 @@ def session_graph(request, session_id):
 # --- WebSocket pushes ------------------------------------------------------------------------------
 
 
+def fragment_reads_database(kind):
+    """Whether the push for an event of this type reads the database (it re-renders a panel)."""
+    return (kind in HEADER_EVENTS or kind.startswith("task.") or kind.startswith("permission.")
+            or kind in TIMELINE_EVENTS or kind == "session.diff")
+
+
 def live_fragment(*, session_id, event, is_operator):
     """The HTML the console consumer sends for one published event.
 
@@ -365,9 +371,9 @@ def live_fragment(*, session_id, event, is_operator):
                "is_operator": is_operator}
     kind = event["type"]
     is_task = kind.startswith("task.")
-    needs_session = (kind in HEADER_EVENTS or is_task or kind.startswith("permission.")
-                     or kind in TIMELINE_EVENTS or kind == "session.diff")
-    session = CodingSession.objects.select_related("agent").filter(pk=session_id).first() if needs_session else None
+    session = None
+    if fragment_reads_database(kind):
+        session = CodingSession.objects.select_related("agent").filter(pk=session_id).first()
     if session is not None:
         context["session"] = session
         if kind == "session.transition":
