@@ -162,9 +162,16 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     unknown or not visible). `?after=<event id>` (the last event the page
     rendered) replays what happened between the page load and the connection;
     an event is sent once even when replay and live delivery overlap.
+
+    Live events are sent through an outbox: whatever is rendered while the previous frame is
+    still being written goes out as the next single frame (the htmx ws extension swaps each
+    out-of-band element of a frame in order). An idle watcher gets each event at once; a busy web
+    process writes fewer, larger frames instead of falling behind one frame per event per watcher.
     """
 
     session_id = None
+    _outbox = ()
+    _flusher = None
 
     async def connect(self):
         user = self.scope.get("user")
@@ -190,22 +197,55 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
                 if len(backlog) < REPLAY_BATCH:
                     break
 
-    async def _send_once(self, event):
+    async def _render_once(self, event):
+        """The event's fragment, or None when it was sent already."""
         if event["id"] <= self.last_sent_id:
-            return
+            return None
         self.last_sent_id = event["id"]
-        html = await shared_render(
+        return await shared_render(
             ("event", self.session_id, event["id"], self.is_operator),
             lambda: _fragment(self.session_id, event, self.is_operator),
         )
-        await self.send(text_data=html)
+
+    async def _send_once(self, event):
+        html = await self._render_once(event)
+        if html is not None:
+            await self.send(text_data=html)
 
     async def disconnect(self, code):
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self.session_id is not None:
             await self.channel_layer.group_discard(events.session_group(self.session_id), self.channel_name)
 
     async def session_event(self, message):
-        await self._send_once(message["event"])
+        await self._queue_live([message])
+
+    async def broadcast_batch(self, message):
+        """Several broadcasts sent as one channel-layer message: rendered in order, one frame."""
+        await self._queue_live(events.unpack(message))
+
+    async def _queue_live(self, messages):
+        rendered = [await self._render_once(message["event"]) for message in messages
+                    if message.get("type") == "session.event"]
+        rendered = [html for html in rendered if html is not None]
+        if not rendered:
+            return
+        if not self._outbox:
+            self._outbox = []
+        self._outbox.extend(rendered)
+        if self._flusher is None:
+            self._flusher = asyncio.ensure_future(self._flush())
+
+    async def _flush(self):
+        """Write the outbox, one frame per turn, until it stays empty (the only writer of live events,
+        so frames keep the events' order)."""
+        try:
+            while self._outbox:
+                frame, self._outbox = "".join(self._outbox), []
+                await self.send(text_data=frame)
+        finally:
+            self._flusher = None
 
 
 @database_sync_to_async

@@ -233,3 +233,32 @@ def test_the_console_socket_replays_without_gap_or_duplicate_and_pushes_timeline
     assert 'id="checkpoint-1"' in checkpoint_html and "Restore" not in checkpoint_html  # a viewer
     assert 'id="session-transitions" hx-swap-oob="outerHTML"' in pause_html and "lunch" in pause_html
     assert nothing_more
+
+
+@pytest.mark.django_db(transaction=True)
+def test_broadcasts_sent_together_reach_a_watcher_as_one_frame_in_order(viewer_user):
+    from orchestrator import events
+    from sessions.models import SessionEvent
+
+    token = Token.objects.create(user=viewer_user)
+    session = CodingSessionFactory(status="running")
+    # Rows written without their own broadcasts; the test sends them as one batch, as
+    # orchestrator.events does with whatever waits for a group when its turn comes.
+    rows = SessionEvent.objects.bulk_create(
+        [SessionEvent(session=session, type="assistant.text", payload={"text": f"part {n}"}) for n in range(3)])
+    batch = {"type": events.BATCH_TYPE,
+             "messages": [services.event_message(row, session.reference) for row in rows]}
+
+    async def scenario():
+        communicator = WebsocketCommunicator(application, f"/ws/console/sessions/{session.pk}?token={token.key}")
+        assert (await communicator.connect(timeout=TIMEOUT))[0]
+        await get_channel_layer().group_send(events.session_group(session.pk), batch)
+        frame = await communicator.receive_from(timeout=TIMEOUT)
+        nothing_more = await communicator.receive_nothing(timeout=0.3)
+        await communicator.disconnect()
+        return frame, nothing_more
+
+    frame, nothing_more = run(scenario)
+    positions = [frame.index(f'id="event-{row.pk}"') for row in rows]
+    assert positions == sorted(positions) and frame.count('hx-swap-oob="beforeend:#event-log"') == 3
+    assert nothing_more
