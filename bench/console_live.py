@@ -124,7 +124,7 @@ def render_times(user, session, url_name, runs):
 # --- the web server and the clients -------------------------------------------------------------
 
 
-def _start_web_server(log_path):
+def _start_web_server(log_path, profile=None):
     from orchestrator.testing import free_port, subprocess_env, wait_until
 
     import httpx
@@ -132,7 +132,8 @@ def _start_web_server(log_path):
     port = free_port()
     log = open(log_path, "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"],
+        [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if profile else []),
+         "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"],
         cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -246,6 +247,7 @@ def main():
     parser.add_argument("--tasks-waves", type=int, default=20)
     parser.add_argument("--tasks-width", type=int, default=10)
     parser.add_argument("--render-runs", type=int, default=50)
+    parser.add_argument("--web-profile", type=Path, help="run the web server under cProfile, writing here")
     args = parser.parse_args()
     for name, value, low, high in [("clients", args.clients, 1, 2_000), ("events", args.events, 1, 100_000),
                                    ("client-processes", args.client_processes, 1, 32),
@@ -271,7 +273,7 @@ def main():
 
         log_path = Path(settings.VAR_DIR) / "bench-console-live-daphne.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        web, log, port = _start_web_server(log_path)
+        web, log, port = _start_web_server(log_path, args.web_profile)
         try:
             published, clients = deliver(port, token, watched, args.clients, args.client_processes,
                                          args.events, args.rate)
