@@ -195,6 +195,13 @@ _fanouts = {}  # (event loop id, session id) -> SessionFanOut
 _fanouts_lock = {}  # event loop id -> asyncio.Lock (a lock belongs to its loop)
 
 
+def fanout_watchers(session_id):
+    """How many console watchers this process's fan-out of the session feeds (on the running event
+    loop); 0 when it has no fan-out for it."""
+    fanout = _fanouts.get((id(asyncio.get_running_loop()), session_id))
+    return len(fanout.watchers) if fanout is not None else 0
+
+
 async def _watch(session_id, watcher, layer):
     loop_id = id(asyncio.get_running_loop())
     lock = _fanouts_lock.setdefault(loop_id, asyncio.Lock())

@@ -262,3 +262,26 @@ def test_broadcasts_sent_together_reach_a_watcher_as_one_frame_in_order(viewer_u
     positions = [frame.index(f'id="event-{row.pk}"') for row in rows]
     assert positions == sorted(positions) and frame.count('hx-swap-oob="beforeend:#event-log"') == 3
     assert nothing_more
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_watcher_leaving_keeps_the_others_fed_and_the_last_one_ends_the_subscription(operator_user):
+    from sessions import consumers
+
+    token = Token.objects.create(user=operator_user)
+    session = CodingSessionFactory(status="running")
+
+    async def scenario():
+        first, second = (WebsocketCommunicator(application, f"/ws/console/sessions/{session.pk}?token={token.key}")
+                         for _ in range(2))
+        assert (await first.connect(timeout=TIMEOUT))[0] and (await second.connect(timeout=TIMEOUT))[0]
+        watching = consumers.fanout_watchers(session.pk)
+        await first.disconnect()
+        event = await database_sync_to_async(record)(session, "assistant.text", text="still watched")
+        html = await second.receive_from(timeout=TIMEOUT)
+        await second.disconnect()
+        return watching, event, html, consumers.fanout_watchers(session.pk)
+
+    watching, event, html, left = run(scenario)
+    assert watching == 2  # two watchers fed by one subscription
+    assert f'id="event-{event.pk}"' in html and left == 0
