@@ -285,3 +285,15 @@ def test_a_watcher_leaving_keeps_the_others_fed_and_the_last_one_ends_the_subscr
     watching, event, html, left = run(scenario)
     assert watching == 2  # two watchers fed by one subscription
     assert f'id="event-{event.pk}"' in html and left == 0
+
+
+@pytest.mark.django_db
+def test_task_titles_are_escaped_in_the_drawing(client, viewer_user):
+    session = CodingSessionFactory(status="running")
+    root = TaskFactory(session=session, title="Root")
+    TaskFactory(session=session, parent=root, title='<script>alert("x")</script> & "quotes"')
+    TaskFactory(session=session, parent=root, title="Second")
+    client.force_login(viewer_user)
+    body = client.get(reverse("sessions:graph", args=[session.pk])).content.decode()
+    assert "<script>alert" not in body
+    assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; &quot;quotes&quot;" in body
