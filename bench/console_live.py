@@ -110,15 +110,18 @@ def render_times(user, session, url_name, runs):
     client = Client()
     client.force_login(user)
     url = reverse(url_name, args=[session.pk])
-    times = []
+    times, cpu = [], []
     for _ in range(runs + 3):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         response = client.get(url)
         elapsed = (time.perf_counter() - started) * 1000
+        cpu.append((time.process_time() - started_cpu) * 1000)
         if response.status_code != 200:
             raise RuntimeError(f"{url} answered {response.status_code}")
         times.append(elapsed)
-    return times[3:], len(response.content)  # the first renders warm the template cache
+    # The first renders warm the template cache. CPU time is this process's own work: on a shared
+    # machine the wall time also counts the time other processes held the CPU.
+    return times[3:], cpu[3:], len(response.content)
 
 
 # --- the web server and the clients -------------------------------------------------------------
@@ -263,10 +266,16 @@ def main():
         user, token = _operator()
         logged = _session_with_events(args.log_events)
         planned = _session_with_tasks(args.tasks_waves, args.tasks_width)
-        monitor_ms, monitor_bytes = render_times(user, logged, "sessions:detail", args.render_runs)
-        graph_ms, graph_bytes = render_times(user, planned, "sessions:graph", args.render_runs)
-        print(_summary(f"monitor render, {args.log_events} events in the session ({monitor_bytes} bytes)", monitor_ms))
-        print(_summary(f"graph render, {args.tasks_waves * args.tasks_width} tasks ({graph_bytes} bytes)", graph_ms))
+        print(f"load average at start: {' '.join(f'{value:.2f}' for value in os.getloadavg())} "
+              f"({os.cpu_count()} CPUs)")
+        monitor_ms, monitor_cpu, monitor_bytes = render_times(user, logged, "sessions:detail", args.render_runs)
+        graph_ms, graph_cpu, graph_bytes = render_times(user, planned, "sessions:graph", args.render_runs)
+        label = f"monitor render, {args.log_events} events in the session ({monitor_bytes} bytes)"
+        print(_summary(label, monitor_ms))
+        print(_summary(label + ", CPU time", monitor_cpu))
+        label = f"graph render, {args.tasks_waves * args.tasks_width} tasks ({graph_bytes} bytes)"
+        print(_summary(label, graph_ms))
+        print(_summary(label + ", CPU time", graph_cpu))
 
         watched = _session_with_events(0)
         from django.conf import settings
@@ -294,6 +303,7 @@ def main():
               f"({len(latencies)} receipts)")
         print(_summary("delivery latency (write to receipt)", latencies))
         print(f"lost: {lost}  duplicated: {duplicated}  out of order: {out_of_order}")
+        print(f"load average at end: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 
 
 if __name__ == "__main__":

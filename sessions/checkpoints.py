@@ -10,6 +10,7 @@ to the checkpoint now, while the session row is locked, so nothing runs in it me
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+import subprocess
 import threading
 
 from django.db import transaction
@@ -104,8 +105,6 @@ def files_changed(*, repository: str, pairs: list) -> dict:
 
 
 def _diff_tree(repository, stdin_lines):
-    import subprocess
-
     result = subprocess.run(
         ["git", "diff-tree", "--stdin", "-r", "--no-renames", "--raw", "--numstat"],
         cwd=repository, input=stdin_lines, capture_output=True, text=True, timeout=60,
@@ -170,9 +169,10 @@ def checkpoint_restore(*, session: CodingSession, sequence: int, actor=None) -> 
                 f"Could not reset the worktree of {restored.reference} to checkpoint {sequence}: {error}",
                 details={"sequence": sequence, "workspace": str(path)},
             ) from error
+        who = services.as_actor(actor)
         services.session_record_event(
             session=restored, type="workspace.restored",
             payload={"sequence": sequence, "git_ref": checkpoint.git_ref, "by": "operator",
-                     "actor": {"kind": services.as_actor(actor).kind, "label": services.as_actor(actor).label}},
+                     "actor": {"kind": who.kind, "label": who.label}},
         )
     return restored
