@@ -22,7 +22,7 @@ from agents.models import Agent
 from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
-from sessions import approvals, checkpoints, followups, rules, selectors, services
+from sessions import approvals, rules, selectors, services
 from sessions.models import (
     Checkpoint,
     CodingSession,
@@ -34,6 +34,7 @@ from sessions.models import (
     SessionTransition,
 )
 from sessions.services import Actor
+from sessions import checkpoints, followups  # the monitor's restore and follow-up messages
 
 # --- output ----------------------------------------------------------------------------
 
