@@ -35,6 +35,7 @@ from sessions.models import (
     SessionTransition,
 )
 from sessions.services import Actor
+from sessions import checkpoints, followups  # the monitor's restore and follow-up messages
 
 # --- output ----------------------------------------------------------------------------
 
@@ -239,6 +240,17 @@ class CheckpointCreateSerializer(serializers.Serializer):
     data = serializers.JSONField(required=False, default=dict)
     opencode_message_id = serializers.CharField(required=False, allow_blank=True, default="")
     git_ref = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class MessageSerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=followups.MESSAGE_MAX)
+
+
+class MessageOutcomeSerializer(serializers.Serializer):
+    delivery = serializers.ChoiceField(choices=["follow_up_session", "next_turn"])
+    event_id = serializers.IntegerField()
+    task_id = serializers.IntegerField(allow_null=True)
+    follow_up_session = serializers.DictField(allow_null=True)
 
 
 def _csv(params, name):
@@ -469,8 +481,27 @@ class SessionViewSet(viewsets.ViewSet):
     )
     def restore_checkpoint(self, request, pk=None, sequence=None):
         session = self._get(pk)
-        session = services.session_restore_checkpoint(session=session, sequence=int(sequence), actor=self._actor())
+        # The console's restore too: the resume point, and the worktree reset now when it exists.
+        session = checkpoints.checkpoint_restore(session=session, sequence=int(sequence), actor=self._actor())
         return self._detail(session)
+
+    @extend_schema(request=MessageSerializer, responses={201: MessageOutcomeSerializer})
+    @action(detail=True, methods=["post"], url_path="messages", url_name="messages")
+    def send_message(self, request, pk=None):
+        """An operator's follow-up: {"text"}. A finished session gets a follow-up session (a child on
+        a branch continuing its own, started at once); a running task gets the message as its next
+        turn; any other state is refused with 409 naming it."""
+        session = self._get(pk)
+        data = self._input(MessageSerializer)
+        outcome = followups.session_send_message(session=session, text=data["text"], actor=self._actor())
+        child = None
+        if outcome.child is not None:
+            child = SessionDetailSerializer(services.session_get_for_user(request.user, outcome.child.pk)).data
+        return Response({
+            "delivery": outcome.delivery, "event_id": outcome.event.pk,
+            "task_id": outcome.task.pk if outcome.task is not None else None,
+            "follow_up_session": child,
+        }, status=status.HTTP_201_CREATED)
 
     @action(detail=True, methods=["get"])
     def transitions(self, request, pk=None):

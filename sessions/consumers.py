@@ -8,7 +8,9 @@
 /ws/console/sessions/<id>   the same feed for the console's detail page, as
                        rendered HTML (htmx ws extension): each event appended
                        to #event-log, and the panels it changes replaced
-                       out of band (see sessions.views.live_fragment)
+                       out of band (see sessions.monitor.live_fragment)
+/ws/console/sessions/<id>/graph   the task graph page: its SVG partial again
+                       whenever a task event arrives (sessions.monitor.graph_fragment)
 
 Each message is the "event" part of the published message: {"id",
 "session_id", "reference", "type", "payload", "created_at"}. The consumer joins
@@ -19,6 +21,8 @@ anything at or below the last id sent is a duplicate. Across sessions ids do
 not arrive in order, so the all-sessions feed forwards everything.
 """
 
+import asyncio
+from collections import OrderedDict
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -29,7 +33,8 @@ from orchestrator import events
 from orchestrator.consumers import DirectDispatchMixin
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
-from sessions import selectors, services, views
+from sessions import monitor, selectors, services
+from sessions.models import SessionEvent
 
 REPLAY_BATCH = selectors.EVENTS_LIMIT_MAX
 
@@ -112,9 +117,113 @@ class SessionEventsConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):
         await self._send_once(message["event"])
 
 
+async def _fragment(session_id, event, is_operator):
+    """The console push for `event`. Most events (text, tools, steps of OpenCode) only render their
+    own partial: that is done on the event loop, sparing each a hop to the database thread, which
+    every render used to wait its turn for; the others read the database there."""
+    if monitor.fragment_reads_database(event["type"]):
+        return await database_sync_to_async(monitor.live_fragment)(
+            session_id=session_id, event=event, is_operator=is_operator)
+    return monitor.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
+
+
 @database_sync_to_async
-def _fragment(session_id, event, is_operator):
-    return views.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
+def _graph_fragment(session_id):
+    return monitor.graph_fragment(session_id=session_id)
+
+
+# Every client watching a session gets the same fragment for an event (one for operators, one for
+# viewers): the first consumer to need it renders it, the others in this process await that render.
+# 200 watchers of one session cost one render per event, not 200. Keyed by the event loop too: a
+# future belongs to the loop that made it.
+RENDER_CACHE_SIZE = 1_024
+_renders = OrderedDict()
+
+
+async def shared_render(key, render):
+    """The result of `render()` (a coroutine function), computed once per `key` in this process."""
+    key = (id(asyncio.get_running_loop()), *key)
+    future = _renders.get(key)
+    if future is not None and future.done() and not future.cancelled() and future.exception() is None:
+        return future.result()  # the common case for all watchers but the first: no await at all
+    if future is None:
+        future = _renders[key] = asyncio.ensure_future(render())
+        while len(_renders) > RENDER_CACHE_SIZE:
+            _renders.popitem(last=False)
+    try:
+        return await asyncio.shield(future)
+    except Exception:
+        _renders.pop(key, None)  # a failed render is tried again by the next client
+        raise
+
+
+class SessionFanOut:
+    """One subscription of this process to a session's group, for all its console watchers here.
+
+    Channels gives each consumer its own channel: every event then costs each watcher a
+    deserialisation and a turn of its consumer loop before its frame is even written, which put
+    a web process 8-12 s behind with 200 watchers of one session at 20 events/s. The fan-out
+    receives each broadcast once and offers the event to every watcher, which renders it (one
+    shared render: shared_render) and writes it.
+    """
+
+    def __init__(self, session_id):
+        self.session_id = session_id
+        self.watchers = set()
+        self.channel = None
+        self.task = None
+
+    async def start(self, layer):
+        self.channel = await layer.new_channel(prefix="console-fanout.")
+        await layer.group_add(events.session_group(self.session_id), self.channel)
+        self.task = asyncio.ensure_future(self._run(layer))
+
+    async def stop(self, layer):
+        self.task.cancel()
+        await layer.group_discard(events.session_group(self.session_id), self.channel)
+
+    async def _run(self, layer):
+        while True:
+            message = await layer.receive(self.channel)
+            for each in events.unpack(message):
+                if each.get("type") == "session.event":
+                    for watcher in list(self.watchers):
+                        watcher.offer(each["event"])
+
+
+_fanouts = {}  # (event loop id, session id) -> SessionFanOut
+_fanouts_lock = {}  # event loop id -> asyncio.Lock (a lock belongs to its loop)
+
+
+def fanout_watchers(session_id):
+    """How many console watchers this process's fan-out of the session feeds (on the running event
+    loop); 0 when it has no fan-out for it."""
+    fanout = _fanouts.get((id(asyncio.get_running_loop()), session_id))
+    return len(fanout.watchers) if fanout is not None else 0
+
+
+async def _watch(session_id, watcher, layer):
+    loop_id = id(asyncio.get_running_loop())
+    lock = _fanouts_lock.setdefault(loop_id, asyncio.Lock())
+    async with lock:
+        fanout = _fanouts.get((loop_id, session_id))
+        if fanout is None:
+            fanout = SessionFanOut(session_id)
+            await fanout.start(layer)
+            _fanouts[(loop_id, session_id)] = fanout
+        fanout.watchers.add(watcher)
+
+
+async def _unwatch(session_id, watcher, layer):
+    loop_id = id(asyncio.get_running_loop())
+    async with _fanouts_lock.setdefault(loop_id, asyncio.Lock()):
+        fanout = _fanouts.get((loop_id, session_id))
+        if fanout is None:
+            return
+        fanout.watchers.discard(watcher)
+        if not fanout.watchers:
+            del _fanouts[(loop_id, session_id)]
+            await fanout.stop(layer)
 
 
 class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
@@ -124,6 +233,102 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     unknown or not visible). `?after=<event id>` (the last event the page
     rendered) replays what happened between the page load and the connection;
     an event is sent once even when replay and live delivery overlap.
+
+    Live events come from the process's SessionFanOut into an inbox; one writer task renders what
+    the inbox holds and writes it as one frame (the htmx ws extension swaps each out-of-band
+    element of a frame in order). An idle watcher gets each event at once; a busy web process
+    writes fewer, larger frames instead of falling behind one frame per event per watcher. Live
+    events that arrive during the replay wait in the inbox until it is done.
+    """
+
+    session_id = None
+    _writer = None
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=4401)
+            return
+        session = await _visible_session(user, self.scope["url_route"]["kwargs"]["session_id"])
+        if session is None:
+            await self.close(code=4404)
+            return
+        self.session_id = session.pk
+        self.last_sent_id = 0
+        self._inbox = []
+        self._replaying = True
+        # Fragments carry the action buttons, which only operators get.
+        self.is_operator = await database_sync_to_async(user_is_operator)(user)
+        # Watch before reading the backlog, so nothing falls between the two.
+        await _watch(session.pk, self, self.channel_layer)
+        await self.accept()
+        after = _after_from_scope(self.scope)
+        try:
+            if after is not None:
+                while True:
+                    backlog = await _backlog(session.pk, max(after, self.last_sent_id), session.reference)
+                    for event in backlog:
+                        html = await self._render_once(event)
+                        if html is not None:
+                            await self.send(text_data=html)
+                    if len(backlog) < REPLAY_BATCH:
+                        break
+        finally:
+            self._replaying = False
+        if self._inbox and self._writer is None:
+            self._writer = asyncio.ensure_future(self._write())
+
+    async def _render_once(self, event):
+        """The event's fragment, or None when it was sent already."""
+        if event["id"] <= self.last_sent_id:
+            return None
+        self.last_sent_id = event["id"]
+        return await shared_render(
+            ("event", self.session_id, event["id"], self.is_operator),
+            lambda: _fragment(self.session_id, event, self.is_operator),
+        )
+
+    def offer(self, event):
+        """A live event from the fan-out (called on this process's event loop)."""
+        self._inbox.append(event)
+        if self._writer is None and not self._replaying:
+            self._writer = asyncio.ensure_future(self._write())
+
+    async def _write(self):
+        """Render and write the inbox, one frame per turn, until it stays empty (the only writer of
+        live events, so frames keep the events' order)."""
+        try:
+            while self._inbox:
+                batch, self._inbox = self._inbox, []
+                parts = [await self._render_once(event) for event in batch]
+                frame = "".join(part for part in parts if part is not None)
+                if frame:
+                    await self.send(text_data=frame)
+        finally:
+            self._writer = None
+
+    async def disconnect(self, code):
+        if self.session_id is not None:
+            await _unwatch(self.session_id, self, self.channel_layer)
+        if self._writer is not None:
+            self._writer.cancel()
+
+
+@database_sync_to_async
+def _task_events_after(session_id, after_id):
+    """(whether a task event came after `after_id`, the newest event id) of the session."""
+    events_after = SessionEvent.objects.filter(session_id=session_id, pk__gt=after_id)
+    newest = SessionEvent.objects.filter(session_id=session_id).order_by("-pk").values_list("pk", flat=True).first()
+    return events_after.filter(type__startswith="task.").exists(), newest or 0
+
+
+class SessionGraphConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
+    """The task graph page's live feed: the graph partial, re-rendered, after each task event.
+
+    Same checks on connect as the console feed (4401 anonymous, 4404 unknown or not visible).
+    `?after=<event id>` (the newest event when the page was rendered): when a task event came
+    since, the graph is sent once at once; events up to the newest one read then are not sent
+    again, since the graph just sent already shows them.
     """
 
     session_id = None
@@ -138,36 +343,34 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             await self.close(code=4404)
             return
         self.session_id = session.pk
-        self.last_sent_id = 0
-        # Fragments carry the action buttons, which only operators get.
-        self.is_operator = await database_sync_to_async(user_is_operator)(user)
+        self.last_seen_id = 0
         await self.channel_layer.group_add(events.session_group(session.pk), self.channel_name)
         await self.accept()
         after = _after_from_scope(self.scope)
         if after is not None:
-            while True:
-                backlog = await _backlog(session.pk, max(after, self.last_sent_id), session.reference)
-                for event in backlog:
-                    await self._send_once(event)
-                if len(backlog) < REPLAY_BATCH:
-                    break
-
-    async def _send_once(self, event):
-        if event["id"] <= self.last_sent_id:
-            return
-        self.last_sent_id = event["id"]
-        await self.send(text_data=await _fragment(self.session_id, event, self.is_operator))
+            missed, newest = await _task_events_after(session.pk, after)
+            self.last_seen_id = max(after, newest)
+            if missed:
+                await self.send(text_data=await _graph_fragment(session.pk))
 
     async def disconnect(self, code):
         if self.session_id is not None:
             await self.channel_layer.group_discard(events.session_group(self.session_id), self.channel_name)
 
     async def session_event(self, message):
-        await self._send_once(message["event"])
+        event = message["event"]
+        if event["id"] <= self.last_seen_id:
+            return
+        self.last_seen_id = event["id"]
+        if event["type"].startswith("task."):
+            html = await shared_render(("graph", self.session_id, event["id"]),
+                                       lambda: _graph_fragment(self.session_id))
+            await self.send(text_data=html)
 
 
 websocket_urlpatterns = [
     path("ws/sessions", SessionEventsConsumer.as_asgi()),
     path("ws/sessions/<int:session_id>", SessionEventsConsumer.as_asgi()),
     path("ws/console/sessions/<int:session_id>", SessionConsoleConsumer.as_asgi()),
+    path("ws/console/sessions/<int:session_id>/graph", SessionGraphConsumer.as_asgi()),
 ]

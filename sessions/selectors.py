@@ -150,6 +150,17 @@ def session_events_after(session, after_id=None, *, limit=EVENTS_LIMIT_MAX):
     return list(queryset.order_by("pk")[: max(1, min(int(limit), EVENTS_LIMIT_MAX))])
 
 
+def session_events_before(session, before_id=None, *, limit=EVENTS_LIMIT_MAX):
+    """The newest `limit` events with id < before_id (all when None), oldest first: a window of
+    the log by keyset on the event id (the (session, id) index serves it at any depth)."""
+    queryset = SessionEvent.objects.filter(session_id=getattr(session, "pk", session))
+    if before_id is not None:
+        queryset = queryset.filter(pk__lt=before_id)
+    rows = list(queryset.order_by("-pk")[: max(1, min(int(limit), EVENTS_LIMIT_MAX + 1))])
+    rows.reverse()
+    return rows
+
+
 def session_transitions(session):
     return list(session.transitions.select_related("actor_user").order_by("pk"))
 

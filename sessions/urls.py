@@ -1,6 +1,6 @@
 from django.urls import path
 
-from sessions import views
+from sessions import monitor, views
 
 app_name = "sessions"
 
@@ -10,6 +10,11 @@ urlpatterns = [
     path("<int:session_id>/", views.session_detail, name="detail"),
     path("<int:session_id>/actions/<slug:action>", views.session_action, name="action"),
     path("<int:session_id>/permissions", views.session_permissions, name="permissions"),
+    path("<int:session_id>/events", monitor.session_events, name="events"),
+    path("<int:session_id>/diff", monitor.session_diff, name="diff"),
+    path("<int:session_id>/graph", monitor.session_graph, name="graph"),
+    path("<int:session_id>/messages", monitor.session_message, name="message"),
+    path("<int:session_id>/checkpoints/<int:sequence>/restore", monitor.session_restore, name="restore"),
     path(
         "<int:session_id>/permissions/<int:request_id>/reply",
         views.session_permission_reply,

@@ -1,4 +1,5 @@
-"""Console pages for sessions: the list with the "New session" form, and the live detail page.
+"""Console pages for sessions: the list with the "New session" form, and the monitor's actions
+(the monitor itself: sessions.monitor).
 
 Plain function views. A POST from htmx (`request.htmx`) gets the partial it
 swaps; a plain POST is redirected. Every fragment comes from the partials
@@ -7,15 +8,11 @@ WebSocket consumer renders the same partials through `live_fragment`, so the
 page, an htmx swap and a push never drift apart.
 """
 
-import json
-from datetime import datetime
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
-from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect
@@ -23,34 +20,14 @@ from django_htmx.http import HttpResponseClientRedirect
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
 from sessions import approvals, selectors, services
+# The monitor (detail page, its parts and pushes) lives in sessions.monitor; these names stay here
+# for the URLconf and the action views below.
+from sessions.monitor import ACTIONS, event_item, header_context, live_fragment, session_detail  # noqa: F401
 from sessions.api import parse_list_params
 from sessions.forms import SessionCreateForm
-from sessions.models import CodingSession, PermissionReply, PermissionRequestStatus, SessionEvent, SessionStatus
-from tasks import selectors as task_selectors
+from sessions.models import PermissionReply, PermissionRequestStatus, SessionStatus
 
 DETAIL = "sessions/detail.html"
-LOG_LENGTH = 200
-PAYLOAD_PREVIEW = 600
-
-
-def _retry_and_start(*, session, actor):
-    retried = services.session_retry(session=session, actor=actor)
-    return services.session_start(session=retried, actor=actor)
-
-
-# The operator actions the console offers, in button order, and the service each calls.
-ACTIONS = {
-    "start": services.session_start,
-    "pause": services.session_pause,
-    "resume": services.session_resume,
-    "stop": services.session_stop,
-    "cancel": services.session_cancel,
-    "retry": _retry_and_start,
-}
-CONFIRM = {"stop": "Stop this session?", "cancel": "Cancel this session? It cannot be restarted."}
-
-# Events that change what the header, the permission panel or the task list show.
-HEADER_EVENTS = frozenset({"session.transition", "session.checkpoint", "opencode.step"})
 
 
 def _require_operator(request):
@@ -65,75 +42,8 @@ def _visible_session_or_404(user, session_id):
         raise Http404("No such session") from None
 
 
-# --- view models ------------------------------------------------------------------
-
-
-def _category(type, payload):
-    if type.startswith("tool."):
-        return "error" if type == "tool.error" else "tool"
-    if type == "assistant.text":
-        return "text"
-    if type in {"session.checkpoint", "session.checkpoint_restored", "workspace.restored"}:
-        return "checkpoint"
-    if type == "session.transition":
-        return "error" if payload.get("error") else "transition"
-    if type.startswith("permission."):
-        return "permission"
-    if type in {"session.diff", "file.edited"}:
-        return "diff"
-    if type in {"opencode.error", "task.failed"}:
-        return "error"
-    if type.startswith("task."):
-        return "task"
-    if type.startswith("opencode."):
-        return "step"
-    return "other"
-
-
-def event_item(*, id, type, payload, created_at):
-    """What the event partial needs from one event, from a SessionEvent row or a published message."""
-    payload = payload if isinstance(payload, dict) else {"value": payload}
-    if isinstance(created_at, str):
-        created_at = datetime.fromisoformat(created_at)
-    preview = json.dumps(payload, sort_keys=True, default=str)
-    if len(preview) > PAYLOAD_PREVIEW:
-        preview = preview[:PAYLOAD_PREVIEW] + "…"
-    return {
-        "id": id, "type": type, "payload": payload, "created_at": created_at,
-        "category": _category(type, payload), "preview": preview,
-    }
-
-
-def _items(rows):
-    return [event_item(id=e.id, type=e.type, payload=e.payload, created_at=e.created_at) for e in rows]
-
-
-def header_context(session, *, is_operator, notice=None, notice_level="error"):
-    allowed = set(session.allowed_actions())
-    actions = [
-        {"name": name, "confirm": CONFIRM.get(name, "")}
-        for name in ACTIONS
-        if name in allowed
-    ]
-    return {
-        "session": session, "is_operator": is_operator, "actions": actions,
-        "notice": notice, "notice_level": notice_level,
-    }
-
-
-def _last_diff(session):
-    event = (
-        SessionEvent.objects.filter(session_id=session.pk, type="session.diff").order_by("-pk").only("payload").first()
-    )
-    return event.payload if event is not None else None
-
-
 def _pending_permissions(session):
     return list(approvals.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
-
-
-def _tasks(session):
-    return list(task_selectors.task_list(session_id=session.pk))
 
 
 def _render_partial(request, name, context, status=200):
@@ -203,23 +113,6 @@ def session_create(request):
 
 
 @login_required
-@require_GET
-def session_detail(request, session_id):
-    session = _visible_session_or_404(request.user, session_id)
-    is_operator = user_is_operator(request.user)
-    events = _items(selectors.session_recent_events(session, limit=LOG_LENGTH))
-    context = {
-        **header_context(session, is_operator=is_operator),
-        "events": events,
-        "last_event_id": events[-1]["id"] if events else 0,
-        "permission_requests": _pending_permissions(session),
-        "diff": _last_diff(session),
-        "tasks": _tasks(session),
-    }
-    return render(request, DETAIL, context)
-
-
-@login_required
 @require_POST
 def session_action(request, session_id, action):
     """Run one operator action; a refused transition shows its message in the header, never a 500."""
@@ -279,39 +172,3 @@ def session_permission_reply(request, session_id, request_id):
         return _render_partial(request, "permissions", context)
     (messages.success if level == "success" else messages.error)(request, notice)
     return redirect("sessions:detail", session_id=session_id)
-
-
-# --- WebSocket pushes -------------------------------------------------------------------------
-
-
-def live_fragment(*, session_id, event, is_operator):
-    """The HTML the console consumer sends for one published event.
-
-    Always the event, appended to #event-log (hx-swap-oob="beforeend"); with it,
-    out-of-band replacements of the panels the event changes: the header on
-    transitions, checkpoints and steps, the permission panel on permission
-    events, the diff on session.diff, the task list on task events. Reads the
-    database, so call it from a worker thread in async code.
-    """
-    context = {"event": event_item(**{k: event[k] for k in ("id", "type", "payload", "created_at")}),
-               "is_operator": is_operator}
-    kind = event["type"]
-    session = None
-    if kind in HEADER_EVENTS or kind.startswith("permission.") or kind.startswith("task."):
-        session = CodingSession.objects.select_related("agent").filter(pk=session_id).first()
-    if session is not None:
-        if kind in HEADER_EVENTS:
-            context.update(header_context(session, is_operator=is_operator))
-            context["push_header"] = True
-        if kind.startswith("permission."):
-            context["session"] = session
-            context["permission_requests"] = _pending_permissions(session)
-            context["push_permissions"] = True
-        if kind.startswith("task."):
-            context["session"] = session
-            context["tasks"] = _tasks(session)
-            context["push_tasks"] = True
-    if kind == "session.diff":
-        context["diff"] = event["payload"]
-        context["push_diff"] = True
-    return render_to_string(f"{DETAIL}#live", context)

@@ -253,14 +253,20 @@ def test_detail_page_shows_events_diff_and_tasks_with_bounded_queries(
     TaskFactory(session=session, parent=root, title="Add the test")
     ask(session)
     client.force_login(viewer_user)
-    with django_assert_max_num_queries(10):
+    # The monitor's parts: events, permissions, tasks, current tasks, transitions, checkpoints,
+    # follow-ups; plus the login session, the user, the role and the session itself.
+    with django_assert_max_num_queries(12):
         response = client.get(reverse("sessions:detail", args=[session.pk]))
     body = response.content.decode()
     assert response.status_code == 200
     assert body.count('class="event ') == 52
     assert "pytest -q" in body and "3 passed" in body and "The endpoint is in place." in body
     assert "claimed by w1" in body and "ProviderAuthError: bad key" in body and "refs/orchestrator/1" in body
-    assert "app/health.py" in body and "return {&#x27;ok&#x27;: True}" in body
+    # The patch loads on demand (a git diff may be large): the page links to it and htmx fetches it.
+    diff_url = reverse("sessions:diff", args=[session.pk])
+    assert f'hx-get="{diff_url}" hx-trigger="load"' in body and f'href="{diff_url}"' in body
+    patch = client.get(diff_url, **HTMX).content.decode()
+    assert "app/health.py" in patch and "return {&#x27;ok&#x27;: True}" in patch
     assert "Write the endpoint" in body and "Add the test" in body
     assert "orchestrator/ind-1" in body and 'class="badge status-running"' in body
     last = session.events.order_by("-pk").first()
@@ -281,7 +287,9 @@ def test_pushes_replace_the_panels_their_event_changes():
         session.reference,
     )
     html = views.live_fragment(session_id=session.pk, event=diff["event"], is_operator=True)
-    assert 'id="session-diff" hx-swap-oob="outerHTML"' in html and "README.md" in html and "+new" in html
+    # The diff push is the panel's shell, which fetches the patch again.
+    assert 'id="session-diff" hx-swap-oob="outerHTML"' in html
+    assert f'hx-get="{reverse("sessions:diff", args=[session.pk])}" hx-trigger="load"' in html
 
 
 # --- the console WebSocket -----------------------------------------------------------------------

@@ -16,3 +16,20 @@ function setLiveState(evt, text) {
 }
 document.body.addEventListener("htmx:wsOpen", function (evt) { setLiveState(evt, "live"); });
 document.body.addEventListener("htmx:wsClose", function (evt) { setLiveState(evt, "disconnected"); });
+
+// The monitor header's clock: a running session's elapsed time ticks between pushes (each push
+// replaces the element with the server's figure, so it never drifts far).
+function formatDuration(seconds) {
+  var h = Math.floor(seconds / 3600), m = Math.floor((seconds % 3600) / 60), s = seconds % 60;
+  function two(n) { return (n < 10 ? "0" : "") + n; }
+  if (h) { return h + "h " + two(m) + "m"; }
+  if (m) { return m + "m " + two(s) + "s"; }
+  return s + "s";
+}
+setInterval(function () {
+  document.querySelectorAll("[data-ticking]").forEach(function (clock) {
+    var seconds = parseInt(clock.getAttribute("data-elapsed"), 10) + 1;
+    clock.setAttribute("data-elapsed", String(seconds));
+    clock.textContent = formatDuration(seconds);
+  });
+}, 1000);
