@@ -16,13 +16,14 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from sessions import sql
 from sessions.models import CodingSession
 from sessions.models import SessionStatus as S
-from sessions.services import _enqueue_execution, session_claim, session_record_event
+from sessions.services import session_claim, session_enqueue_execution, session_record_event
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,7 @@ def limits_configured():
 
 def _dispatch_lock():
     """Serialise claims and dispatches across processes for the rest of the transaction."""
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [DISPATCH_LOCK_KEY])
+    sql.advisory_transaction_lock(DISPATCH_LOCK_KEY)
 
 
 class RunningCounts:
@@ -104,7 +103,7 @@ def session_claim_next(*, session_id, worker_id):
             ahead = _first_startable(counts, exclude_id=session.pk, before=session)
             if ahead is not None:
                 blocked_by = f"{ahead.reference} is ahead in the queue"
-                _enqueue_execution(ahead)
+                session_enqueue_execution(session=ahead)
         if blocked_by is not None:
             _note_waiting(session, blocked_by)
             return None
@@ -147,7 +146,7 @@ def session_dispatch(*, now=None):
         stale = now - timedelta(seconds=STALE_QUEUED_SECONDS)
         lost = list(candidates.filter(queued_at__lt=stale).filter(Q(not_before__isnull=True) | Q(not_before__lt=stale))[:200])
         for session in lost:
-            _enqueue_execution(session)
+            session_enqueue_execution(session=session)
         return len(lost)
     with transaction.atomic():
         _dispatch_lock()
@@ -156,7 +155,7 @@ def session_dispatch(*, now=None):
         for session in candidates[:200]:
             if counts.blocking_limit(session) is not None:
                 continue
-            _enqueue_execution(session)
+            session_enqueue_execution(session=session)
             counts.add(session)
             started += 1
             if settings.SESSION_LIMIT_GLOBAL and counts.total >= settings.SESSION_LIMIT_GLOBAL:

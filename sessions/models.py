@@ -84,6 +84,15 @@ class ActorKind(models.TextChoices):
     SYSTEM = "system"
 
 
+def attempt_elapsed_seconds(*, status, attempt_seconds, run_started_at, now=None):
+    """Running time of the current attempt, pauses excluded (what the deadline counts): the seconds
+    of its earlier running stretches plus, while the clock runs, the current one."""
+    elapsed = attempt_seconds
+    if run_started_at is not None and status in CLOCK_STATES:
+        elapsed += max(0.0, ((now or timezone.now()) - run_started_at).total_seconds())
+    return elapsed
+
+
 def _has_retries_left(session):
     return session.retry_count < session.max_retries
 
@@ -209,10 +218,8 @@ class CodingSession(FSMModelMixin, models.Model):
 
     def elapsed_seconds(self, now=None):
         """Running time of the current attempt, pauses excluded (what the deadline counts)."""
-        elapsed = self.attempt_seconds
-        if self.run_started_at is not None and self.status in CLOCK_STATES:
-            elapsed += max(0.0, ((now or timezone.now()) - self.run_started_at).total_seconds())
-        return elapsed
+        return attempt_elapsed_seconds(status=self.status, attempt_seconds=self.attempt_seconds,
+                                       run_started_at=self.run_started_at, now=now)
 
     @property
     def health_score(self):

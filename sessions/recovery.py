@@ -24,6 +24,8 @@ from orchestrator.errors import Conflict, ValidationFailed
 from sessions.execution import workspace
 from sessions.models import CodingSession
 from sessions.models import SessionStatus as S
+from sessions.opencode.errors import OpenCodeError
+from sessions.opencode.server import ExistingServer
 from sessions.services import (
     Actor,
     session_orphan,
@@ -103,9 +105,6 @@ def session_reconcile(*, now=None, opencode_turn_alive=None):
 def _turn_alive_on_shared_server(session):
     if not settings.OPENCODE_URL or not session.opencode_session_id:
         return False
-    from sessions.opencode.errors import OpenCodeError
-    from sessions.opencode.server import ExistingServer
-
     try:
         statuses = ExistingServer().client(directory=session.workspace_path or None).status()
     except OpenCodeError:

@@ -13,19 +13,18 @@ the row under the lock and return that fresh instance.
 
 from dataclasses import dataclass
 from datetime import timedelta
-import json
 from decimal import Decimal
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
 from django.utils import timezone
 from django_fsm import can_proceed
 
 from orchestrator import events
 from orchestrator.errors import Conflict, NotFound, PermissionRefused, TransitionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
-from sessions import rules
+from sessions import rules, sql
+from sessions.jobs import execute_session
 from sessions.models import (
     ACTIVE_STATES,
     CHECKPOINTS_RETAINED,
@@ -180,40 +179,17 @@ def session_record_events(*, session, entries):
         return _write_events(locked, entries)
 
 
-# The running session's event writes, as one statement: lock the session row, insert the events in
-# order, read the reference for the broadcast. A worker records ~20 batches per task; as a
-# transaction (BEGIN, SELECT ... FOR UPDATE, INSERT, COMMIT) each cost four round trips and two
-# ORM queries built in Python, the largest share of a worker's CPU per session after OpenCode's.
-# The lock is taken before the ids are drawn, so ids still follow commit order within a session.
-_EVENTS_INSERT = """
-WITH locked AS (
-    SELECT id, reference FROM {sessions} WHERE id = %s FOR UPDATE
-), inserted AS (
-    INSERT INTO {events} (session_id, type, payload, created_at)
-    SELECT locked.id, entry.type, entry.payload, %s
-    FROM locked, unnest(%s::varchar[], %s::jsonb[]) WITH ORDINALITY AS entry(type, payload, position)
-    ORDER BY entry.position
-    RETURNING id
-)
-SELECT inserted.id, locked.reference FROM inserted, locked ORDER BY inserted.id
-""".format(sessions=CodingSession._meta.db_table, events=SessionEvent._meta.db_table)
-
-
 def _write_events_in_one_statement(session_id, entries):
-    """session_record_events outside a transaction on PostgreSQL (see _EVENTS_INSERT)."""
+    """session_record_events outside a transaction on PostgreSQL (see sql.insert_events)."""
     now = timezone.now()
-    with connection.cursor() as cursor:
-        cursor.execute(_EVENTS_INSERT, [session_id, now, [type for type, _ in entries],
-                                        [json.dumps(payload) for _, payload in entries]])
-        inserted = cursor.fetchall()
-    if not inserted:
+    inserted = sql.insert_events(session_id=session_id, entries=entries, now=now)
+    if inserted is None:
         raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
     rows = [SessionEvent(id=event_id, session_id=session_id, type=type, payload=payload, created_at=now)
-            for (event_id, _), (type, payload) in zip(inserted, entries)]
-    reference = inserted[0][1]
+            for event_id, (type, payload) in zip(inserted.ids, entries)]
     events.publish_many_on_commit(
         [events.session_group(session_id), events.ALL_SESSIONS_GROUP],
-        [event_message(row, reference) for row in rows],
+        [event_message(row, inserted.reference) for row in rows],
     )
     return rows
 
@@ -301,7 +277,7 @@ def session_create(
         session.save(force_insert=True)
         record, started = _transition_record(session, step, attempted="start", actor=actor)
         _write_events(session, [created, started])
-        _enqueue_execution(session)
+        session_enqueue_execution(session=session)
     return session
 
 
@@ -396,9 +372,9 @@ def _apply_transition(locked, *, method, attempted, actor, reason="", payload=No
     return locked, record
 
 
-def _enqueue_execution(session, *, countdown=None):
-    from sessions.jobs import execute_session
-
+def session_enqueue_execution(*, session, countdown=None):
+    """Enqueue `execute_session` for `session` on the queue of its priority once the transaction
+    commits (after `countdown` seconds when given). Enqueuing twice is harmless: one claim wins."""
     events.enqueue_on_commit(
         execute_session,
         kwargs={"session_id": session.pk},
@@ -425,7 +401,7 @@ def session_start(*, session, actor=None, reason="", immediate=False, worker_id=
             locked, _ = _transition(
                 session, method="start", attempted="start", actor=actor, reason=reason, not_before=not_before
             )
-            _enqueue_execution(locked, countdown=countdown)
+            session_enqueue_execution(session=locked, countdown=countdown)
     return locked
 
 
@@ -458,7 +434,7 @@ def session_resume(*, session, actor=None, reason="", immediate=False, worker_id
                 reason=reason, only_from={S.PAUSED}, worker_id=worker_id,
             )[0]
         locked, _ = _transition(session, method="resume", attempted="resume", actor=actor, reason=reason)
-        _enqueue_execution(locked)
+        session_enqueue_execution(session=locked)
     return locked
 
 
@@ -628,65 +604,23 @@ def session_add_checkpoint(*, session, data=None, opencode_message_id="", git_re
     return checkpoint
 
 
-# A running session's step checkpoint as one statement (as its events: _EVENTS_INSERT): the UPDATE
-# locks the row and draws the next sequence, then the checkpoint, the retention cut and the event
-# follow from its RETURNING. As a transaction (BEGIN, SELECT ... FOR UPDATE, INSERT, UPDATE, INSERT,
-# COMMIT) it cost six round trips and four ORM queries built in Python, three times per task.
-# Nothing comes back when the session is not in a checkpoint state: the caller then takes the ORM way,
-# which refuses with the reason.
-_CHECKPOINT_INSERT = """
-WITH updated AS (
-    UPDATE {sessions}
-    SET last_checkpoint_sequence = last_checkpoint_sequence + 1,
-        checkpoint_count = LEAST(checkpoint_count + 1, %(retained)s),
-        -- the time after the row lock, so checkpoint times follow their sequence as in the ORM way
-        last_checkpoint_at = clock_timestamp(), updated_at = clock_timestamp(),
-        -- a resume point among the checkpoints the retention cut drops goes (as SET_NULL does)
-        resume_checkpoint_id = CASE
-            WHEN (SELECT sequence FROM {checkpoints} WHERE id = resume_checkpoint_id)
-                 <= last_checkpoint_sequence + 1 - %(retained)s THEN NULL
-            ELSE resume_checkpoint_id END
-    WHERE id = %(session)s AND deleted_at IS NULL AND status = ANY(%(states)s)
-    RETURNING id, reference, last_checkpoint_sequence AS sequence, last_checkpoint_at AS at
-), checkpoint AS (
-    INSERT INTO {checkpoints} (session_id, sequence, data, opencode_message_id, git_ref, created_at)
-    SELECT id, sequence, %(data)s::jsonb, %(message)s, %(git_ref)s, at FROM updated
-    RETURNING id
-), dropped AS (
-    DELETE FROM {checkpoints} old USING updated
-    WHERE old.session_id = updated.id AND old.sequence <= updated.sequence - %(retained)s
-), event AS (
-    INSERT INTO {events} (session_id, type, payload, created_at)
-    SELECT id, 'session.checkpoint', %(payload)s::jsonb || jsonb_build_object('sequence', sequence), at
-    FROM updated
-    RETURNING id
-)
-SELECT updated.reference, updated.sequence, updated.at, checkpoint.id, event.id FROM updated, checkpoint, event
-""".format(sessions=CodingSession._meta.db_table, checkpoints=Checkpoint._meta.db_table,
-           events=SessionEvent._meta.db_table)
-
-
 def _add_checkpoint_in_one_statement(session_id, *, data, opencode_message_id, git_ref, actor):
-    """session_add_checkpoint outside a transaction on PostgreSQL (see _CHECKPOINT_INSERT); None
+    """session_add_checkpoint outside a transaction on PostgreSQL (see sql.add_checkpoint); None
     when nothing was added."""
     payload = {"opencode_message_id": opencode_message_id, "git_ref": git_ref, "actor": actor}
-    with connection.cursor() as cursor:
-        cursor.execute(_CHECKPOINT_INSERT, {
-            "session": session_id, "states": sorted(CHECKPOINT_STATES), "retained": CHECKPOINTS_RETAINED,
-            "data": json.dumps(data), "message": opencode_message_id, "git_ref": git_ref,
-            "payload": json.dumps(payload),
-        })
-        added = cursor.fetchone()
+    added = sql.add_checkpoint(
+        session_id=session_id, states=sorted(CHECKPOINT_STATES), retained=CHECKPOINTS_RETAINED, data=data,
+        opencode_message_id=opencode_message_id, git_ref=git_ref, event_payload=payload,
+    )
     if added is None:
         return None
-    reference, sequence, now, checkpoint_id, event_id = added
-    event = SessionEvent(id=event_id, session_id=session_id, type="session.checkpoint",
-                         payload={"sequence": sequence, **payload}, created_at=now)
+    event = SessionEvent(id=added.event_id, session_id=session_id, type="session.checkpoint",
+                         payload={"sequence": added.sequence, **payload}, created_at=added.created_at)
     events.publish_many_on_commit(
-        [events.session_group(session_id), events.ALL_SESSIONS_GROUP], [event_message(event, reference)],
+        [events.session_group(session_id), events.ALL_SESSIONS_GROUP], [event_message(event, added.reference)],
     )
-    return Checkpoint(id=checkpoint_id, session_id=session_id, sequence=sequence, data=data,
-                      opencode_message_id=opencode_message_id, git_ref=git_ref, created_at=now)
+    return Checkpoint(id=added.checkpoint_id, session_id=session_id, sequence=added.sequence, data=data,
+                      opencode_message_id=opencode_message_id, git_ref=git_ref, created_at=added.created_at)
 
 
 def session_restore_checkpoint(*, session, sequence, actor=None):
@@ -767,28 +701,16 @@ def session_set_runtime(*, session_id, **values):
     CodingSession.objects.filter(pk=session_id).update(**values, updated_at=timezone.now())
 
 
-# A step's usage, added in one UPDATE written once: the worker records one per assistant step, and
-# building the ORM's seven F() + value expressions cost ~2 ms of its Python each time.
-_USAGE_UPDATE = (
-    "UPDATE {sessions} SET tokens_input = tokens_input + %s, tokens_output = tokens_output + %s, "
-    "tokens_reasoning = tokens_reasoning + %s, tokens_cache_read = tokens_cache_read + %s, "
-    "tokens_cache_write = tokens_cache_write + %s, cost = cost + %s, api_calls = api_calls + %s, "
-    "updated_at = %s WHERE id = %s"
-).format(sessions=CodingSession._meta.db_table)
-
-
 def session_record_usage(
     *, session_id, tokens_input=0, tokens_output=0, tokens_reasoning=0,
     tokens_cache_read=0, tokens_cache_write=0, cost=0, api_calls=0,
 ):
     """Add usage to the session's counters in one atomic UPDATE (no read-modify-write)."""
-    ops = connection.ops
-    with connection.cursor() as cursor:
-        cursor.execute(_USAGE_UPDATE, [
-            tokens_input, tokens_output, tokens_reasoning, tokens_cache_read, tokens_cache_write,
-            ops.adapt_decimalfield_value(Decimal(str(cost))), api_calls,
-            ops.adapt_datetimefield_value(timezone.now()), session_id,
-        ])
+    sql.add_usage(
+        session_id=session_id, tokens_input=tokens_input, tokens_output=tokens_output,
+        tokens_reasoning=tokens_reasoning, tokens_cache_read=tokens_cache_read,
+        tokens_cache_write=tokens_cache_write, cost=Decimal(str(cost)), api_calls=api_calls,
+    )
 
 
 def session_budget_soft_pause(*, session, actor=None, tokens, cost):

@@ -20,8 +20,11 @@ logger = logging.getLogger(__name__)
 
 
 class PermissionWatch:
-    def __init__(self, run, turn):
-        self.run_ = run
+    """The permission requests of one turn: which are open since when, recording them, forwarding
+    the answers, and the default reply once one expires."""
+
+    def __init__(self, session_run, turn):
+        self.session_run = session_run
         self.turn = turn
         self.asked_at = {}  # OpenCode permission id -> monotonic time first seen
 
@@ -33,13 +36,13 @@ class PermissionWatch:
                 continue
             self.asked_at[request_id] = now
             approvals.permission_request_record(
-                session_id=self.run_.session_id, task_id=self.turn.task.pk,
-                opencode_session_id=self.turn.opencode_id, request=request,
+                session_id=self.session_run.session_id, task_id=self.turn.task.pk,
+                opencode_session_id=self.turn.opencode_session_id, request=request,
             )
 
     def forward_replies(self):
         """Send OpenCode the answers operators gave (and the defaults applied on expiry)."""
-        for request in approvals.permission_requests_to_forward(session_id=self.run_.session_id):
+        for request in approvals.permission_requests_to_forward(session_id=self.session_run.session_id):
             try:
                 self.turn.client.reply_permission(request.opencode_id, request.reply)
             except OpenCodeError as error:
@@ -52,7 +55,7 @@ class PermissionWatch:
         for request_id, since in list(self.asked_at.items()):
             if now - since >= settings.PERMISSION_TIMEOUT_SECONDS:
                 approvals.permission_request_expire(
-                    session_id=self.run_.session_id, opencode_id=request_id,
+                    session_id=self.session_run.session_id, opencode_id=request_id,
                     reply=settings.PERMISSION_DEFAULT_REPLY,
                     after_seconds=settings.PERMISSION_TIMEOUT_SECONDS,
                 )
