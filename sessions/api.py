@@ -357,7 +357,7 @@ class SessionViewSet(viewsets.ViewSet):
         return Actor.of_user(self.request.user)
 
     def _get(self, pk):
-        return services.session_get_for_user(self.request.user, pk)
+        return selectors.session_get_for_user(self.request.user, pk)
 
     def _input(self, serializer_class):
         serializer = serializer_class(data=self.request.data)
@@ -365,7 +365,7 @@ class SessionViewSet(viewsets.ViewSet):
         return serializer.validated_data
 
     def _detail(self, session, status_code=status.HTTP_200_OK):
-        session = services.session_get_for_user(self.request.user, session.pk)
+        session = selectors.session_get_for_user(self.request.user, session.pk)
         return Response(SessionDetailSerializer(session).data, status=status_code)
 
     def list(self, request):
@@ -489,7 +489,7 @@ class SessionViewSet(viewsets.ViewSet):
         wanted = request.query_params.get("status")
         if wanted and wanted not in PermissionRequestStatus.values:
             raise ValidationFailed(field="status", rule=f"must be one of {', '.join(PermissionRequestStatus.values)}")
-        items = approvals.permission_requests_for(session=session, status=wanted or None)
+        items = selectors.permission_requests_for(session=session, status=wanted or None)
         return Response({"results": PermissionRequestSerializer(items, many=True).data})
 
     @action(detail=True, methods=["post"], url_path=r"permissions/(?P<request_id>\d+)/reply")

@@ -30,13 +30,6 @@ def permission_request_record(*, session_id, task_id, opencode_session_id, reque
     return record
 
 
-def permission_requests_for(*, session, status=None):
-    requests = PermissionRequest.objects.filter(session=session)
-    if status is not None:
-        requests = requests.filter(status=status)
-    return requests.order_by("id")
-
-
 def permission_request_reply(*, session, request_id, reply, actor):
     """An operator's answer: once, always or reject. Conflict when it is no longer pending."""
     if reply not in PermissionReply.values:

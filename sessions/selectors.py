@@ -3,11 +3,14 @@
 from dataclasses import dataclass
 
 from django.db import connection
-from django.db.models import Count, F, Max, Q
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, F, Max, Q, QuerySet
 from django.utils import timezone
 
+from orchestrator.errors import NotFound, PermissionRefused
+from orchestrator.roles import user_can_view
 from sessions.health import AT_RISK_SECONDS
-from sessions.models import CodingSession, SessionEvent, SessionStatus
+from sessions.models import CodingSession, PermissionRequest, SessionEvent, SessionStatus
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 100
@@ -34,6 +37,37 @@ class SessionFilters:
 class Page:
     items: list
     next_cursor: int | None
+
+
+def session_get_for_user(user: AbstractBaseUser | AnonymousUser, session_id: int | str,
+                         for_update: bool = False) -> CodingSession:
+    """The session `session_id` as `user` may see it.
+
+    Raises PermissionRefused for a user who may not view sessions and NotFound
+    for an unknown or deleted session (or an id that is not a number: it comes from a URL). With
+    `for_update` the row is locked, so the caller must be inside a transaction.
+    """
+    if not user_can_view(user):
+        raise PermissionRefused("Sign in to see sessions")
+    try:
+        session_id = int(session_id)
+    except (TypeError, ValueError):
+        raise NotFound(f"Session {session_id} does not exist") from None
+    queryset = CodingSession.objects.select_related("agent", "created_by").filter(deleted_at__isnull=True)
+    if for_update:
+        queryset = queryset.select_for_update(of=("self",))
+    found = queryset.filter(pk=session_id).first()
+    if found is None:
+        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
+    return found
+
+
+def permission_requests_for(*, session: CodingSession, status: str | None = None) -> QuerySet[PermissionRequest]:
+    """The session's tool-permission requests, oldest first (only those in `status` when given)."""
+    requests = PermissionRequest.objects.filter(session=session)
+    if status is not None:
+        requests = requests.filter(status=status)
+    return requests.order_by("id")
 
 
 def sessions_visible():

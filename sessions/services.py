@@ -21,8 +21,7 @@ from django.utils import timezone
 from django_fsm import can_proceed
 
 from orchestrator import events
-from orchestrator.errors import Conflict, NotFound, PermissionRefused, TransitionRefused, ValidationFailed
-from orchestrator.roles import user_can_view
+from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
 from sessions import rules, sql
 from sessions.jobs import execute_session
 from sessions.models import (
@@ -92,31 +91,6 @@ def _lock(session, *, include_deleted=False, fields=None):
     found = queryset.filter(pk=_pk(session)).first()
     if found is None:
         raise NotFound(f"Session {_pk(session)} does not exist", details={"id": _pk(session)})
-    return found
-
-
-# --- reading with permission ------------------------------------------------------
-
-
-def session_get_for_user(user, session_id, for_update=False):
-    """The session `session_id` as `user` may see it.
-
-    Raises PermissionRefused for a user who may not view sessions and NotFound
-    for an unknown or deleted session. With `for_update` the row is locked, so
-    the caller must be inside a transaction.
-    """
-    if not user_can_view(user):
-        raise PermissionRefused("Sign in to see sessions")
-    try:
-        session_id = int(session_id)
-    except (TypeError, ValueError):
-        raise NotFound(f"Session {session_id} does not exist") from None
-    queryset = CodingSession.objects.select_related("agent", "created_by").filter(deleted_at__isnull=True)
-    if for_update:
-        queryset = queryset.select_for_update(of=("self",))
-    found = queryset.filter(pk=session_id).first()
-    if found is None:
-        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
     return found
 
 

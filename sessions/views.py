@@ -60,7 +60,7 @@ def _require_operator(request):
 
 def _visible_session_or_404(user, session_id):
     try:
-        return services.session_get_for_user(user, session_id)
+        return selectors.session_get_for_user(user, session_id)
     except NotFound:
         raise Http404("No such session") from None
 
@@ -129,7 +129,7 @@ def _last_diff(session):
 
 
 def _pending_permissions(session):
-    return list(approvals.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
+    return list(selectors.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
 
 
 def _tasks(session):

@@ -12,7 +12,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from orchestrator.asgi import application
-from orchestrator.events import ALL_SESSIONS_GROUP, session_group, unpack
+from orchestrator.broadcaster import unpack
+from orchestrator.events import ALL_SESSIONS_GROUP, session_group
 from sessions import services
 from orchestrator.errors import NotFound, ValidationFailed
 from sessions.models import CodingSession, SessionEvent
