@@ -22,7 +22,7 @@ from agents.models import Agent
 from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
-from sessions import approvals, rules, selectors, services
+from sessions import permissions, rules, selectors, services
 from sessions.models import (
     Checkpoint,
     CodingSession,
@@ -405,7 +405,7 @@ class SessionViewSet(viewsets.ViewSet):
         if not user_can_view(self.request.user):
             raise PermissionRefused("Sign in to see sessions")
         data = self._input(serializer_class)
-        return self._detail(service(session=int(pk), actor=self._actor(), **data, **extra))
+        return self._detail(service(session=CodingSession(pk=int(pk)), actor=self._actor(), **data, **extra))
 
     @action(detail=True, methods=["post"])
     def start(self, request, pk=None):
@@ -474,7 +474,7 @@ class SessionViewSet(viewsets.ViewSet):
         session = self._get(pk)
         after = _int_param(request.query_params, "after", minimum=0)
         limit = _int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
-        items = selectors.session_events_after(session, after, limit=limit)
+        items = selectors.session_events_after(session.pk, after, limit=limit)
         return Response(
             {
                 "results": EventSerializer(items, many=True).data,
@@ -497,7 +497,7 @@ class SessionViewSet(viewsets.ViewSet):
         """Answer a pending permission request: {"reply": "once" | "always" | "reject"}."""
         session = self._get(pk)
         data = self._input(PermissionReplySerializer)
-        answered = approvals.permission_request_reply(
+        answered = permissions.permission_request_reply(
             session=session, request_id=int(request_id), reply=data["reply"], actor=self._actor()
         )
         return Response(PermissionRequestSerializer(answered).data)

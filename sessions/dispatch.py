@@ -21,13 +21,12 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from sessions import sql
-from sessions.models import CodingSession
+from sessions.models import CLOCK_STATES, CodingSession
 from sessions.models import SessionStatus as S
 from sessions.services import session_claim, session_enqueue_execution, session_record_event
 
 logger = logging.getLogger(__name__)
 
-ACTIVE = (S.RUNNING, S.DEGRADED)
 DISPATCH_LOCK_KEY = 0x1D0_5E55  # any constant shared by every process
 STALE_QUEUED_SECONDS = 30
 
@@ -47,7 +46,7 @@ class RunningCounts:
     """Running sessions overall, per repository and per agent, updated as the dispatcher plans."""
 
     def __init__(self):
-        running = CodingSession.objects.filter(status__in=ACTIVE, deleted_at__isnull=True)
+        running = CodingSession.objects.filter(status__in=CLOCK_STATES, deleted_at__isnull=True)
         self.total = running.count()
         self.by_repository = dict(running.values_list("repository").annotate(n=Count("id")))
         self.by_agent = dict(
@@ -128,7 +127,7 @@ def _note_waiting(session, reason):
     if (session.metadata or {}).get("waiting_for") == reason:
         return
     CodingSession.objects.filter(pk=session.pk).update(metadata={**(session.metadata or {}), "waiting_for": reason})
-    session_record_event(session=session.pk, type="session.waiting", payload={"reason": reason})
+    session_record_event(session=session, type="session.waiting", payload={"reason": reason})
 
 
 def session_dispatch(*, now=None):

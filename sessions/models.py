@@ -14,7 +14,7 @@ from django.db.models.functions import Cast, Concat, LPad
 from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
 
-from sessions import health, rules
+from sessions import health_score, rules
 
 
 class SessionStatus(models.TextChoices):
@@ -37,30 +37,9 @@ S = SessionStatus
 TERMINAL_STATES = frozenset({S.COMPLETED, S.PARTIALLY_COMPLETED, S.CANCELLED})
 RECOVERABLE_STATES = frozenset({S.FAILED, S.TIMEOUT, S.STOPPED, S.ORPHANED})
 # A session in these states has (or is about to have) a worker executing it.
-ACTIVE_STATES = frozenset({S.QUEUED, S.RUNNING, S.DEGRADED})
+WORKER_STATES = frozenset({S.QUEUED, S.RUNNING, S.DEGRADED})
 # The clock of the current attempt runs in these states.
 CLOCK_STATES = frozenset({S.RUNNING, S.DEGRADED})
-
-# SPEC's transition table, used by tests to check the @transition methods against it.
-TRANSITION_TABLE = {
-    S.PENDING: {S.QUEUED, S.RUNNING, S.CANCELLED, S.FAILED},
-    S.QUEUED: {S.RUNNING, S.CANCELLED, S.FAILED},
-    S.RUNNING: {
-        S.COMPLETED, S.PARTIALLY_COMPLETED, S.FAILED, S.TIMEOUT, S.PAUSED, S.STOPPED, S.DEGRADED, S.ORPHANED,
-    },
-    S.PAUSED: {S.QUEUED, S.RUNNING, S.STOPPED, S.CANCELLED},
-    S.DEGRADED: {
-        S.RUNNING, S.COMPLETED, S.PARTIALLY_COMPLETED, S.FAILED, S.TIMEOUT, S.PAUSED, S.STOPPED, S.ORPHANED,
-    },
-    S.FAILED: {S.PENDING},
-    S.TIMEOUT: {S.PENDING},
-    S.STOPPED: {S.PENDING},
-    S.ORPHANED: {S.PENDING},
-    S.COMPLETED: set(),
-    S.PARTIALLY_COMPLETED: set(),
-    S.CANCELLED: set(),
-}
-
 
 class SessionType(models.TextChoices):
     PLANNING = "planning"
@@ -223,11 +202,11 @@ class CodingSession(FSMModelMixin, models.Model):
 
     @property
     def health_score(self):
-        return health.health_score(self.status, self.elapsed_seconds(), self.max_duration_seconds)
+        return health_score.health_score(self.status, self.elapsed_seconds(), self.max_duration_seconds)
 
     @property
     def is_at_risk(self):
-        return health.is_at_risk(self.status, self.elapsed_seconds(), self.max_duration_seconds)
+        return health_score.is_at_risk(self.status, self.elapsed_seconds(), self.max_duration_seconds)
 
     @property
     def is_deleted(self):

@@ -7,8 +7,8 @@ the fields it changed, writes a `SessionTransition` audit row and a
 Celery enqueue) through `orchestrator.events`, so nothing leaves the process
 unless the transaction commits.
 
-`session` arguments accept a `CodingSession` or its id; the services re-read
-the row under the lock and return that fresh instance.
+`session` arguments take a `CodingSession` (only its id is used: the services re-read the row
+under the lock and return that fresh instance); `actor` an `Actor`, or None for the system.
 """
 
 from dataclasses import dataclass
@@ -16,16 +16,18 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 from django_fsm import can_proceed
 
+from agents.models import Agent
 from orchestrator import events
 from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
 from sessions import rules, sql
 from sessions.jobs import execute_session
 from sessions.models import (
-    ACTIVE_STATES,
+    WORKER_STATES,
     CHECKPOINTS_RETAINED,
     ActorKind,
     Checkpoint,
@@ -47,38 +49,32 @@ class Actor:
     """Who drives a transition: a user, a worker (by id) or the system."""
 
     kind: str
-    user: object = None
+    user: AbstractBaseUser | None = None
     label: str = ""
 
     @classmethod
-    def of_user(cls, user):
+    def of_user(cls, user: AbstractBaseUser) -> "Actor":
         return cls(kind=ActorKind.USER, user=user, label=user.get_username())
 
     @classmethod
-    def worker(cls, worker_id):
+    def worker(cls, worker_id: str) -> "Actor":
         return cls(kind=ActorKind.WORKER, label=str(worker_id))
 
     @classmethod
-    def system(cls, label="system"):
+    def system(cls, label: str = "system") -> "Actor":
         return cls(kind=ActorKind.SYSTEM, label=label)
 
 
-def as_actor(actor):
-    """Accept an Actor, a user, or None (the system)."""
+def as_actor(actor: Actor | None) -> Actor:
+    """The actor, or the system when None."""
     if actor is None:
         return Actor.system()
     if isinstance(actor, Actor):
         return actor
-    if getattr(actor, "is_authenticated", False):
-        return Actor.of_user(actor)
-    raise TypeError(f"not an actor: {actor!r}")
+    raise TypeError(f"not an Actor: {actor!r} (a user is Actor.of_user(user))")
 
 
-def _pk(session):
-    return session.pk if isinstance(session, CodingSession) else int(session)
-
-
-def _lock(session, *, include_deleted=False, fields=None):
+def _lock(session_id: int, *, include_deleted: bool = False, fields: tuple[str, ...] | None = None) -> CodingSession:
     """The session row, locked until the surrounding transaction ends; NotFound if absent or deleted.
 
     `fields` loads only those columns (the frequent writers of a running session, events and
@@ -88,16 +84,16 @@ def _lock(session, *, include_deleted=False, fields=None):
         queryset = queryset.only(*fields)
     if not include_deleted:
         queryset = queryset.filter(deleted_at__isnull=True)
-    found = queryset.filter(pk=_pk(session)).first()
+    found = queryset.filter(pk=session_id).first()
     if found is None:
-        raise NotFound(f"Session {_pk(session)} does not exist", details={"id": _pk(session)})
+        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
     return found
 
 
 # --- events ------------------------------------------------------------------------
 
 
-def event_message(event, reference):
+def event_message(event: SessionEvent, reference: str) -> dict:
     """The channel-layer message for one SessionEvent (also the shape WebSocket clients receive)."""
     return {
         "type": "session.event",
@@ -112,12 +108,12 @@ def event_message(event, reference):
     }
 
 
-def _write_event(session, type, payload):
+def _write_event(session: CodingSession, type: str, payload: dict) -> SessionEvent:
     """Append one event and publish it after commit (see _write_events)."""
     return _write_events(session, [(type, payload)])[0]
 
 
-def _write_events(session, entries):
+def _write_events(session: CodingSession, entries: list[tuple[str, dict]]) -> list[SessionEvent]:
     """Append events [(type, payload)] in order and publish them after commit, in that order.
 
     The caller holds the session row lock, which keeps event ids in commit order within a
@@ -134,26 +130,26 @@ def _write_events(session, entries):
     return rows
 
 
-def session_record_event(*, session, type, payload=None):
+def session_record_event(*, session: CodingSession, type: str, payload: dict | None = None) -> SessionEvent:
     """Append an event to the session's log and publish it to the session's group
     and the all-sessions group once the transaction commits."""
     return session_record_events(session=session, entries=[(type, payload)])[0]
 
 
-def session_record_events(*, session, entries):
+def session_record_events(*, session: CodingSession, entries: list[tuple[str, dict | None]]) -> list[SessionEvent]:
     """Append several events [(type, payload)] in order, under one lock, in one transaction."""
     for type, _ in entries:
         if not type or len(type) > 100:
             raise ValidationFailed(field="type", rule="must be 1-100 characters")
     entries = [(type, payload or {}) for type, payload in entries]
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        return _write_events_in_one_statement(_pk(session), entries)
+        return _write_events_in_one_statement(session.pk, entries)
     with transaction.atomic():
-        locked = _lock(session, include_deleted=True, fields=("id", "reference"))
+        locked = _lock(session.pk, include_deleted=True, fields=("id", "reference"))
         return _write_events(locked, entries)
 
 
-def _write_events_in_one_statement(session_id, entries):
+def _write_events_in_one_statement(session_id: int, entries: list[tuple[str, dict]]) -> list[SessionEvent]:
     """session_record_events outside a transaction on PostgreSQL (see sql.insert_events)."""
     now = timezone.now()
     inserted = sql.insert_events(session_id=session_id, entries=entries, now=now)
@@ -173,27 +169,27 @@ def _write_events_in_one_statement(session_id, entries):
 
 def session_create(
     *,
-    title,
-    initial_prompt,
-    repository,
-    actor=None,
-    description="",
-    session_type="execution",
-    priority=rules.PRIORITY_DEFAULT,
-    model_identifier="",
-    max_duration_seconds=rules.DURATION_DEFAULT,
-    max_retries=rules.RETRIES_DEFAULT,
-    token_budget_soft=None,
-    token_budget_hard=None,
-    cost_budget_soft=None,
-    cost_budget_hard=None,
-    permission_policy=None,
-    parent=None,
-    agent=None,
-    tags=None,
-    metadata=None,
-    start=False,
-):
+    title: str,
+    initial_prompt: str,
+    repository: str,
+    actor: Actor | None = None,
+    description: str = "",
+    session_type: str = "execution",
+    priority: int | str | None = rules.PRIORITY_DEFAULT,
+    model_identifier: str = "",
+    max_duration_seconds: int | None = rules.DURATION_DEFAULT,
+    max_retries: int | None = rules.RETRIES_DEFAULT,
+    token_budget_soft: int | None = None,
+    token_budget_hard: int | None = None,
+    cost_budget_soft: Decimal | float | str | None = None,
+    cost_budget_hard: Decimal | float | str | None = None,
+    permission_policy: dict | None = None,
+    parent: CodingSession | None = None,
+    agent: Agent | None = None,
+    tags: list[str] | None = None,
+    metadata: dict | None = None,
+    start: bool = False,
+) -> CodingSession:
     """Validate and create a pending session with its IND-nnnnnn reference; with `start`,
     also start it (pending -> queued, job enqueued) in the same transaction.
 
@@ -258,11 +254,11 @@ def session_create(
 # --- transitions ------------------------------------------------------------------------
 
 
-def _actor_payload(actor):
+def _actor_payload(actor: Actor) -> dict:
     return {"kind": actor.kind, "label": actor.label}
 
 
-def _refused(session, attempted, message=None):
+def _refused(session: CodingSession, attempted: str, message: str | None = None) -> TransitionRefused:
     if message is None and attempted == "retry" and session.status in {S.FAILED, S.TIMEOUT, S.STOPPED, S.ORPHANED}:
         message = (
             f"Cannot retry {session.reference}: it has used {session.retry_count} of "
@@ -274,13 +270,14 @@ def _refused(session, attempted, message=None):
     )
 
 
-def _transition(session, *, method, attempted, actor, reason="", payload=None, only_from=None, **kwargs):
+def _transition(session: CodingSession, *, method: str, attempted: str, actor: Actor | None, reason: str = "",
+                payload: dict | None = None, only_from: set | None = None, **kwargs) -> tuple[CodingSession, SessionTransition]:
     """Run one transition under the row lock; return (locked session, SessionTransition).
 
     `only_from` narrows the transition's sources (claim is run() from queued only).
     The caller opens the transaction.
     """
-    return _apply_transition(_lock(session), method=method, attempted=attempted, actor=actor, reason=reason,
+    return _apply_transition(_lock(session.pk), method=method, attempted=attempted, actor=actor, reason=reason,
                              payload=payload, only_from=only_from, **kwargs)
 
 
@@ -293,7 +290,7 @@ class _Step:
     changed: tuple
 
 
-def _fsm_step(session, *, method, attempted, only_from=None, **kwargs):
+def _fsm_step(session: CodingSession, *, method: str, attempted: str, only_from: set | None = None, **kwargs) -> "_Step":
     """Run the django-fsm transition `method` on the instance (no database write yet);
     TransitionRefused when the FSM (or `only_from`) does not allow it."""
     bound = getattr(session, method)
@@ -306,7 +303,8 @@ def _fsm_step(session, *, method, attempted, only_from=None, **kwargs):
     return _Step(from_status=from_status, now=now, changed=tuple(changed))
 
 
-def _transition_record(session, step, *, attempted, actor, reason="", payload=None):
+def _transition_record(session: CodingSession, step: "_Step", *, attempted: str, actor: Actor | None, reason: str = "",
+                       payload: dict | None = None) -> tuple[SessionTransition, tuple[str, dict]]:
     """Write the SessionTransition audit row of `step`; return it with its event entry (type, payload)."""
     actor = as_actor(actor)
     record = SessionTransition.objects.create(
@@ -335,7 +333,9 @@ def _transition_record(session, step, *, attempted, actor, reason="", payload=No
     return record, event
 
 
-def _apply_transition(locked, *, method, attempted, actor, reason="", payload=None, only_from=None, **kwargs):
+def _apply_transition(locked: CodingSession, *, method: str, attempted: str, actor: Actor | None, reason: str = "",
+                      payload: dict | None = None, only_from: set | None = None,
+                      **kwargs) -> tuple[CodingSession, SessionTransition]:
     """The body of _transition, for a row the caller has locked:
     the FSM method, the row update, the audit row and the event."""
     step = _fsm_step(locked, method=method, attempted=attempted, only_from=only_from, **kwargs)
@@ -346,7 +346,7 @@ def _apply_transition(locked, *, method, attempted, actor, reason="", payload=No
     return locked, record
 
 
-def session_enqueue_execution(*, session, countdown=None):
+def session_enqueue_execution(*, session: CodingSession, countdown: float | None = None) -> None:
     """Enqueue `execute_session` for `session` on the queue of its priority once the transaction
     commits (after `countdown` seconds when given). Enqueuing twice is harmless: one claim wins."""
     events.enqueue_on_commit(
@@ -357,7 +357,10 @@ def session_enqueue_execution(*, session, countdown=None):
     )
 
 
-def session_start(*, session, actor=None, reason="", immediate=False, worker_id=None, countdown=None):
+def session_start(
+    *, session: CodingSession, actor: Actor | None = None, reason: str = "", immediate: bool = False,
+    worker_id: str | None = None, countdown: float | None = None,
+) -> CodingSession:
     """pending -> queued, and enqueue `execute_session` on the queue for its priority
     once committed (after `countdown` seconds when given).
 
@@ -379,27 +382,30 @@ def session_start(*, session, actor=None, reason="", immediate=False, worker_id=
     return locked
 
 
-def session_claim(*, session_id, worker_id):
+def session_claim(*, session_id: int, worker_id: str) -> CodingSession | None:
     """queued -> running for `worker_id`; None when the session is not queued (already
     claimed, cancelled, deleted or gone), so a second delivery of the job does nothing."""
     try:
         with transaction.atomic():
-            return _transition(
-                session_id, method="run", attempted="claim", actor=Actor.worker(worker_id),
+            return _apply_transition(
+                _lock(session_id), method="run", attempted="claim", actor=Actor.worker(worker_id),
                 only_from={S.QUEUED}, worker_id=worker_id,
             )[0]
     except (NotFound, TransitionRefused):
         return None
 
 
-def session_pause(*, session, actor=None, reason=""):
+def session_pause(*, session: CodingSession, actor: Actor | None = None, reason: str = "") -> CodingSession:
     """running or degraded -> paused; the clock stops. The running worker sees the
     transition event (or the status) and suspends the OpenCode run."""
     with transaction.atomic():
         return _transition(session, method="pause", attempted="pause", actor=actor, reason=reason)[0]
 
 
-def session_resume(*, session, actor=None, reason="", immediate=False, worker_id=None):
+def session_resume(
+    *, session: CodingSession, actor: Actor | None = None, reason: str = "", immediate: bool = False,
+    worker_id: str | None = None,
+) -> CodingSession:
     """paused -> queued and re-enqueue; with `immediate`, paused -> running for `worker_id`."""
     with transaction.atomic():
         if immediate:
@@ -412,20 +418,23 @@ def session_resume(*, session, actor=None, reason="", immediate=False, worker_id
     return locked
 
 
-def session_stop(*, session, actor=None, reason=""):
+def session_stop(*, session: CodingSession, actor: Actor | None = None, reason: str = "") -> CodingSession:
     """running, degraded or paused -> stopped (recoverable by retry)."""
     with transaction.atomic():
         return _transition(session, method="stop", attempted="stop", actor=actor, reason=reason)[0]
 
 
-def session_cancel(*, session, actor=None, reason=""):
+def session_cancel(*, session: CodingSession, actor: Actor | None = None, reason: str = "") -> CodingSession:
     """pending, queued or paused -> cancelled (terminal). A queued job then finds
     nothing to claim."""
     with transaction.atomic():
         return _transition(session, method="cancel", attempted="cancel", actor=actor, reason=reason)[0]
 
 
-def session_complete(*, session, actor=None, reason="", result=None, partial=False):
+def session_complete(
+    *, session: CodingSession, actor: Actor | None = None, reason: str = "", result: dict | None = None,
+    partial: bool = False,
+) -> CodingSession:
     """running or degraded -> completed, or partially_completed with `partial`."""
     if result is not None and not isinstance(result, dict):
         raise ValidationFailed(field="result", rule="must be an object")
@@ -436,7 +445,7 @@ def session_complete(*, session, actor=None, reason="", result=None, partial=Fal
         )[0]
 
 
-def _error_value(error, reason, default_type):
+def _error_value(error: dict | None, reason: str, default_type: str) -> dict:
     """Normalise an error to {"type", "message", "context"}; ValidationFailed names the rule."""
     if error is None:
         return {"type": default_type, "message": reason or default_type, "context": {}}
@@ -455,7 +464,9 @@ def _error_value(error, reason, default_type):
     }
 
 
-def session_fail(*, session, actor=None, reason="", error=None):
+def session_fail(
+    *, session: CodingSession, actor: Actor | None = None, reason: str = "", error: dict | None = None,
+) -> CodingSession:
     """pending, queued, running or degraded -> failed, recording `error` {type, message, context}."""
     error = _error_value(error, reason, "failure")
     with transaction.atomic():
@@ -465,7 +476,9 @@ def session_fail(*, session, actor=None, reason="", error=None):
         )[0]
 
 
-def session_timeout(*, session, actor=None, reason="", error=None):
+def session_timeout(
+    *, session: CodingSession, actor: Actor | None = None, reason: str = "", error: dict | None = None,
+) -> CodingSession:
     """running or degraded -> timeout: the deadline (max_duration_seconds) passed."""
     error = _error_value(error, reason or "deadline passed", "timeout")
     with transaction.atomic():
@@ -475,7 +488,9 @@ def session_timeout(*, session, actor=None, reason="", error=None):
         )[0]
 
 
-def session_orphan(*, session, actor=None, reason="", error=None):
+def session_orphan(
+    *, session: CodingSession, actor: Actor | None = None, reason: str = "", error: dict | None = None,
+) -> CodingSession:
     """running or degraded -> orphaned: its worker died and the run could not be re-attached."""
     error = _error_value(error, reason or "worker lost", "worker_lost")
     with transaction.atomic():
@@ -485,28 +500,28 @@ def session_orphan(*, session, actor=None, reason="", error=None):
         )[0]
 
 
-def session_degrade(*, session, actor=None, reason=""):
+def session_degrade(*, session: CodingSession, actor: Actor | None = None, reason: str = "") -> CodingSession:
     """running -> degraded: provider retrying, stream silent or a permission request waiting."""
     with transaction.atomic():
         return _transition(session, method="degrade", attempted="degrade", actor=actor, reason=reason)[0]
 
 
-def session_recover(*, session, actor=None, reason=""):
+def session_recover(*, session: CodingSession, actor: Actor | None = None, reason: str = "") -> CodingSession:
     """degraded -> running: progress resumed."""
     with transaction.atomic():
         return _transition(session, method="recover", attempted="recover", actor=actor, reason=reason)[0]
 
 
-def session_retry(*, session, actor=None, reason=""):
+def session_retry(*, session: CodingSession, actor: Actor | None = None, reason: str = "") -> CodingSession:
     """failed, timeout, stopped or orphaned -> pending when retry_count < max_retries.
 
     Increments retry_count and sets the resume point to the latest retained
     checkpoint (none when the session has no checkpoint). Starting the retried
     session is a separate session_start (with a countdown for automatic retries,
-    see `sessions.health.retry_delay_seconds`).
+    see `sessions.recovery.retry_delay_seconds`).
     """
     with transaction.atomic():
-        latest = Checkpoint.objects.filter(session_id=_pk(session)).order_by("-sequence").first()
+        latest = Checkpoint.objects.filter(session_id=session.pk).order_by("-sequence").first()
         return _transition(
             session, method="retry", attempted="retry", actor=actor, reason=reason,
             resume_checkpoint=latest,
@@ -517,7 +532,10 @@ def session_retry(*, session, actor=None, reason=""):
 # --- checkpoints ---------------------------------------------------------------------
 
 
-def session_add_checkpoint(*, session, data=None, opencode_message_id="", git_ref="", actor=None):
+def session_add_checkpoint(
+    *, session: CodingSession, data: dict | None = None, opencode_message_id: str = "", git_ref: str = "",
+    actor: Actor | None = None,
+) -> Checkpoint:
     """Record a checkpoint with the next sequence number (1, 2, ... never reused).
 
     Only while running, degraded or paused. Keeps at most CHECKPOINTS_RETAINED
@@ -533,14 +551,14 @@ def session_add_checkpoint(*, session, data=None, opencode_message_id="", git_re
         raise ValidationFailed(field="git_ref", rule="must be at most 200 characters")
     if connection.vendor == "postgresql" and not connection.in_atomic_block:
         added = _add_checkpoint_in_one_statement(
-            _pk(session), data=data or {}, opencode_message_id=opencode_message_id or "", git_ref=git_ref or "",
+            session.pk, data=data or {}, opencode_message_id=opencode_message_id or "", git_ref=git_ref or "",
             actor=_actor_payload(as_actor(actor)),
         )
         if added is not None:
             return added
         # Not added: the session is gone, deleted or not in a checkpoint state; the way below says which.
     with transaction.atomic():
-        locked = _lock(session, fields=("id", "reference", "status", "last_checkpoint_sequence", "checkpoint_count"))
+        locked = _lock(session.pk, fields=("id", "reference", "status", "last_checkpoint_sequence", "checkpoint_count"))
         if locked.status not in CHECKPOINT_STATES:
             raise Conflict(
                 f"Checkpoints are taken while a session is running, degraded or paused; "
@@ -578,7 +596,9 @@ def session_add_checkpoint(*, session, data=None, opencode_message_id="", git_re
     return checkpoint
 
 
-def _add_checkpoint_in_one_statement(session_id, *, data, opencode_message_id, git_ref, actor):
+def _add_checkpoint_in_one_statement(
+    session_id: int, *, data: dict, opencode_message_id: str, git_ref: str, actor: dict,
+) -> Checkpoint | None:
     """session_add_checkpoint outside a transaction on PostgreSQL (see sql.add_checkpoint); None
     when nothing was added."""
     payload = {"opencode_message_id": opencode_message_id, "git_ref": git_ref, "actor": actor}
@@ -597,7 +617,7 @@ def _add_checkpoint_in_one_statement(session_id, *, data, opencode_message_id, g
                       opencode_message_id=opencode_message_id, git_ref=git_ref, created_at=added.created_at)
 
 
-def session_restore_checkpoint(*, session, sequence, actor=None):
+def session_restore_checkpoint(*, session: CodingSession, sequence: int, actor: Actor | None = None) -> CodingSession:
     """Make checkpoint `sequence` the point the next run resumes from.
 
     Allowed while nothing runs (pending, paused, failed, timeout, stopped,
@@ -606,7 +626,7 @@ def session_restore_checkpoint(*, session, sequence, actor=None):
     """
     actor = as_actor(actor)
     with transaction.atomic():
-        locked = _lock(session)
+        locked = _lock(session.pk)
         if locked.status not in RESTORE_STATES:
             raise Conflict(
                 f"A checkpoint can be restored only while the session is not running; "
@@ -633,15 +653,15 @@ def session_restore_checkpoint(*, session, sequence, actor=None):
 # --- deleting -----------------------------------------------------------------------------
 
 
-def session_delete(*, session, actor=None):
+def session_delete(*, session: CodingSession, actor: Actor | None = None) -> CodingSession:
     """Soft delete: the session disappears from lists and the API, its rows stay.
 
     Refused while a worker has it (queued, running, degraded): stop or cancel first.
     """
     actor = as_actor(actor)
     with transaction.atomic():
-        locked = _lock(session)
-        if locked.status in ACTIVE_STATES:
+        locked = _lock(session.pk)
+        if locked.status in WORKER_STATES:
             raise TransitionRefused(
                 kind="session", current=locked.status, attempted="delete", allowed=locked.allowed_actions(),
                 message=(
@@ -660,14 +680,14 @@ def session_delete(*, session, actor=None):
 # --- worker bookkeeping -----------------------------------------------------------------
 
 
-def session_heartbeat(*, session_ids, worker_id):
+def session_heartbeat(*, session_ids: list[int], worker_id: str) -> int:
     """Record that `worker_id` still runs these sessions (one UPDATE); returns how many it still owns."""
     return CodingSession.objects.filter(
         pk__in=session_ids, worker_id=worker_id, status__in=[S.RUNNING, S.DEGRADED]
     ).update(worker_heartbeat_at=timezone.now())
 
 
-def session_set_runtime(*, session_id, **values):
+def session_set_runtime(*, session_id: int, **values: str) -> None:
     """Store OpenCode bookkeeping: opencode_session_id, opencode_server_url, workspace_path, branch_name."""
     unknown = set(values) - RUNTIME_FIELDS
     if unknown:
@@ -676,9 +696,9 @@ def session_set_runtime(*, session_id, **values):
 
 
 def session_record_usage(
-    *, session_id, tokens_input=0, tokens_output=0, tokens_reasoning=0,
-    tokens_cache_read=0, tokens_cache_write=0, cost=0, api_calls=0,
-):
+    *, session_id: int, tokens_input: int = 0, tokens_output: int = 0, tokens_reasoning: int = 0,
+    tokens_cache_read: int = 0, tokens_cache_write: int = 0, cost: Decimal | float = 0, api_calls: int = 0,
+) -> None:
     """Add usage to the session's counters in one atomic UPDATE (no read-modify-write)."""
     sql.add_usage(
         session_id=session_id, tokens_input=tokens_input, tokens_output=tokens_output,
@@ -687,7 +707,9 @@ def session_record_usage(
     )
 
 
-def session_budget_soft_pause(*, session, actor=None, tokens, cost):
+def session_budget_soft_pause(
+    *, session: CodingSession, actor: Actor | None = None, tokens: int, cost: Decimal,
+) -> CodingSession:
     """running or degraded -> paused because the soft budget was crossed.
 
     Marks the session so that, once an operator resumes it, the soft limit does
@@ -704,6 +726,6 @@ def session_budget_soft_pause(*, session, actor=None, tokens, cost):
     return locked
 
 
-def session_take_resume_point(*, session_id):
+def session_take_resume_point(*, session_id: int) -> None:
     """The engine has restored the resume checkpoint: clear it, so a later run does not restore it again."""
     CodingSession.objects.filter(pk=session_id).update(resume_checkpoint=None, updated_at=timezone.now())

@@ -22,7 +22,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
-from sessions import approvals, selectors, services
+from sessions import permissions, selectors, services
 from sessions.api import parse_list_params
 from sessions.forms import SessionCreateForm
 from sessions.models import CodingSession, PermissionReply, PermissionRequestStatus, SessionEvent, SessionStatus
@@ -184,7 +184,7 @@ def session_create(request):
     session = None
     if form.is_valid():
         try:
-            session = services.session_create(actor=request.user, **form.service_arguments())
+            session = services.session_create(actor=services.Actor.of_user(request.user), **form.service_arguments())
         except ValidationFailed as failure:
             form.add_service_errors(failure.errors)
     if session is None:
@@ -230,7 +230,7 @@ def session_action(request, session_id, action):
     session = _visible_session_or_404(request.user, session_id)
     notice, level = None, "error"
     try:
-        session = service(session=session.pk, actor=request.user)
+        session = service(session=session, actor=services.Actor.of_user(request.user))
         notice, level = f"{action}: {session.reference} is now {session.status}", "success"
     except (Conflict, ValidationFailed) as refused:
         notice = refused.message
@@ -265,8 +265,8 @@ def session_permission_reply(request, session_id, request_id):
     reply = request.POST.get("reply", "")
     notice, level = None, "error"
     try:
-        answered = approvals.permission_request_reply(
-            session=session, request_id=request_id, reply=reply, actor=request.user
+        answered = permissions.permission_request_reply(
+            session=session, request_id=request_id, reply=reply, actor=services.Actor.of_user(request.user)
         )
         notice, level = f"{answered.permission}: {PermissionReply(answered.reply).label}", "success"
     except (Conflict, ValidationFailed, NotFound) as refused:

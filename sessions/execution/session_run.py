@@ -32,6 +32,7 @@ from agents.models import Agent
 from agents.services import NoAgentAvailable, agent_record_result, agent_release, agent_route
 from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
+from orchestrator.fsm import reloaded
 from sessions import services as session_services
 from sessions.execution import control, servers, spares, workspace
 from sessions.execution.checkpointer import StepCheckpointer
@@ -313,10 +314,10 @@ class SessionRun:
         outcome = summary["outcome"]
         try:
             if outcome == "completed":
-                session_services.session_complete(session=self.session_id, actor=self.actor, result=result)
+                session_services.session_complete(session=self.session, actor=self.actor, result=result)
             elif outcome == "partially_completed":
                 session_services.session_complete(
-                    session=self.session_id, actor=self.actor, result=result, partial=True,
+                    session=self.session, actor=self.actor, result=result, partial=True,
                     reason=f"{summary['completed']} of {summary['total']} tasks completed",
                 )
             else:
@@ -325,7 +326,7 @@ class SessionRun:
                     "message": "tasks remain that can never become ready" if outcome is None else "no task completed",
                     "context": {"tasks": summary},
                 }
-                session_services.session_fail(session=self.session_id, actor=self.actor, error=error)
+                session_services.session_fail(session=self.session, actor=self.actor, error=error)
                 if (error.get("context") or {}).get("retryable"):
                     session_retry_automatically(session_id=self.session_id, reason=f"automatic retry: {error['message']}")
         except Conflict:
@@ -336,7 +337,7 @@ class SessionRun:
     def fail_session(self, *, error_type: str, message: str, context: dict | None = None) -> None:
         try:
             session_services.session_fail(
-                session=self.session_id, actor=self.actor,
+                session=self.session, actor=self.actor,
                 error={"type": error_type, "message": message[:2000], "context": context or {}},
             )
         except Conflict:
@@ -468,7 +469,7 @@ class SessionRun:
             logger.info("%s: unused OpenCode session not deleted: %s", self.session.reference, error)
 
     def _end_task_early(self, task: Task, ended: SessionEnded) -> None:
-        task = Task.objects.get(pk=task.pk)
+        task = reloaded(task)
         if task.status != TaskStatus.IN_PROGRESS:
             return
         if ended.status in (S.PAUSED, S.STOPPED, S.TIMEOUT):
@@ -481,9 +482,7 @@ class SessionRun:
             task_services.task_fail(task=task, error={"type": ended.status, "message": str(ended), "context": {}})
 
     def _record_task_outcome(self, task: Task, agent: Agent, outcome: TurnOutcome) -> None:
-        # `task` as it started: task_complete and task_fail lock and read the row themselves (and
-        # refresh_from_db() is never used on FSM models: django-fsm's refresh flips a class-wide
-        # flag, which races between the worker's threads).
+        # `task` as it started: task_complete and task_fail lock and read the row themselves.
         key = f"task_{task.pk}"
         if outcome.completed:
             self.last_text = outcome.text or self.last_text
@@ -541,7 +540,7 @@ class SessionRun:
             return
         if task is not None:
             records = [(kind, {**payload, "task_id": task.pk}) for kind, payload in records]
-        session_services.session_record_events(session=self.session_id, entries=records)
+        session_services.session_record_events(session=self.session, entries=records)
 
 
 def _error_type(error: Exception) -> str:

@@ -44,7 +44,7 @@ def new_session():
 
 def test_twenty_concurrent_starts_one_succeeds_and_one_job_is_enqueued(broker_queues):
     session = new_session()
-    outcomes = run_concurrently(20, lambda: services.session_start(session=session.pk))
+    outcomes = run_concurrently(20, lambda: services.session_start(session=session))
     kinds = [kind for kind, _ in outcomes]
     assert kinds.count("ok") == 1, outcomes
     assert kinds.count("refused") == 19, outcomes
@@ -78,7 +78,7 @@ def test_pause_and_stop_racing_on_a_running_session_apply_in_some_order_never_bo
     def work():
         with lock:
             call = next(calls)
-        return call(session=session.pk)
+        return call(session=session)
 
     run_concurrently(10, work)
     from_running = SessionTransition.objects.filter(session=session, from_status="running").count()
@@ -87,7 +87,7 @@ def test_pause_and_stop_racing_on_a_running_session_apply_in_some_order_never_bo
 
 
 def test_an_event_written_while_another_transaction_holds_the_session_waits_so_ids_follow_commit_order():
-    # A worker's event write is one statement on PostgreSQL (services._EVENTS_INSERT): its lock
+    # A worker's event write is one statement on PostgreSQL (sessions.sql.EVENTS_INSERT): its lock
     # must come before its id is drawn, or a client resuming after the later id misses the other.
     session = new_session()
     locked, go = threading.Event(), threading.Event()
@@ -104,7 +104,7 @@ def test_an_event_written_while_another_transaction_holds_the_session_waits_so_i
 
     def writer():
         try:
-            services.session_record_events(session=session.pk, entries=[("written.while.locked", {})])
+            services.session_record_events(session=session, entries=[("written.while.locked", {})])
         finally:
             connection.close()
 

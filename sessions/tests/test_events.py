@@ -117,7 +117,7 @@ def test_a_batch_with_a_bad_type_writes_nothing():
 
 def test_events_of_an_unknown_session_are_refused_and_nothing_is_written():
     with pytest.raises(NotFound):
-        services.session_record_events(session=987654, entries=[("tool.completed", {"n": 1})])
+        services.session_record_events(session=CodingSession(pk=987654), entries=[("tool.completed", {"n": 1})])
     assert not SessionEvent.objects.exists()
 
 

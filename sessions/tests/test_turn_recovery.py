@@ -19,7 +19,7 @@ from sessions.dispatch import session_claim_next
 from sessions.execution import control, servers, session_run, task_turn
 from sessions.execution.session_run import run_session
 from sessions.models import CodingSession, SessionEvent
-from sessions.services import session_create, session_start
+from sessions.services import Actor, session_create, session_start
 
 pytestmark = pytest.mark.opencode
 
@@ -75,10 +75,10 @@ def test_a_turn_whose_end_never_reaches_the_worker_is_finished_from_opencodes_me
     session = session_create(
         title="A turn whose end is lost",
         initial_prompt="@@write out.txt written\\n\n@@final All done.",
-        repository=str(repository), actor=operator_user,
+        repository=str(repository), actor=Actor.of_user(operator_user),
         max_duration_seconds=60,  # without the recovery the run would wait for its deadline
     )
-    session_start(session=session, actor=operator_user)  # its job stays in this test's broker queue
+    session_start(session=session, actor=Actor.of_user(operator_user))  # its job stays in this test's broker queue
     claimed = session_claim_next(session_id=session.pk, worker_id="test-worker")
 
     with caplog.at_level(logging.WARNING, logger="sessions.execution.task_turn"):
