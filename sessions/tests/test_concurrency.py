@@ -8,6 +8,8 @@ from django.db import connection, transaction
 from orchestrator.errors import TransitionRefused
 from orchestrator.testing import wait_until
 from sessions import services
+from sessions.services.common import lock_session
+from sessions.services.event_log import write_events
 from sessions.models import CodingSession, SessionEvent, SessionTransition
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -95,10 +97,10 @@ def test_an_event_written_while_another_transaction_holds_the_session_waits_so_i
     def holder():
         try:
             with transaction.atomic():
-                row = services._lock(session.pk, include_deleted=True, fields=("id", "reference"))
+                row = lock_session(session.pk, include_deleted=True, fields=("id", "reference"))
                 locked.set()
                 go.wait(30)
-                services._write_events(row, [("first.committed", {})])
+                write_events(row, [("first.committed", {})])
         finally:
             connection.close()
 

@@ -1,4 +1,4 @@
-"""Every write to a coding session, its checkpoints and its event log.
+"""Creating a session and moving it through its states (the django-fsm transitions), deleting it.
 
 Each transition service runs in one transaction with the session row locked
 (`select_for_update`), asks the django-fsm transition on the model, saves only
@@ -6,9 +6,6 @@ the fields it changed, writes a `SessionTransition` audit row and a
 "session.transition" `SessionEvent`, and schedules side effects (broadcast,
 Celery enqueue) through `orchestrator.events`, so nothing leaves the process
 unless the transaction commits.
-
-`session` arguments take a `CodingSession` (only its id is used: the services re-read the row
-under the lock and return that fresh instance); `actor` an `Actor`, or None for the system.
 """
 
 from dataclasses import dataclass
@@ -16,152 +13,20 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 from django_fsm import can_proceed
 
 from agents.models import Agent
 from orchestrator import events
-from orchestrator.errors import Conflict, NotFound, TransitionRefused, ValidationFailed
-from sessions import rules, sql
+from orchestrator.errors import NotFound, TransitionRefused, ValidationFailed
+from sessions import rules
 from sessions.jobs import execute_session
-from sessions.models import (
-    WORKER_STATES,
-    CHECKPOINTS_RETAINED,
-    ActorKind,
-    Checkpoint,
-    CodingSession,
-    SessionEvent,
-    SessionStatus,
-    SessionTransition,
-)
+from sessions.models import WORKER_STATES, Checkpoint, CodingSession, SessionStatus, SessionTransition
+from sessions.services.common import Actor, actor_payload, as_actor, lock_session
+from sessions.services.event_log import write_event, write_events
 
 S = SessionStatus
-
-CHECKPOINT_STATES = frozenset({S.RUNNING, S.DEGRADED, S.PAUSED})
-RESTORE_STATES = frozenset({S.PENDING, S.PAUSED, S.FAILED, S.TIMEOUT, S.STOPPED, S.ORPHANED})
-RUNTIME_FIELDS = frozenset({"opencode_session_id", "opencode_server_url", "workspace_path", "branch_name"})
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who drives a transition: a user, a worker (by id) or the system."""
-
-    kind: str
-    user: AbstractBaseUser | None = None
-    label: str = ""
-
-    @classmethod
-    def of_user(cls, user: AbstractBaseUser) -> "Actor":
-        return cls(kind=ActorKind.USER, user=user, label=user.get_username())
-
-    @classmethod
-    def worker(cls, worker_id: str) -> "Actor":
-        return cls(kind=ActorKind.WORKER, label=str(worker_id))
-
-    @classmethod
-    def system(cls, label: str = "system") -> "Actor":
-        return cls(kind=ActorKind.SYSTEM, label=label)
-
-
-def as_actor(actor: Actor | None) -> Actor:
-    """The actor, or the system when None."""
-    if actor is None:
-        return Actor.system()
-    if isinstance(actor, Actor):
-        return actor
-    raise TypeError(f"not an Actor: {actor!r} (a user is Actor.of_user(user))")
-
-
-def _lock(session_id: int, *, include_deleted: bool = False, fields: tuple[str, ...] | None = None) -> CodingSession:
-    """The session row, locked until the surrounding transaction ends; NotFound if absent or deleted.
-
-    `fields` loads only those columns (the frequent writers of a running session, events and
-    checkpoints, need a few; the whole row carries the prompt and the JSON columns)."""
-    queryset = CodingSession.objects.select_for_update()
-    if fields:
-        queryset = queryset.only(*fields)
-    if not include_deleted:
-        queryset = queryset.filter(deleted_at__isnull=True)
-    found = queryset.filter(pk=session_id).first()
-    if found is None:
-        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
-    return found
-
-
-# --- events ------------------------------------------------------------------------
-
-
-def event_message(event: SessionEvent, reference: str) -> dict:
-    """The channel-layer message for one SessionEvent (also the shape WebSocket clients receive)."""
-    return {
-        "type": "session.event",
-        "event": {
-            "id": event.id,
-            "session_id": event.session_id,
-            "reference": reference,
-            "type": event.type,
-            "payload": event.payload,
-            "created_at": event.created_at.isoformat(),
-        },
-    }
-
-
-def _write_event(session: CodingSession, type: str, payload: dict) -> SessionEvent:
-    """Append one event and publish it after commit (see _write_events)."""
-    return _write_events(session, [(type, payload)])[0]
-
-
-def _write_events(session: CodingSession, entries: list[tuple[str, dict]]) -> list[SessionEvent]:
-    """Append events [(type, payload)] in order and publish them after commit, in that order.
-
-    The caller holds the session row lock, which keeps event ids in commit order within a
-    session, so a client resuming after id N never misses an event committed later with a
-    smaller id. One INSERT and one broadcast task for the lot.
-    """
-    rows = SessionEvent.objects.bulk_create(
-        [SessionEvent(session=session, type=type, payload=payload) for type, payload in entries]
-    )
-    events.publish_many_on_commit(
-        [events.session_group(session.pk), events.ALL_SESSIONS_GROUP],
-        [event_message(row, session.reference) for row in rows],
-    )
-    return rows
-
-
-def session_record_event(*, session: CodingSession, type: str, payload: dict | None = None) -> SessionEvent:
-    """Append an event to the session's log and publish it to the session's group
-    and the all-sessions group once the transaction commits."""
-    return session_record_events(session=session, entries=[(type, payload)])[0]
-
-
-def session_record_events(*, session: CodingSession, entries: list[tuple[str, dict | None]]) -> list[SessionEvent]:
-    """Append several events [(type, payload)] in order, under one lock, in one transaction."""
-    for type, _ in entries:
-        if not type or len(type) > 100:
-            raise ValidationFailed(field="type", rule="must be 1-100 characters")
-    entries = [(type, payload or {}) for type, payload in entries]
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        return _write_events_in_one_statement(session.pk, entries)
-    with transaction.atomic():
-        locked = _lock(session.pk, include_deleted=True, fields=("id", "reference"))
-        return _write_events(locked, entries)
-
-
-def _write_events_in_one_statement(session_id: int, entries: list[tuple[str, dict]]) -> list[SessionEvent]:
-    """session_record_events outside a transaction on PostgreSQL (see sql.insert_events)."""
-    now = timezone.now()
-    inserted = sql.insert_events(session_id=session_id, entries=entries, now=now)
-    if inserted is None:
-        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
-    rows = [SessionEvent(id=event_id, session_id=session_id, type=type, payload=payload, created_at=now)
-            for event_id, (type, payload) in zip(inserted.ids, entries)]
-    events.publish_many_on_commit(
-        [events.session_group(session_id), events.ALL_SESSIONS_GROUP],
-        [event_message(row, inserted.reference) for row in rows],
-    )
-    return rows
 
 
 # --- creating -------------------------------------------------------------------------
@@ -235,27 +100,23 @@ def session_create(
         metadata=metadata or {},
         created_by=actor.user,
     )
-    created = ("session.created", {"status": session.status, "title": session.title, "actor": _actor_payload(actor)})
+    created = ("session.created", {"status": session.status, "title": session.title, "actor": actor_payload(actor)})
     with transaction.atomic():
         if not start:
             session.save(force_insert=True)
-            _write_events(session, [created])
+            write_events(session, [created])
             return session
         # The start transition runs on the unsaved row, so the INSERT already holds the
         # queued state: one INSERT per table, no UPDATE of a row nobody else can see yet.
         step = _fsm_step(session, method="start", attempted="start", not_before=None)
         session.save(force_insert=True)
         record, started = _transition_record(session, step, attempted="start", actor=actor)
-        _write_events(session, [created, started])
+        write_events(session, [created, started])
         session_enqueue_execution(session=session)
     return session
 
 
 # --- transitions ------------------------------------------------------------------------
-
-
-def _actor_payload(actor: Actor) -> dict:
-    return {"kind": actor.kind, "label": actor.label}
 
 
 def _refused(session: CodingSession, attempted: str, message: str | None = None) -> TransitionRefused:
@@ -277,7 +138,7 @@ def _transition(session: CodingSession, *, method: str, attempted: str, actor: A
     `only_from` narrows the transition's sources (claim is run() from queued only).
     The caller opens the transaction.
     """
-    return _apply_transition(_lock(session.pk), method=method, attempted=attempted, actor=actor, reason=reason,
+    return _apply_transition(lock_session(session.pk), method=method, attempted=attempted, actor=actor, reason=reason,
                              payload=payload, only_from=only_from, **kwargs)
 
 
@@ -324,7 +185,7 @@ def _transition_record(session: CodingSession, step: "_Step", *, attempted: str,
             "from": step.from_status,
             "to": session.status,
             "action": attempted,
-            "actor": _actor_payload(actor),
+            "actor": actor_payload(actor),
             "reason": reason or "",
             "transition_id": record.pk,
             **(payload or {}),
@@ -342,7 +203,7 @@ def _apply_transition(locked: CodingSession, *, method: str, attempted: str, act
     locked.save(update_fields=sorted({"status", "updated_at", *step.changed}))
     record, event = _transition_record(locked, step, attempted=attempted, actor=actor, reason=reason,
                                        payload=payload)
-    _write_events(locked, [event])
+    write_events(locked, [event])
     return locked, record
 
 
@@ -388,7 +249,7 @@ def session_claim(*, session_id: int, worker_id: str) -> CodingSession | None:
     try:
         with transaction.atomic():
             return _apply_transition(
-                _lock(session_id), method="run", attempted="claim", actor=Actor.worker(worker_id),
+                lock_session(session_id), method="run", attempted="claim", actor=Actor.worker(worker_id),
                 only_from={S.QUEUED}, worker_id=worker_id,
             )[0]
     except (NotFound, TransitionRefused):
@@ -529,127 +390,6 @@ def session_retry(*, session: CodingSession, actor: Actor | None = None, reason:
         )[0]
 
 
-# --- checkpoints ---------------------------------------------------------------------
-
-
-def session_add_checkpoint(
-    *, session: CodingSession, data: dict | None = None, opencode_message_id: str = "", git_ref: str = "",
-    actor: Actor | None = None,
-) -> Checkpoint:
-    """Record a checkpoint with the next sequence number (1, 2, ... never reused).
-
-    Only while running, degraded or paused. Keeps at most CHECKPOINTS_RETAINED
-    checkpoints, dropping the oldest; checkpoint_count and last_checkpoint_at
-    follow. The sequence counter lives on the locked session row, so concurrent
-    calls get distinct, increasing numbers.
-    """
-    if data is not None and not isinstance(data, dict):
-        raise ValidationFailed(field="data", rule="must be an object")
-    if len(opencode_message_id or "") > 200:
-        raise ValidationFailed(field="opencode_message_id", rule="must be at most 200 characters")
-    if len(git_ref or "") > 200:
-        raise ValidationFailed(field="git_ref", rule="must be at most 200 characters")
-    if connection.vendor == "postgresql" and not connection.in_atomic_block:
-        added = _add_checkpoint_in_one_statement(
-            session.pk, data=data or {}, opencode_message_id=opencode_message_id or "", git_ref=git_ref or "",
-            actor=_actor_payload(as_actor(actor)),
-        )
-        if added is not None:
-            return added
-        # Not added: the session is gone, deleted or not in a checkpoint state; the way below says which.
-    with transaction.atomic():
-        locked = _lock(session.pk, fields=("id", "reference", "status", "last_checkpoint_sequence", "checkpoint_count"))
-        if locked.status not in CHECKPOINT_STATES:
-            raise Conflict(
-                f"Checkpoints are taken while a session is running, degraded or paused; "
-                f"{locked.reference} is {locked.status}",
-                details={"current": locked.status, "allowed_states": sorted(CHECKPOINT_STATES)},
-            )
-        now = timezone.now()
-        sequence = locked.last_checkpoint_sequence + 1
-        checkpoint = Checkpoint.objects.create(
-            session=locked, sequence=sequence, data=data or {},
-            opencode_message_id=opencode_message_id or "", git_ref=git_ref or "", created_at=now,
-        )
-        # Sequences are contiguous (only this function creates or drops them), so
-        # everything at or below sequence - RETAINED is outside the newest RETAINED.
-        dropped = 0
-        if sequence > CHECKPOINTS_RETAINED:
-            dropped, _ = Checkpoint.objects.filter(
-                session=locked, sequence__lte=sequence - CHECKPOINTS_RETAINED
-            ).delete()
-        locked.last_checkpoint_sequence = sequence
-        locked.checkpoint_count = min(locked.checkpoint_count + 1, CHECKPOINTS_RETAINED)
-        locked.last_checkpoint_at = now
-        locked.updated_at = now
-        locked.save(update_fields=["last_checkpoint_sequence", "checkpoint_count", "last_checkpoint_at", "updated_at"])
-        _write_event(
-            locked,
-            "session.checkpoint",
-            {
-                "sequence": sequence,
-                "opencode_message_id": checkpoint.opencode_message_id,
-                "git_ref": checkpoint.git_ref,
-                "actor": _actor_payload(as_actor(actor)),
-            },
-        )
-    return checkpoint
-
-
-def _add_checkpoint_in_one_statement(
-    session_id: int, *, data: dict, opencode_message_id: str, git_ref: str, actor: dict,
-) -> Checkpoint | None:
-    """session_add_checkpoint outside a transaction on PostgreSQL (see sql.add_checkpoint); None
-    when nothing was added."""
-    payload = {"opencode_message_id": opencode_message_id, "git_ref": git_ref, "actor": actor}
-    added = sql.add_checkpoint(
-        session_id=session_id, states=sorted(CHECKPOINT_STATES), retained=CHECKPOINTS_RETAINED, data=data,
-        opencode_message_id=opencode_message_id, git_ref=git_ref, event_payload=payload,
-    )
-    if added is None:
-        return None
-    event = SessionEvent(id=added.event_id, session_id=session_id, type="session.checkpoint",
-                         payload={"sequence": added.sequence, **payload}, created_at=added.created_at)
-    events.publish_many_on_commit(
-        [events.session_group(session_id), events.ALL_SESSIONS_GROUP], [event_message(event, added.reference)],
-    )
-    return Checkpoint(id=added.checkpoint_id, session_id=session_id, sequence=added.sequence, data=data,
-                      opencode_message_id=opencode_message_id, git_ref=git_ref, created_at=added.created_at)
-
-
-def session_restore_checkpoint(*, session: CodingSession, sequence: int, actor: Actor | None = None) -> CodingSession:
-    """Make checkpoint `sequence` the point the next run resumes from.
-
-    Allowed while nothing runs (pending, paused, failed, timeout, stopped,
-    orphaned); the execution engine restores the workspace (git ref) and the
-    OpenCode conversation (message id) when it next runs the session.
-    """
-    actor = as_actor(actor)
-    with transaction.atomic():
-        locked = _lock(session.pk)
-        if locked.status not in RESTORE_STATES:
-            raise Conflict(
-                f"A checkpoint can be restored only while the session is not running; "
-                f"{locked.reference} is {locked.status}",
-                details={"current": locked.status, "allowed_states": sorted(RESTORE_STATES)},
-            )
-        checkpoint = Checkpoint.objects.filter(session=locked, sequence=sequence).first()
-        if checkpoint is None:
-            raise NotFound(
-                f"{locked.reference} has no checkpoint {sequence}",
-                details={"sequence": sequence},
-            )
-        locked.resume_checkpoint = checkpoint
-        locked.updated_at = timezone.now()
-        locked.save(update_fields=["resume_checkpoint", "updated_at"])
-        _write_event(
-            locked,
-            "session.checkpoint_restored",
-            {"sequence": sequence, "git_ref": checkpoint.git_ref, "actor": _actor_payload(actor)},
-        )
-    return locked
-
-
 # --- deleting -----------------------------------------------------------------------------
 
 
@@ -660,7 +400,7 @@ def session_delete(*, session: CodingSession, actor: Actor | None = None) -> Cod
     """
     actor = as_actor(actor)
     with transaction.atomic():
-        locked = _lock(session.pk)
+        locked = lock_session(session.pk)
         if locked.status in WORKER_STATES:
             raise TransitionRefused(
                 kind="session", current=locked.status, attempted="delete", allowed=locked.allowed_actions(),
@@ -673,38 +413,8 @@ def session_delete(*, session: CodingSession, actor: Actor | None = None) -> Cod
         locked.deleted_at = now
         locked.updated_at = now
         locked.save(update_fields=["deleted_at", "updated_at"])
-        _write_event(locked, "session.deleted", {"actor": _actor_payload(actor)})
+        write_event(locked, "session.deleted", {"actor": actor_payload(actor)})
     return locked
-
-
-# --- worker bookkeeping -----------------------------------------------------------------
-
-
-def session_heartbeat(*, session_ids: list[int], worker_id: str) -> int:
-    """Record that `worker_id` still runs these sessions (one UPDATE); returns how many it still owns."""
-    return CodingSession.objects.filter(
-        pk__in=session_ids, worker_id=worker_id, status__in=[S.RUNNING, S.DEGRADED]
-    ).update(worker_heartbeat_at=timezone.now())
-
-
-def session_set_runtime(*, session_id: int, **values: str) -> None:
-    """Store OpenCode bookkeeping: opencode_session_id, opencode_server_url, workspace_path, branch_name."""
-    unknown = set(values) - RUNTIME_FIELDS
-    if unknown:
-        raise ValidationFailed(field=sorted(unknown)[0], rule="is not a runtime field")
-    CodingSession.objects.filter(pk=session_id).update(**values, updated_at=timezone.now())
-
-
-def session_record_usage(
-    *, session_id: int, tokens_input: int = 0, tokens_output: int = 0, tokens_reasoning: int = 0,
-    tokens_cache_read: int = 0, tokens_cache_write: int = 0, cost: Decimal | float = 0, api_calls: int = 0,
-) -> None:
-    """Add usage to the session's counters in one atomic UPDATE (no read-modify-write)."""
-    sql.add_usage(
-        session_id=session_id, tokens_input=tokens_input, tokens_output=tokens_output,
-        tokens_reasoning=tokens_reasoning, tokens_cache_read=tokens_cache_read,
-        tokens_cache_write=tokens_cache_write, cost=Decimal(str(cost)), api_calls=api_calls,
-    )
 
 
 def session_budget_soft_pause(
@@ -724,8 +434,3 @@ def session_budget_soft_pause(
         locked.metadata = {**(locked.metadata or {}), "soft_budget_passed": True}
         locked.save(update_fields=["metadata"])
     return locked
-
-
-def session_take_resume_point(*, session_id: int) -> None:
-    """The engine has restored the resume checkpoint: clear it, so a later run does not restore it again."""
-    CodingSession.objects.filter(pk=session_id).update(resume_checkpoint=None, updated_at=timezone.now())
