@@ -13,11 +13,11 @@ may be delivered any number of times: only one claim succeeds.
 """
 
 import logging
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from sessions import sql
@@ -31,13 +31,13 @@ DISPATCH_LOCK_KEY = 0x1D0_5E55  # any constant shared by every process
 STALE_QUEUED_SECONDS = 30
 
 
-def limits_configured():
+def limits_configured() -> bool:
     return bool(
         settings.SESSION_LIMIT_GLOBAL or settings.SESSION_LIMIT_PER_REPOSITORY or settings.SESSION_LIMIT_PER_AGENT
     )
 
 
-def _dispatch_lock():
+def _dispatch_lock() -> None:
     """Serialise claims and dispatches across processes for the rest of the transaction."""
     sql.advisory_transaction_lock(DISPATCH_LOCK_KEY)
 
@@ -45,7 +45,7 @@ def _dispatch_lock():
 class RunningCounts:
     """Running sessions overall, per repository and per agent, updated as the dispatcher plans."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         running = CodingSession.objects.filter(status__in=CLOCK_STATES, deleted_at__isnull=True)
         self.total = running.count()
         self.by_repository = dict(running.values_list("repository").annotate(n=Count("id")))
@@ -53,7 +53,7 @@ class RunningCounts:
             running.filter(agent__isnull=False).values_list("agent_id").annotate(n=Count("id"))
         )
 
-    def blocking_limit(self, session):
+    def blocking_limit(self, session: CodingSession) -> str | None:
         """The name of the limit `session` would break by starting now, or None."""
         if settings.SESSION_LIMIT_GLOBAL and self.total >= settings.SESSION_LIMIT_GLOBAL:
             return f"global limit of {settings.SESSION_LIMIT_GLOBAL} running sessions"
@@ -67,14 +67,14 @@ class RunningCounts:
             return f"limit of {settings.SESSION_LIMIT_PER_AGENT} running sessions per agent"
         return None
 
-    def add(self, session):
+    def add(self, session: CodingSession) -> None:
         self.total += 1
         self.by_repository[session.repository] = self.by_repository.get(session.repository, 0) + 1
         if session.agent_id:
             self.by_agent[session.agent_id] = self.by_agent.get(session.agent_id, 0) + 1
 
 
-def queued_in_order(now=None):
+def queued_in_order(now: datetime | None = None) -> QuerySet[CodingSession]:
     """Queued sessions that may start now (backoff over), in priority-then-age order."""
     now = now or timezone.now()
     return (
@@ -84,7 +84,7 @@ def queued_in_order(now=None):
     )
 
 
-def session_claim_next(*, session_id, worker_id):
+def session_claim_next(*, session_id: int, worker_id: str) -> CodingSession | None:
     """Claim the queued session for `worker_id` if the limits and the queue order allow; else None.
 
     Without limits this is the plain compare-and-set claim.
@@ -109,7 +109,7 @@ def session_claim_next(*, session_id, worker_id):
         return session_claim(session_id=session_id, worker_id=worker_id)
 
 
-def _first_startable(counts, *, exclude_id, before):
+def _first_startable(counts: RunningCounts, *, exclude_id: int, before: CodingSession) -> CodingSession | None:
     """The first queued session ahead of `before` that could start now, if any."""
     ahead = queued_in_order().exclude(pk=exclude_id).filter(
         Q(priority__lt=before.priority)
@@ -122,7 +122,7 @@ def _first_startable(counts, *, exclude_id, before):
     return None
 
 
-def _note_waiting(session, reason):
+def _note_waiting(session: CodingSession, reason: str) -> None:
     """Say once why a session waits (again when the reason changes)."""
     if (session.metadata or {}).get("waiting_for") == reason:
         return
@@ -130,7 +130,7 @@ def _note_waiting(session, reason):
     session_record_event(session=session, type="session.waiting", payload={"reason": reason})
 
 
-def session_dispatch(*, now=None):
+def session_dispatch(*, now: datetime | None = None) -> int:
     """Enqueue the queued sessions that may start now; returns how many were enqueued.
 
     Called when a run ends (a slot frees) and periodically (backoffs that ran out).

@@ -17,14 +17,14 @@ from sessions.models import CodingSession
 logger = logging.getLogger(__name__)
 
 
-def worker_identity(task_request):
+def worker_identity(task_request) -> str:
     """A stable id for the worker process running this job: host, pid and Celery hostname."""
     hostname = getattr(task_request, "hostname", None) or socket.gethostname()
     return f"{hostname}:{os.getpid()}"
 
 
 @shared_task(name="sessions.execute_session", acks_late=True, bind=True)
-def execute_session(self, session_id):
+def execute_session(self, session_id: int) -> str | None:
     """Claim the queued session and run it; then, under concurrency limits, let the next queued session in.
 
     A missing session is logged and ignored; a session that is no longer queued
@@ -61,7 +61,7 @@ def execute_session(self, session_id):
 
 
 @shared_task(name="sessions.dispatch", acks_late=True, ignore_result=True)
-def dispatch():
+def dispatch() -> int:
     """Enqueue queued sessions that may start now (a slot freed, a retry's backoff ran out)."""
     from sessions.dispatch import session_dispatch
 
@@ -69,7 +69,7 @@ def dispatch():
 
 
 @shared_task(name="sessions.reconcile", acks_late=True, ignore_result=True)
-def reconcile():
+def reconcile() -> dict[str, str]:
     """Recover sessions whose worker stopped heartbeating."""
     from sessions.recovery import session_reconcile
 
@@ -77,7 +77,7 @@ def reconcile():
 
 
 @shared_task(name="sessions.cleanup_workspaces", acks_late=True, ignore_result=True)
-def cleanup_workspaces():
+def cleanup_workspaces() -> int:
     """Remove worktrees of sessions that ended past the retention period (branches stay)."""
     from sessions.recovery import session_cleanup_workspaces
 
