@@ -14,7 +14,9 @@ from sessions.models import PermissionRequestStatus as P
 from sessions.services import Actor, as_actor, session_record_event
 
 
-def permission_request_record(*, session_id: int, task_id: int, opencode_session_id: str, request: dict) -> PermissionRequest:
+def permission_request_record(
+    *, session_id: int, task_id: int, opencode_session_id: str, request: dict,
+) -> PermissionRequest:
     """Store a request OpenCode asked (once per OpenCode permission id)."""
     record, _ = PermissionRequest.objects.get_or_create(
         session_id=session_id,

@@ -114,7 +114,7 @@ class SessionRun:
         self.checkpointer = StepCheckpointer(session=session, actor=self.actor)
         self.checkpointer.shared_worktree = True  # until execute_plan knows how many tasks run at once
         # task id -> Future of an OpenCode session id, kept while the task waits for an agent
-        self._waiting_sessions: dict[int, Future] = {}
+        self._waiting_sessions: dict[int, Future] = {}  # of OpenCode session ids
 
     # --- the whole run -------------------------------------------------------------
 
@@ -133,8 +133,8 @@ class SessionRun:
             self.fail_session(error_type="internal_error", message=f"{type(error).__name__}: {error}")
         finally:
             control.unwatch(self.session_id)  # the task threads have ended (execute_plan waits for them)
-            for opencode_session in self._waiting_sessions.values():  # tasks still waiting for an agent
-                self._drop_opencode_session(opencode_session)
+            for opencode_session_future in self._waiting_sessions.values():  # tasks still waiting for an agent
+                self._drop_opencode_session(opencode_session_future)
             try:
                 self.checkpointer.wait()
             except Exception:  # the run has already ended one way or another; keep the first reason
@@ -408,28 +408,28 @@ class SessionRun:
         # A new task's OpenCode session is made while the task is routed and started (neither needs
         # the other): 10-20 ms off the way to the prompt. One made for an attempt that then waited
         # for an agent is kept for the next attempt.
-        opencode_session = None if resume else (
+        opencode_session_future = None if resume else (
             self._waiting_sessions.pop(task.pk, None) or servers.call_pool().submit(self.create_opencode_session, task)
         )
         try:
             agent, routed = self._take_agent(task)
         except NoAgentAvailable as error:
             if error.details.get("reason") not in NO_AGENT_EVER:
-                if opencode_session is not None:
-                    self._waiting_sessions[task.pk] = opencode_session
+                if opencode_session_future is not None:
+                    self._waiting_sessions[task.pk] = opencode_session_future
                 raise WaitForAgent(task.pk, error.message) from error
-            self._drop_opencode_session(opencode_session)
+            self._drop_opencode_session(opencode_session_future)
             self._skip_unroutable(task, error)
             return
         except BaseException as error:
-            self._drop_opencode_session(opencode_session)
+            self._drop_opencode_session(opencode_session_future)
             if isinstance(error, ValidationFailed):
                 self._skip_unroutable(task, error)
                 return
             raise
         started = time.monotonic()
         outcome = None
-        turn = TaskTurn(self, task, agent, events, opencode_session=opencode_session)
+        turn = TaskTurn(self, task, agent, events, opencode_session_future=opencode_session_future)
         try:
             task = self._begin_task(task, agent)
             self.record(routed)  # after the start: one statement, not a savepoint in its transaction
@@ -438,7 +438,7 @@ class SessionRun:
             self._end_task_early(task, ended)
             raise
         finally:
-            self._drop_opencode_session(turn.opencode_session)  # made, but the task never started
+            self._drop_opencode_session(turn.opencode_session_future)  # made, but the task never started
             if outcome is None:
                 agent_release(agent=agent)
             else:  # the track record and the release, in one transaction
@@ -459,12 +459,13 @@ class SessionRun:
         )
         return created["id"]
 
-    def _drop_opencode_session(self, opencode_session: Future | None) -> None:
+    def _drop_opencode_session(self, opencode_session_future: Future | None) -> None:
         """Delete an OpenCode session made for a task that did not take it (a Future, or None)."""
-        if opencode_session is None:
+        if opencode_session_future is None:
             return
         try:
-            self.server.client(directory=str(self.worktree.path)).delete_session(opencode_session.result())
+            client = self.server.client(directory=str(self.worktree.path))
+            client.delete_session(opencode_session_future.result())
         except OpenCodeError as error:
             logger.info("%s: unused OpenCode session not deleted: %s", self.session.reference, error)
 

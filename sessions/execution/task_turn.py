@@ -3,6 +3,7 @@
 import logging
 import queue
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -71,7 +72,8 @@ class TaskTurn:
     the server, the recording, the guard and the checkpointer.
     """
 
-    def __init__(self, session_run, task: Task, agent: Agent, events: TurnEvents, *, opencode_session=None):
+    def __init__(self, session_run, task: Task, agent: Agent, events: TurnEvents, *,
+                 opencode_session_future: Future | None = None):
         self.session_run = session_run
         self.task = task
         self.agent = agent
@@ -83,7 +85,7 @@ class TaskTurn:
         self.usage = {"tokens": 0, "cost": Decimal("0")}
         # A Future of the OpenCode session id made while the task was routed (SessionRun.run_task);
         # None once this turn has taken it.
-        self.opencode_session = opencode_session
+        self.opencode_session_future = opencode_session_future
         # While the turn is followed (see follow):
         self.steps_seen = 0
         self.last_progress = self.last_control = self.last_snapshot = 0.0
@@ -155,8 +157,8 @@ class TaskTurn:
                     "Do not repeat steps that are already done."
                 )
         prompt = session_run.task_prompt(task)  # while the OpenCode session is being made
-        if self.opencode_session is not None:
-            self.opencode_session_id, self.opencode_session = self.opencode_session.result(), None
+        if self.opencode_session_future is not None:
+            self.opencode_session_id, self.opencode_session_future = self.opencode_session_future.result(), None
         else:
             self.opencode_session_id = session_run.create_opencode_session(task)
         if not resume:

@@ -44,7 +44,8 @@ def session_add_checkpoint(
             return added
         # Not added: the session is gone, deleted or not in a checkpoint state; the way below says which.
     with transaction.atomic():
-        locked = lock_session(session.pk, fields=("id", "reference", "status", "last_checkpoint_sequence", "checkpoint_count"))
+        locked = lock_session(
+            session.pk, fields=("id", "reference", "status", "last_checkpoint_sequence", "checkpoint_count"))
         if locked.status not in CHECKPOINT_STATES:
             raise Conflict(
                 f"Checkpoints are taken while a session is running, degraded or paused; "

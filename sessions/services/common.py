@@ -38,7 +38,9 @@ def as_actor(actor: Actor | None) -> Actor:
     raise TypeError(f"not an Actor: {actor!r} (a user is Actor.of_user(user))")
 
 
-def lock_session(session_id: int, *, include_deleted: bool = False, fields: tuple[str, ...] | None = None) -> CodingSession:
+def lock_session(
+    session_id: int, *, include_deleted: bool = False, fields: tuple[str, ...] | None = None,
+) -> CodingSession:
     """The session row, locked until the surrounding transaction ends; NotFound if absent or deleted.
 
     `fields` loads only those columns (the frequent writers of a running session, events and

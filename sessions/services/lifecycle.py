@@ -132,7 +132,8 @@ def _refused(session: CodingSession, attempted: str, message: str | None = None)
 
 
 def _transition(session: CodingSession, *, method: str, attempted: str, actor: Actor | None, reason: str = "",
-                payload: dict | None = None, only_from: set | None = None, **kwargs) -> tuple[CodingSession, SessionTransition]:
+                payload: dict | None = None, only_from: set | None = None,
+                **kwargs) -> tuple[CodingSession, SessionTransition]:
     """Run one transition under the row lock; return (locked session, SessionTransition).
 
     `only_from` narrows the transition's sources (claim is run() from queued only).
