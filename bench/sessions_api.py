@@ -238,14 +238,14 @@ def main():
         def create_then_start(index, i):
             session = services.session_create(
                 title=f"Bench session {index}-{i}", initial_prompt="Make the tests pass.",
-                repository="/srv/repos/bench", actor=user,
+                repository="/srv/repos/bench", actor=services.Actor.of_user(user),
             )
-            services.session_start(session=session, actor=user)
+            services.session_start(session=session, actor=services.Actor.of_user(user))
 
         def create_and_start(index, i):
             services.session_create(
                 title=f"Bench session {index}-{i}", initial_prompt="Make the tests pass.",
-                repository="/srv/repos/bench", actor=user, start=True,
+                repository="/srv/repos/bench", actor=services.Actor.of_user(user), start=True,
             )
 
         for label, work in [("session_create then session_start (2 commits)", create_then_start),

@@ -1,9 +1,9 @@
-"""The Celery app. Jobs live in each app's `jobs.py` (a `tasks.py` would collide with the tasks app)."""
+"""The Celery app. Jobs live in each app's `jobs.py` (a `tasks.py` would collide with the tasks app);
+what a worker does at shutdown lives in the app that owns it (sessions/worker_signals.py)."""
 
 import os
 
 from celery import Celery
-from celery.signals import worker_shutdown
 
 import orchestrator.broker  # noqa: F401  (registers the fsqueue:// broker of the embedded default)
 
@@ -12,15 +12,3 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 app = Celery("orchestrator")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(related_name="jobs")
-
-
-@worker_shutdown.connect
-def stop_opencode_servers(**kwargs):
-    """Remove this worker's spare worktrees; stop the OpenCode server (and demo model) it started;
-    let the last broadcasts go out."""
-    from orchestrator.events import wait_for_broadcasts
-    from sessions.execution import servers, spares
-
-    spares.shutdown()
-    servers.shutdown()
-    wait_for_broadcasts()

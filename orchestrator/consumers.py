@@ -1,7 +1,7 @@
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from orchestrator.events import unpack
+from orchestrator.broadcaster import unpack
 
 SYSTEM_GROUP = "system"
 

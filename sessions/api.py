@@ -22,7 +22,7 @@ from agents.models import Agent
 from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
-from sessions import approvals, rules, selectors, services
+from sessions import permissions, rules, selectors, services
 from sessions.planning import services as planning_services
 from sessions.models import (
     Checkpoint,
@@ -373,7 +373,7 @@ class SessionViewSet(viewsets.ViewSet):
         return Actor.of_user(self.request.user)
 
     def _get(self, pk):
-        return services.session_get_for_user(self.request.user, pk)
+        return selectors.session_get_for_user(self.request.user, pk)
 
     def _input(self, serializer_class):
         serializer = serializer_class(data=self.request.data)
@@ -381,7 +381,7 @@ class SessionViewSet(viewsets.ViewSet):
         return serializer.validated_data
 
     def _detail(self, session, status_code=status.HTTP_200_OK):
-        session = services.session_get_for_user(self.request.user, session.pk)
+        session = selectors.session_get_for_user(self.request.user, session.pk)
         return Response(SessionDetailSerializer(session).data, status=status_code)
 
     def list(self, request):
@@ -425,7 +425,7 @@ class SessionViewSet(viewsets.ViewSet):
         if not user_can_view(self.request.user):
             raise PermissionRefused("Sign in to see sessions")
         data = self._input(serializer_class)
-        return self._detail(service(session=int(pk), actor=self._actor(), **data, **extra))
+        return self._detail(service(session=CodingSession(pk=int(pk)), actor=self._actor(), **data, **extra))
 
     @action(detail=True, methods=["post"])
     def start(self, request, pk=None):
@@ -496,7 +496,7 @@ class SessionViewSet(viewsets.ViewSet):
         outcome = followups.session_send_message(session=session, text=data["text"], actor=self._actor())
         child = None
         if outcome.child is not None:
-            child = SessionDetailSerializer(services.session_get_for_user(request.user, outcome.child.pk)).data
+            child = SessionDetailSerializer(selectors.session_get_for_user(request.user, outcome.child.pk)).data
         return Response({
             "delivery": outcome.delivery, "event_id": outcome.event.pk,
             "task_id": outcome.task.pk if outcome.task is not None else None,
@@ -513,7 +513,7 @@ class SessionViewSet(viewsets.ViewSet):
         session = self._get(pk)
         after = _int_param(request.query_params, "after", minimum=0)
         limit = _int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
-        items = selectors.session_events_after(session, after, limit=limit)
+        items = selectors.session_events_after(session.pk, after, limit=limit)
         return Response(
             {
                 "results": EventSerializer(items, many=True).data,
@@ -528,7 +528,7 @@ class SessionViewSet(viewsets.ViewSet):
         wanted = request.query_params.get("status")
         if wanted and wanted not in PermissionRequestStatus.values:
             raise ValidationFailed(field="status", rule=f"must be one of {', '.join(PermissionRequestStatus.values)}")
-        items = approvals.permission_requests_for(session=session, status=wanted or None)
+        items = selectors.permission_requests_for(session=session, status=wanted or None)
         return Response({"results": PermissionRequestSerializer(items, many=True).data})
 
     @action(detail=True, methods=["post"], url_path=r"permissions/(?P<request_id>\d+)/reply")
@@ -536,7 +536,7 @@ class SessionViewSet(viewsets.ViewSet):
         """Answer a pending permission request: {"reply": "once" | "always" | "reject"}."""
         session = self._get(pk)
         data = self._input(PermissionReplySerializer)
-        answered = approvals.permission_request_reply(
+        answered = permissions.permission_request_reply(
             session=session, request_id=int(request_id), reply=data["reply"], actor=self._actor()
         )
         return Response(PermissionRequestSerializer(answered).data)

@@ -52,7 +52,7 @@ def _after_from_scope(scope):
 @database_sync_to_async
 def _visible_session(user, session_id):
     try:
-        return services.session_get_for_user(user, session_id)
+        return selectors.session_get_for_user(user, session_id)
     except (NotFound, PermissionRefused):
         return None
 

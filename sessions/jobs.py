@@ -1,4 +1,9 @@
-"""Celery jobs of the sessions app: thin, keyed by id, harmless when delivered twice."""
+"""Celery jobs of the sessions app: thin, keyed by id, harmless when delivered twice.
+
+Import direction (HackSoft's): services import this module at module level to enqueue jobs; the
+jobs import services (and the execution engine) inside their bodies, so loading the services never
+loads the engine and no module cycle runs through here.
+"""
 
 import logging
 import os
@@ -7,27 +12,28 @@ import socket
 from celery import shared_task
 
 from orchestrator.errors import NotFound
-from sessions.dispatch import limits_configured, session_claim_next, session_dispatch
 from sessions.models import CodingSession
-from sessions.recovery import session_cleanup_workspaces, session_reconcile
 
 logger = logging.getLogger(__name__)
 
 
-def worker_identity(task_request):
+def worker_identity(task_request) -> str:
     """A stable id for the worker process running this job: host, pid and Celery hostname."""
     hostname = getattr(task_request, "hostname", None) or socket.gethostname()
     return f"{hostname}:{os.getpid()}"
 
 
 @shared_task(name="sessions.execute_session", acks_late=True, bind=True)
-def execute_session(self, session_id):
+def execute_session(self, session_id: int) -> str | None:
     """Claim the queued session and run it; then, under concurrency limits, let the next queued session in.
 
     A missing session is logged and ignored; a session that is no longer queued
     (claimed by another delivery, cancelled, deleted) is left alone, and one over a
     concurrency limit stays queued until `session_dispatch` enqueues it again.
     """
+    from sessions.dispatch import limits_configured, session_claim_next, session_dispatch
+    from sessions.execution.session_run import run_session
+
     session = session_claim_next(session_id=session_id, worker_id=worker_identity(self.request))
     if session is None:
         if not CodingSession.objects.filter(pk=session_id).exists():
@@ -39,9 +45,6 @@ def execute_session(self, session_id):
         # A session that found this one ahead of it in the queue stepped back and waits to be
         # dispatched; now that this one holds its slot, let it in if another slot is free.
         session_dispatch()
-    # Imported here: the execution engine pulls in OpenCode clients a web process never needs.
-    from sessions.execution import run_session
-
     try:
         return run_session(session=session)
     except NotFound:
@@ -58,18 +61,24 @@ def execute_session(self, session_id):
 
 
 @shared_task(name="sessions.dispatch", acks_late=True, ignore_result=True)
-def dispatch():
+def dispatch() -> int:
     """Enqueue queued sessions that may start now (a slot freed, a retry's backoff ran out)."""
+    from sessions.dispatch import session_dispatch
+
     return session_dispatch()
 
 
 @shared_task(name="sessions.reconcile", acks_late=True, ignore_result=True)
-def reconcile():
+def reconcile() -> dict[str, str]:
     """Recover sessions whose worker stopped heartbeating."""
+    from sessions.recovery import session_reconcile
+
     return session_reconcile()
 
 
 @shared_task(name="sessions.cleanup_workspaces", acks_late=True, ignore_result=True)
-def cleanup_workspaces():
+def cleanup_workspaces() -> int:
     """Remove worktrees of sessions that ended past the retention period (branches stay)."""
+    from sessions.recovery import session_cleanup_workspaces
+
     return session_cleanup_workspaces()

@@ -14,7 +14,7 @@ from django.db.models.functions import Cast, Concat, LPad
 from django.utils import timezone
 from django_fsm import FSMField, FSMModelMixin, transition
 
-from sessions import health, rules
+from sessions import health_score, rules
 
 
 class SessionStatus(models.TextChoices):
@@ -37,30 +37,9 @@ S = SessionStatus
 TERMINAL_STATES = frozenset({S.COMPLETED, S.PARTIALLY_COMPLETED, S.CANCELLED})
 RECOVERABLE_STATES = frozenset({S.FAILED, S.TIMEOUT, S.STOPPED, S.ORPHANED})
 # A session in these states has (or is about to have) a worker executing it.
-ACTIVE_STATES = frozenset({S.QUEUED, S.RUNNING, S.DEGRADED})
+WORKER_STATES = frozenset({S.QUEUED, S.RUNNING, S.DEGRADED})
 # The clock of the current attempt runs in these states.
 CLOCK_STATES = frozenset({S.RUNNING, S.DEGRADED})
-
-# SPEC's transition table, used by tests to check the @transition methods against it.
-TRANSITION_TABLE = {
-    S.PENDING: {S.QUEUED, S.RUNNING, S.CANCELLED, S.FAILED},
-    S.QUEUED: {S.RUNNING, S.CANCELLED, S.FAILED},
-    S.RUNNING: {
-        S.COMPLETED, S.PARTIALLY_COMPLETED, S.FAILED, S.TIMEOUT, S.PAUSED, S.STOPPED, S.DEGRADED, S.ORPHANED,
-    },
-    S.PAUSED: {S.QUEUED, S.RUNNING, S.STOPPED, S.CANCELLED},
-    S.DEGRADED: {
-        S.RUNNING, S.COMPLETED, S.PARTIALLY_COMPLETED, S.FAILED, S.TIMEOUT, S.PAUSED, S.STOPPED, S.ORPHANED,
-    },
-    S.FAILED: {S.PENDING},
-    S.TIMEOUT: {S.PENDING},
-    S.STOPPED: {S.PENDING},
-    S.ORPHANED: {S.PENDING},
-    S.COMPLETED: set(),
-    S.PARTIALLY_COMPLETED: set(),
-    S.CANCELLED: set(),
-}
-
 
 class SessionType(models.TextChoices):
     PLANNING = "planning"
@@ -82,6 +61,15 @@ class ActorKind(models.TextChoices):
     USER = "user"
     WORKER = "worker"
     SYSTEM = "system"
+
+
+def attempt_elapsed_seconds(*, status, attempt_seconds, run_started_at, now=None):
+    """Running time of the current attempt, pauses excluded (what the deadline counts): the seconds
+    of its earlier running stretches plus, while the clock runs, the current one."""
+    elapsed = attempt_seconds
+    if run_started_at is not None and status in CLOCK_STATES:
+        elapsed += max(0.0, ((now or timezone.now()) - run_started_at).total_seconds())
+    return elapsed
 
 
 def _has_retries_left(session):
@@ -209,18 +197,16 @@ class CodingSession(FSMModelMixin, models.Model):
 
     def elapsed_seconds(self, now=None):
         """Running time of the current attempt, pauses excluded (what the deadline counts)."""
-        elapsed = self.attempt_seconds
-        if self.run_started_at is not None and self.status in CLOCK_STATES:
-            elapsed += max(0.0, ((now or timezone.now()) - self.run_started_at).total_seconds())
-        return elapsed
+        return attempt_elapsed_seconds(status=self.status, attempt_seconds=self.attempt_seconds,
+                                       run_started_at=self.run_started_at, now=now)
 
     @property
     def health_score(self):
-        return health.health_score(self.status, self.elapsed_seconds(), self.max_duration_seconds)
+        return health_score.health_score(self.status, self.elapsed_seconds(), self.max_duration_seconds)
 
     @property
     def is_at_risk(self):
-        return health.is_at_risk(self.status, self.elapsed_seconds(), self.max_duration_seconds)
+        return health_score.is_at_risk(self.status, self.elapsed_seconds(), self.max_duration_seconds)
 
     @property
     def is_deleted(self):

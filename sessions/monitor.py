@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
-from sessions import approvals, checkpoints, diffs, followups, graph_layout, rendering, selectors, services
+from sessions import checkpoints, diffs, followups, graph_layout, rendering, selectors, services
 from sessions.models import CLOCK_STATES, CodingSession, PermissionRequestStatus, SessionEvent
 from tasks import selectors as task_selectors
 from tasks.models import Task, TaskStatus
@@ -49,7 +49,7 @@ def require_operator(request):
 
 def visible_session_or_404(user, session_id):
     try:
-        return services.session_get_for_user(user, session_id)
+        return selectors.session_get_for_user(user, session_id)
     except NotFound:
         raise Http404("No such session") from None
 
@@ -164,7 +164,7 @@ def timeline_context(session):
 
 
 def _pending_permissions(session):
-    return list(approvals.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
+    return list(selectors.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
 
 
 def _tasks(session):
@@ -240,7 +240,7 @@ def session_restore(request, session_id, sequence):
     session = visible_session_or_404(request.user, session_id)
     notice, level = None, "error"
     try:
-        session = checkpoints.checkpoint_restore(session=session, sequence=sequence, actor=request.user)
+        session = checkpoints.checkpoint_restore(session=session, sequence=sequence, actor=services.Actor.of_user(request.user))
         notice, level = f"Checkpoint {sequence} restored; the next run resumes from it", "success"
     except (Conflict, ValidationFailed, NotFound) as refused:
         notice = refused.message
@@ -263,7 +263,7 @@ def session_message(request, session_id):
     text = request.POST.get("text", "")
     notice, level, child = None, "error", None
     try:
-        outcome = followups.session_send_message(session=session, text=text, actor=request.user)
+        outcome = followups.session_send_message(session=session, text=text, actor=services.Actor.of_user(request.user))
         child = outcome.child
         if child is not None:
             notice = f"Follow-up session {child.reference} created and started"

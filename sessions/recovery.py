@@ -10,12 +10,13 @@ the checkpoint. A session is therefore never left running with nobody running it
 """
 
 import logging
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from agents.models import Agent
@@ -24,6 +25,8 @@ from orchestrator.errors import Conflict, ValidationFailed
 from sessions.execution import workspace
 from sessions.models import CodingSession
 from sessions.models import SessionStatus as S
+from sessions.opencode.errors import OpenCodeError
+from sessions.opencode.server import ExistingServer
 from sessions.services import (
     Actor,
     session_orphan,
@@ -39,12 +42,12 @@ RECONCILER = Actor.system("reconciler")
 ENDED = (S.COMPLETED, S.PARTIALLY_COMPLETED, S.FAILED, S.TIMEOUT, S.STOPPED, S.CANCELLED, S.ORPHANED)
 
 
-def retry_delay_seconds(attempt):
+def retry_delay_seconds(attempt: int) -> float:
     """Wait before automatic retry attempt n (1-based): min(base * 2^(n-1), 5 min); SPEC's base is 10 s."""
     return min(settings.SESSION_RETRY_BASE_SECONDS * 2 ** (attempt - 1), 300.0)
 
 
-def session_retry_automatically(*, session_id, reason, keep_opencode_turn=False):
+def session_retry_automatically(*, session_id: int, reason: str, keep_opencode_turn: bool = False) -> int | None:
     """Retry a failed, timed-out or orphaned session after the backoff, if retries remain.
 
     Returns the new retry count, or None when none remain. With keep_opencode_turn the
@@ -62,7 +65,7 @@ def session_retry_automatically(*, session_id, reason, keep_opencode_turn=False)
     return retried.retry_count
 
 
-def lost_sessions(*, now=None):
+def lost_sessions(*, now: datetime | None = None) -> QuerySet[CodingSession]:
     now = now or timezone.now()
     cutoff = now - timedelta(seconds=settings.SESSION_WORKER_LOST_SECONDS)
     return CodingSession.objects.filter(status__in=[S.RUNNING, S.DEGRADED], deleted_at__isnull=True).filter(
@@ -70,7 +73,9 @@ def lost_sessions(*, now=None):
     )
 
 
-def session_reconcile(*, now=None, opencode_turn_alive=None):
+def session_reconcile(
+    *, now: datetime | None = None, opencode_turn_alive: Callable[[CodingSession], bool] | None = None,
+) -> dict[str, str]:
     """Orphan sessions whose worker is gone and retry them; returns {reference: what was done}.
 
     `opencode_turn_alive(session)` says whether the session's OpenCode turn still runs on a
@@ -100,12 +105,9 @@ def session_reconcile(*, now=None, opencode_turn_alive=None):
     return done
 
 
-def _turn_alive_on_shared_server(session):
+def _turn_alive_on_shared_server(session: CodingSession) -> bool:
     if not settings.OPENCODE_URL or not session.opencode_session_id:
         return False
-    from sessions.opencode.errors import OpenCodeError
-    from sessions.opencode.server import ExistingServer
-
     try:
         statuses = ExistingServer().client(directory=session.workspace_path or None).status()
     except OpenCodeError:
@@ -113,7 +115,7 @@ def _turn_alive_on_shared_server(session):
     return (statuses.get(session.opencode_session_id) or {}).get("type") in ("busy", "retry")
 
 
-def _release_interrupted_tasks(session):
+def _release_interrupted_tasks(session: CodingSession) -> None:
     """A session orphaned for good gives back the agent capacity its interrupted tasks held."""
     for task in Task.objects.filter(
         session=session, status__in=[TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS], assigned_agent__isnull=False
@@ -123,7 +125,7 @@ def _release_interrupted_tasks(session):
             agent_release(agent=agent)
 
 
-def session_cleanup_workspaces(*, now=None):
+def session_cleanup_workspaces(*, now: datetime | None = None) -> int:
     """Remove worktrees of sessions that ended more than WORKSPACE_RETENTION_HOURS ago (branches stay)."""
     now = now or timezone.now()
     cutoff = now - timedelta(hours=settings.WORKSPACE_RETENTION_HOURS)
@@ -144,7 +146,7 @@ def session_cleanup_workspaces(*, now=None):
     return removed
 
 
-def _cleanup_stale_spares(cutoff):
+def _cleanup_stale_spares(cutoff: datetime) -> int:
     """Spare worktrees no session took, older than the cutoff (a killed worker's, or long unused)."""
     root = Path(settings.WORKSPACE_ROOT)
     removed = 0

@@ -1,13 +1,17 @@
 """Reads of coding sessions: filtered keyset-paginated lists, stats, the event log."""
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection
-from django.db.models import Count, F, Max, Q
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Count, F, Max, Q, QuerySet
 from django.utils import timezone
 
-from sessions.health import AT_RISK_SECONDS
-from sessions.models import CodingSession, SessionEvent, SessionStatus
+from orchestrator.errors import NotFound, PermissionRefused
+from orchestrator.roles import user_can_view
+from sessions.health_score import AT_RISK_SECONDS
+from sessions.models import Checkpoint, CodingSession, PermissionRequest, SessionEvent, SessionStatus, SessionTransition
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 100
@@ -36,11 +40,42 @@ class Page:
     next_cursor: int | None
 
 
-def sessions_visible():
+def session_get_for_user(user: AbstractBaseUser | AnonymousUser, session_id: int | str,
+                         for_update: bool = False) -> CodingSession:
+    """The session `session_id` as `user` may see it.
+
+    Raises PermissionRefused for a user who may not view sessions and NotFound
+    for an unknown or deleted session (or an id that is not a number: it comes from a URL). With
+    `for_update` the row is locked, so the caller must be inside a transaction.
+    """
+    if not user_can_view(user):
+        raise PermissionRefused("Sign in to see sessions")
+    try:
+        session_id = int(session_id)
+    except (TypeError, ValueError):
+        raise NotFound(f"Session {session_id} does not exist") from None
+    queryset = CodingSession.objects.select_related("agent", "created_by").filter(deleted_at__isnull=True)
+    if for_update:
+        queryset = queryset.select_for_update(of=("self",))
+    found = queryset.filter(pk=session_id).first()
+    if found is None:
+        raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
+    return found
+
+
+def permission_requests_for(*, session: CodingSession, status: str | None = None) -> QuerySet[PermissionRequest]:
+    """The session's tool-permission requests, oldest first (only those in `status` when given)."""
+    requests = PermissionRequest.objects.filter(session=session)
+    if status is not None:
+        requests = requests.filter(status=status)
+    return requests.order_by("id")
+
+
+def sessions_visible() -> QuerySet[CodingSession]:
     return CodingSession.objects.filter(deleted_at__isnull=True)
 
 
-def _filtered(filters):
+def _filtered(filters: SessionFilters) -> QuerySet[CodingSession]:
     queryset = sessions_visible()
     if filters.status:
         queryset = queryset.filter(status__in=filters.status)
@@ -75,7 +110,8 @@ def _filtered(filters):
     return queryset
 
 
-def session_list(*, filters=None, cursor=None, page_size=PAGE_SIZE_DEFAULT):
+def session_list(*, filters: SessionFilters | None = None, cursor: int | None = None,
+                 page_size: int = PAGE_SIZE_DEFAULT) -> Page:
     """Newest first, keyset-paginated on id: `cursor` is the last id of the previous page.
 
     The page is stable under inserts (new sessions get larger ids and never shift
@@ -99,7 +135,7 @@ def session_list(*, filters=None, cursor=None, page_size=PAGE_SIZE_DEFAULT):
 SEARCH_WINDOW = 1_000  # newest rows tested by LIKE alone: ~5 ms; a common term fills a page well within it
 
 
-def _search_rows(queryset, cursor, limit):
+def _search_rows(queryset: QuerySet[CodingSession], cursor: int | None, limit: int) -> list[CodingSession]:
     """Newest `limit` rows of a text search, with a bounded cost whether the term is common or rare.
 
     PostgreSQL cannot estimate how many rows a '%term%' match selects; when it
@@ -120,7 +156,7 @@ def _search_rows(queryset, cursor, limit):
     return rows
 
 
-def session_stats(*, now=None):
+def session_stats(*, now: datetime | None = None) -> dict:
     """Counts by status (every status present, zeros included), the total, and the
     running or degraded sessions with less than 300 s of their budget left."""
     now = now or timezone.now()
@@ -142,9 +178,10 @@ def session_stats(*, now=None):
     return {"total": sum(counts.values()), "by_status": counts, "at_risk": at_risk}
 
 
-def session_events_after(session, after_id=None, *, limit=EVENTS_LIMIT_MAX):
+def session_events_after(session_id: int, after_id: int | None = None, *,
+                         limit: int = EVENTS_LIMIT_MAX) -> list[SessionEvent]:
     """The session's events with id > after_id, oldest first, at most `limit`."""
-    queryset = SessionEvent.objects.filter(session_id=getattr(session, "pk", session))
+    queryset = SessionEvent.objects.filter(session_id=session_id)
     if after_id is not None:
         queryset = queryset.filter(pk__gt=after_id)
     return list(queryset.order_by("pk")[: max(1, min(int(limit), EVENTS_LIMIT_MAX))])
@@ -161,16 +198,16 @@ def session_events_before(session, before_id=None, *, limit=EVENTS_LIMIT_MAX):
     return rows
 
 
-def session_transitions(session):
+def session_transitions(session: CodingSession) -> list[SessionTransition]:
     return list(session.transitions.select_related("actor_user").order_by("pk"))
 
 
-def session_checkpoints(session):
+def session_checkpoints(session: CodingSession) -> list[Checkpoint]:
     return list(session.checkpoints.order_by("sequence"))
 
 
-def session_recent_events(session, *, limit=50):
+def session_recent_events(session: CodingSession, *, limit: int = 50) -> list[SessionEvent]:
     """The newest `limit` events, oldest first."""
-    rows = list(SessionEvent.objects.filter(session_id=getattr(session, "pk", session)).order_by("-pk")[:limit])
+    rows = list(SessionEvent.objects.filter(session_id=session.pk).order_by("-pk")[:limit])
     rows.reverse()
     return rows

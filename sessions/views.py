@@ -19,7 +19,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
-from sessions import approvals, selectors, services
+from sessions import permissions, selectors, services
 # The monitor (detail page, its parts and pushes) lives in sessions.monitor; these names stay here
 # for the URLconf and the action views below.
 from sessions.monitor import ACTIONS, event_item, header_context, live_fragment, session_detail  # noqa: F401
@@ -37,13 +37,13 @@ def _require_operator(request):
 
 def _visible_session_or_404(user, session_id):
     try:
-        return services.session_get_for_user(user, session_id)
+        return selectors.session_get_for_user(user, session_id)
     except NotFound:
         raise Http404("No such session") from None
 
 
 def _pending_permissions(session):
-    return list(approvals.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
+    return list(selectors.permission_requests_for(session=session, status=PermissionRequestStatus.PENDING))
 
 
 def _render_partial(request, name, context, status=200):
@@ -94,7 +94,7 @@ def session_create(request):
     session = None
     if form.is_valid():
         try:
-            session = services.session_create(actor=request.user, **form.service_arguments())
+            session = services.session_create(actor=services.Actor.of_user(request.user), **form.service_arguments())
         except ValidationFailed as failure:
             form.add_service_errors(failure.errors)
     if session is None:
@@ -123,7 +123,7 @@ def session_action(request, session_id, action):
     session = _visible_session_or_404(request.user, session_id)
     notice, level = None, "error"
     try:
-        session = service(session=session.pk, actor=request.user)
+        session = service(session=session, actor=services.Actor.of_user(request.user))
         notice, level = f"{action}: {session.reference} is now {session.status}", "success"
     except (Conflict, ValidationFailed) as refused:
         notice = refused.message
@@ -158,8 +158,8 @@ def session_permission_reply(request, session_id, request_id):
     reply = request.POST.get("reply", "")
     notice, level = None, "error"
     try:
-        answered = approvals.permission_request_reply(
-            session=session, request_id=request_id, reply=reply, actor=request.user
+        answered = permissions.permission_request_reply(
+            session=session, request_id=request_id, reply=reply, actor=services.Actor.of_user(request.user)
         )
         notice, level = f"{answered.permission}: {PermissionReply(answered.reply).label}", "success"
     except (Conflict, ValidationFailed, NotFound) as refused:

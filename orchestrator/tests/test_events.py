@@ -8,7 +8,8 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.db import connections, transaction
 
-from orchestrator.events import publish_on_commit, unpack
+from orchestrator.broadcaster import unpack
+from orchestrator.events import publish_on_commit
 
 GROUP = "events-test"
 
@@ -98,14 +99,14 @@ def test_a_forked_child_publishes_through_its_own_loop():
     """A prefork child inherits the parent's publisher loop object but not its thread."""
     import multiprocessing
 
-    from orchestrator import events
+    from orchestrator import broadcaster
 
-    events._loop()  # the parent's loop and thread exist before the fork
+    broadcaster._loop()  # the parent's loop and thread exist before the fork
     context = multiprocessing.get_context("fork")
     results = context.Queue()
 
     def child():
-        results.put(events._loop() is not None and events._publisher_pid == __import__("os").getpid())
+        results.put(broadcaster._loop() is not None and broadcaster._publisher_pid == __import__("os").getpid())
 
     process = context.Process(target=child)
     process.start()
@@ -116,12 +117,12 @@ def test_a_forked_child_publishes_through_its_own_loop():
 @pytest.mark.django_db(transaction=True)
 def test_broadcasts_reach_a_group_in_the_order_they_were_handed_over():
     # The caller does not wait for the channel layer; one sender keeps the order.
-    from orchestrator import events
+    from orchestrator import broadcaster, events
 
     def many():
         for n in range(50):
             events.publish_now(GROUP, {"type": "test.message", "n": n})
-        assert events.wait_for_broadcasts()
+        assert broadcaster.wait_for_broadcasts()
 
     assert [message["n"] for message in _collect(many)] == list(range(50))
 
@@ -130,31 +131,31 @@ def test_broadcasts_reach_a_group_in_the_order_they_were_handed_over():
 def test_broadcasts_waiting_for_a_group_go_out_as_one_channel_layer_message():
     # channels-redis sends a process's publishes one at a time: what queued for a group meanwhile
     # goes in one send (a `broadcast.batch`), in order, at most BATCH_LIMIT broadcasts a send.
-    from orchestrator import events
+    from orchestrator import broadcaster, events
 
     gate = threading.Event()
 
     def many():
-        loop, _ = events._loop()
+        loop, _ = broadcaster._loop()
         loop.call_soon_threadsafe(gate.wait)  # the publisher's loop is busy while all are handed over
         try:
-            for n in range(events.BATCH_LIMIT + 5):
+            for n in range(broadcaster.BATCH_LIMIT + 5):
                 events.publish_now(GROUP, {"type": "test.message", "n": n})
         finally:
             gate.set()
-        assert events.wait_for_broadcasts()
+        assert broadcaster.wait_for_broadcasts()
 
     sends = []
-    assert [message["n"] for message in _collect(many, sends=sends)] == list(range(events.BATCH_LIMIT + 5))
+    assert [message["n"] for message in _collect(many, sends=sends)] == list(range(broadcaster.BATCH_LIMIT + 5))
     assert [(message["type"], len(message["messages"])) for message in sends] == [
-        ("broadcast.batch", events.BATCH_LIMIT), ("broadcast.batch", 5)]
+        ("broadcast.batch", broadcaster.BATCH_LIMIT), ("broadcast.batch", 5)]
 
 
 @pytest.mark.django_db(transaction=True)
 def test_each_group_keeps_its_order_when_broadcasts_go_to_several_groups():
     # Every group has its own sender: a session's group and the all-sessions group each get their
     # broadcasts in the order they were handed over, whichever other groups they also went to.
-    from orchestrator import events
+    from orchestrator import broadcaster, events
 
     layer = get_channel_layer()
     other = "events-test-other"
@@ -167,7 +168,7 @@ def test_each_group_keeps_its_order_when_broadcasts_go_to_several_groups():
         def many():
             for n in range(60):
                 events.publish_now([GROUP, other] if n % 3 else [GROUP], {"type": "test.message", "n": n})
-            assert events.wait_for_broadcasts()
+            assert broadcaster.wait_for_broadcasts()
 
         await asyncio.to_thread(many)
         try:

@@ -1,8 +1,5 @@
-"""The execution engine: runs claimed sessions on OpenCode (see runner.py)."""
+"""The execution engine: runs claimed sessions on OpenCode.
 
-
-def run_session(*, session):
-    # Imported on call: the engine pulls in OpenCode clients a web process never needs.
-    from sessions.execution.runner import run_session as run
-
-    return run(session=session)
+The package itself imports nothing: `sessions.execution.workspace` (git worktrees) is used by
+recovery without loading the engine; the Celery job imports the run (`session_run.run_session`).
+"""

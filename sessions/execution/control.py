@@ -21,64 +21,16 @@ from collections import Counter
 from django.conf import settings
 from django.db import connection
 
-from sessions.models import CodingSession
+from sessions import sql
 from sessions.services import session_heartbeat
+from sessions.sql import ControlRow
 
 logger = logging.getLogger(__name__)
 
-# A change is seen within READ_INTERVAL + runner.CONTROL_INTERVAL (0.9 s). Each read of 20 rows costs
-# the worker ~0.3 ms of CPU (1.5 ms when it built every row: see _read_rows); at 0.25 s and before
-# the SQL was written once, the reads were a tenth of the worker's Python time.
+# A change is seen within READ_INTERVAL + task_turn.CONTROL_INTERVAL (0.9 s).
 READ_INTERVAL = 0.4
 STALE_AFTER = 1.0
-FIELDS = (
-    "status", "worker_id", "attempt_seconds", "run_started_at", "max_duration_seconds", "deleted_at",
-    "tokens_input", "tokens_output", "tokens_reasoning", "cost", "token_budget_soft",
-    "token_budget_hard", "cost_budget_soft", "cost_budget_hard", "metadata",
-)
-# The shared read as SQL written once: Django compiled the same query at every read (a third of its cost).
-# In the model's field order: Model.from_db takes a partial row's values in that order.
-_FIELD_OBJECTS = [field for field in CodingSession._meta.concrete_fields if field.primary_key or field.name in FIELDS]
-_COLUMNS = ", ".join(field.column for field in _FIELD_OBJECTS)
-_ATTNAMES = [field.attname for field in _FIELD_OBJECTS]
-_PK = _ATTNAMES.index(CodingSession._meta.pk.attname)
 
-
-_built = {}  # session id -> (the raw column values of its last read, the CodingSession built from them)
-
-
-def _read_rows(ids):
-    """{id: CodingSession with FIELDS loaded} for these sessions, in one query (none for no ids:
-    an unwatch can empty the set between the reader's wait and its read).
-
-    A row whose columns are as in the previous read keeps the instance built then: most reads find
-    nothing changed, and building 20 model instances (Django's raw() did it at every read) cost
-    five times the query itself. The instances are only read, never saved."""
-    if not ids:
-        return {}
-    sql = f"SELECT {_COLUMNS} FROM {CodingSession._meta.db_table} WHERE id IN ({', '.join(['%s'] * len(ids))})"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, list(ids))
-        fetched = cursor.fetchall()
-    rows = {}
-    for values in fetched:
-        session_id = values[_PK]
-        previous = _built.get(session_id)
-        if previous is None or previous[0] != values:
-            previous = _built[session_id] = (values, _build(values))
-        rows[session_id] = previous[1]
-    for gone in set(_built) - set(rows):
-        del _built[gone]
-    return rows
-
-
-def _build(values):
-    """A CodingSession from one row of the shared read, through the fields' database converters (as
-    a queryset would: dates from SQLite's text, Decimals, JSON)."""
-    compiler = CodingSession.objects.none().query.get_compiler(connection=connection)
-    converters = compiler.get_converters([field.get_col(CodingSession._meta.db_table) for field in _FIELD_OBJECTS])
-    converted = next(iter(compiler.apply_converters([values], converters))) if converters else values
-    return CodingSession.from_db(connection.alias, _ATTNAMES, list(converted))
 
 _changed = threading.Condition()
 _watched = Counter()  # session id -> runs of this process watching it
@@ -88,12 +40,12 @@ _reader = None
 idle = threading.Event()  # set while the reader waits for sessions, its database connection closed
 
 
-def read_row(session_id):
+def read_row(session_id: int) -> ControlRow | None:
     """The session's control row straight from the database (None when it no longer exists)."""
-    return CodingSession.objects.filter(pk=session_id).only(*FIELDS).first()
+    return sql.control_rows([session_id]).get(session_id)
 
 
-def watch(session_id, *, worker_id):
+def watch(session_id: int, *, worker_id: str) -> None:
     """Have the reader thread read and heartbeat this session from now on (pair with unwatch)."""
     global _reader
     with _changed:
@@ -105,7 +57,7 @@ def watch(session_id, *, worker_id):
         _changed.notify_all()
 
 
-def unwatch(session_id):
+def unwatch(session_id: int) -> None:
     with _changed:
         _watched[session_id] -= 1
         if _watched[session_id] <= 0:
@@ -115,7 +67,7 @@ def unwatch(session_id):
         _changed.notify_all()
 
 
-def latest_row(session_id):
+def latest_row(session_id: int) -> ControlRow | None:
     """The row of the reader's latest read when it began less than STALE_AFTER ago, else a fresh one."""
     with _changed:
         entry = _rows.get(session_id)
@@ -151,7 +103,7 @@ def _read_forever():
             if began - last_heartbeat >= settings.SESSION_HEARTBEAT_SECONDS:
                 _heartbeat(session_workers)
                 last_heartbeat = began
-            rows = _read_rows(ids)
+            rows = sql.control_rows(ids)
         except Exception:  # a database hiccup: callers read their own rows meanwhile (STALE_AFTER)
             logger.exception("control rows: reading %d sessions failed", len(ids))
             connection.close()

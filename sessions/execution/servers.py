@@ -21,7 +21,7 @@ import queue
 import socket
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from django.conf import settings
@@ -159,6 +159,21 @@ def _max_map_count():
         return int(Path("/proc/sys/vm/max_map_count").read_text())
     except (OSError, ValueError):
         return None
+
+
+# Threads for OpenCode calls a task thread starts and collects later (a task's session create, made
+# while the task is routed): created on first use, so importing the engine starts no thread.
+CALL_POOL_SIZE = 32
+_call_pool = None
+
+
+def call_pool():
+    """The process's pool for OpenCode calls made beside a task thread's own work."""
+    global _call_pool
+    with _lock:
+        if _call_pool is None:
+            _call_pool = ThreadPoolExecutor(max_workers=CALL_POOL_SIZE, thread_name_prefix="opencode-call")
+        return _call_pool
 
 
 def events_of(server):

@@ -17,7 +17,8 @@ from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
 from sessions.planning import selectors, services
 from sessions.planning.services import COMMENT_MAX
-from sessions.services import Actor, session_get_for_user
+from sessions.selectors import session_get_for_user
+from sessions.services import Actor
 
 
 class ReviseSerializer(serializers.Serializer):

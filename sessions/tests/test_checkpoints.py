@@ -9,7 +9,7 @@ from sessions.models import CHECKPOINTS_RETAINED, Checkpoint, CodingSession, Ses
 from sessions.tests.factories import CodingSessionFactory
 
 # Both ways a checkpoint is written: inside a transaction (the ORM) and, on PostgreSQL, outside one
-# (the worker's single statement, sessions.services._CHECKPOINT_INSERT).
+# (the worker's single statement, sessions.sql.CHECKPOINT_INSERT).
 WRITE_PATHS = [
     pytest.param(marks=pytest.mark.django_db, id="in-a-transaction"),
     pytest.param(marks=pytest.mark.django_db(transaction=True), id="autocommit"),
@@ -90,7 +90,7 @@ def test_concurrent_checkpoints_get_unique_increasing_sequences():
         try:
             barrier.wait()
             for _ in range(per_thread):
-                results.append(services.session_add_checkpoint(session=session.pk).sequence)
+                results.append(services.session_add_checkpoint(session=session).sequence)
         except Exception as exc:  # reported below; a thread must not die silently
             failures.append(exc)
         finally:

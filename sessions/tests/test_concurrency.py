@@ -8,6 +8,8 @@ from django.db import connection, transaction
 from orchestrator.errors import TransitionRefused
 from orchestrator.testing import wait_until
 from sessions import services
+from sessions.services.common import lock_session
+from sessions.services.event_log import write_events
 from sessions.models import CodingSession, SessionEvent, SessionTransition
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -44,7 +46,7 @@ def new_session():
 
 def test_twenty_concurrent_starts_one_succeeds_and_one_job_is_enqueued(broker_queues):
     session = new_session()
-    outcomes = run_concurrently(20, lambda: services.session_start(session=session.pk))
+    outcomes = run_concurrently(20, lambda: services.session_start(session=session))
     kinds = [kind for kind, _ in outcomes]
     assert kinds.count("ok") == 1, outcomes
     assert kinds.count("refused") == 19, outcomes
@@ -78,7 +80,7 @@ def test_pause_and_stop_racing_on_a_running_session_apply_in_some_order_never_bo
     def work():
         with lock:
             call = next(calls)
-        return call(session=session.pk)
+        return call(session=session)
 
     run_concurrently(10, work)
     from_running = SessionTransition.objects.filter(session=session, from_status="running").count()
@@ -87,7 +89,7 @@ def test_pause_and_stop_racing_on_a_running_session_apply_in_some_order_never_bo
 
 
 def test_an_event_written_while_another_transaction_holds_the_session_waits_so_ids_follow_commit_order():
-    # A worker's event write is one statement on PostgreSQL (services._EVENTS_INSERT): its lock
+    # A worker's event write is one statement on PostgreSQL (sessions.sql.EVENTS_INSERT): its lock
     # must come before its id is drawn, or a client resuming after the later id misses the other.
     session = new_session()
     locked, go = threading.Event(), threading.Event()
@@ -95,16 +97,16 @@ def test_an_event_written_while_another_transaction_holds_the_session_waits_so_i
     def holder():
         try:
             with transaction.atomic():
-                row = services._lock(session.pk, include_deleted=True, fields=("id", "reference"))
+                row = lock_session(session.pk, include_deleted=True, fields=("id", "reference"))
                 locked.set()
                 go.wait(30)
-                services._write_events(row, [("first.committed", {})])
+                write_events(row, [("first.committed", {})])
         finally:
             connection.close()
 
     def writer():
         try:
-            services.session_record_events(session=session.pk, entries=[("written.while.locked", {})])
+            services.session_record_events(session=session, entries=[("written.while.locked", {})])
         finally:
             connection.close()
 

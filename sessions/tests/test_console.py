@@ -12,7 +12,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
 from orchestrator.asgi import application
-from sessions import approvals, services, views
+from sessions import permissions, services, views
 from sessions.models import CodingSession, PermissionRequest
 from sessions.tests.factories import CodingSessionFactory
 from tasks.tests.factories import TaskFactory
@@ -181,7 +181,7 @@ def test_only_allowed_actions_have_buttons_and_viewers_get_none(client, operator
 
 
 def ask(session, opencode_id="per_1", permission="bash", patterns=("rm -rf build",)):
-    return approvals.permission_request_record(
+    return permissions.permission_request_record(
         session_id=session.pk, task_id=None, opencode_session_id="ses_1",
         request={"id": opencode_id, "permission": permission, "patterns": list(patterns)},
     )
@@ -321,7 +321,7 @@ def test_console_socket_pushes_the_event_partial_and_the_header_on_transitions(o
             session, "tool.completed", tool="bash", status="completed", title="make lint", input="{}", output="ok"
         )
         tool_html = await communicator.receive_from(timeout=TIMEOUT)
-        await database_sync_to_async(services.session_pause)(session=session.pk, reason="lunch")
+        await database_sync_to_async(services.session_pause)(session=session, reason="lunch")
         pause_html = await communicator.receive_from(timeout=TIMEOUT)
         await communicator.disconnect()
         return event, tool_html, pause_html

@@ -16,6 +16,7 @@ from orchestrator.testing import answered_directives, make_git_repository, runni
 from sessions.execution import workspace
 from sessions.models import Checkpoint, CodingSession, PermissionRequest, SessionEvent, SessionTransition
 from sessions.services import (
+    Actor,
     session_create,
     session_pause,
     session_restore_checkpoint,
@@ -49,7 +50,7 @@ def new_session(roster, operator_user):
     def make(prompt, **fields):
         repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"ctl-{uuid.uuid4().hex[:8]}")
         fields.setdefault("title", "Controlled job")
-        return session_create(initial_prompt=prompt, repository=str(repository), actor=operator_user, **fields)
+        return session_create(initial_prompt=prompt, repository=str(repository), actor=Actor.of_user(operator_user), **fields)
 
     return make
 
@@ -88,14 +89,14 @@ def root_task(session):
 
 def test_pause_then_resume_finishes_the_work_in_the_same_opencode_session(worker, new_session, operator_user, scripted_llm):
     session = new_session("@@write a.txt A\\n\n@@sleep 4\n@@write b.txt B\\n\n@@final both written")
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     wait_for_event(session, "tool.completed", tool="write")
-    session_pause(session=session, actor=operator_user, reason="operator wants a look")
+    session_pause(session=session, actor=Actor.of_user(operator_user), reason="operator wants a look")
     wait_until(lambda: root_task(session).status == "paused", timeout=30, message="the task to pause")
     first_opencode_session = root_task(session).opencode_session_id
     assert Checkpoint.objects.filter(session=session, data__reason="pause").exists()
 
-    session_resume(session=session, actor=operator_user)
+    session_resume(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, *TERMINAL)
 
     assert session.status == "completed", session.error
@@ -112,7 +113,7 @@ def test_pause_then_resume_finishes_the_work_in_the_same_opencode_session(worker
 def started_into_a_sleeping_step(new_session, operator_user, scripted_llm):
     """(session, its task): started, its first file written, the LLM asked for the 6 s step."""
     session = new_session("@@write a.txt A\\n\n@@sleep 6\n@@write b.txt B\\n\n@@final never")
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     wait_for_event(session, "tool.completed", tool="write")
     task = root_task(session)
     wait_until(lambda: any(e["key"] == task.opencode_session_id and e["step"] == 1 for e in scripted_llm.requests),
@@ -123,7 +124,7 @@ def started_into_a_sleeping_step(new_session, operator_user, scripted_llm):
 def test_stop_mid_run_sends_the_llm_nothing_after_the_abort(worker, new_session, operator_user, scripted_llm):
     session, task = started_into_a_sleeping_step(new_session, operator_user, scripted_llm)
     stopped_at = time.time()
-    session_stop(session=session, actor=operator_user, reason="enough")
+    session_stop(session=session, actor=Actor.of_user(operator_user), reason="enough")
     wait_until(lambda: (task.opencode_session_id, 1) in {(e["key"], e["step"]) for e in scripted_llm.abandoned},
                timeout=20, message="OpenCode to hang up on the sleeping request")
 
@@ -157,7 +158,7 @@ def test_deadline_aborts_the_turn_and_times_out(worker, new_session, operator_us
     session = new_session("@@sleep 30\n@@final too late", max_duration_seconds=60)
     # 57 of its 60 seconds were spent in an earlier attempt: the deadline falls 3 s into this run.
     CodingSession.objects.filter(pk=session.pk).update(attempt_seconds=57)
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, *TERMINAL, timeout=60)
 
     assert session.status == "timeout"
@@ -172,7 +173,7 @@ def test_deadline_aborts_the_turn_and_times_out(worker, new_session, operator_us
 
 def test_provider_errors_degrade_the_session_until_it_recovers(worker, new_session, operator_user):
     session = new_session("@@fail 500 times=2\n@@write a.txt A\\n\n@@final recovered")
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, *TERMINAL, timeout=90)
 
     assert session.status == "completed", session.error
@@ -184,7 +185,7 @@ def test_provider_errors_degrade_the_session_until_it_recovers(worker, new_sessi
 
 def test_a_silent_stream_degrades_the_session_until_events_resume(worker, new_session, operator_user):
     session = new_session("@@sleep 6\n@@final woke up")
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, *TERMINAL, timeout=60)
 
     assert session.status == "completed", session.error
@@ -196,7 +197,7 @@ def test_a_silent_stream_degrades_the_session_until_events_resume(worker, new_se
 
 def test_permission_ask_approved_through_the_api_lets_the_tool_run(worker, new_session, operator_user, api_client):
     session = new_session("@@bash echo approved > out.txt\n@@final ran", permission_policy={"bash": "ask"})
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     wait_until(lambda: PermissionRequest.objects.filter(session=session, status="pending").exists(),
                timeout=30, message="a pending permission request")
 
@@ -216,7 +217,7 @@ def test_permission_ask_approved_through_the_api_lets_the_tool_run(worker, new_s
 
 def test_permission_rejected_fails_the_task(worker, new_session, operator_user, api_client):
     session = new_session("@@bash echo nope > out.txt\n@@final ran", permission_policy={"bash": "ask"})
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     wait_until(lambda: PermissionRequest.objects.filter(session=session, status="pending").exists(), timeout=30,
                message="a pending permission request")
     request = PermissionRequest.objects.get(session=session)
@@ -232,7 +233,7 @@ def test_permission_rejected_fails_the_task(worker, new_session, operator_user, 
 
 def test_unanswered_permission_gets_the_default_after_expiry(worker, new_session, operator_user):
     session = new_session("@@bash echo late > out.txt\n@@final ran", permission_policy={"bash": "ask"})
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, *TERMINAL, timeout=60)
 
     request = PermissionRequest.objects.get(session=session)
@@ -245,7 +246,7 @@ def test_unanswered_permission_gets_the_default_after_expiry(worker, new_session
 
 def test_soft_budget_pauses_with_the_reason(worker, new_session, operator_user):
     session = new_session("@@write a.txt A\\n\n@@write b.txt B\\n\n@@sleep 5\n@@final done", token_budget_soft=150)
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, "paused", *TERMINAL)
 
     assert session.status == "paused"
@@ -256,7 +257,7 @@ def test_soft_budget_pauses_with_the_reason(worker, new_session, operator_user):
 
 def test_hard_budget_fails_the_session(worker, new_session, operator_user):
     session = new_session("@@write a.txt A\\n\n@@write b.txt B\\n\n@@sleep 5\n@@final done", token_budget_hard=200)
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     session = wait_for_status(session, *TERMINAL)
 
     assert session.status == "failed"
@@ -266,9 +267,9 @@ def test_hard_budget_fails_the_session(worker, new_session, operator_user):
 
 def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_session, operator_user, scripted_llm):
     session = new_session("@@write a.txt one\\n\n@@sleep 30\n@@write a.txt two\\n\n@@final done")
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     wait_for_event(session, "session.checkpoint")
-    session_stop(session=session, actor=operator_user)
+    session_stop(session=session, actor=Actor.of_user(operator_user))
     # The stopped run's task is interrupted (paused), so the retry below carries it on.
     wait_until(lambda: root_task(session).status == "paused", timeout=30, message="the task to stop")
     worktree = settings.WORKSPACE_ROOT / session.reference
@@ -276,9 +277,9 @@ def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_
     (worktree / "junk.txt").write_text("junk\n")
     checkpoint = Checkpoint.objects.filter(session=session).order_by("sequence").first()
 
-    session_restore_checkpoint(session=session, sequence=checkpoint.sequence, actor=operator_user)
-    session_retry(session=session, actor=operator_user)
-    session_start(session=CodingSession.objects.get(pk=session.pk), actor=operator_user)
+    session_restore_checkpoint(session=session, sequence=checkpoint.sequence, actor=Actor.of_user(operator_user))
+    session_retry(session=session, actor=Actor.of_user(operator_user))
+    session_start(session=CodingSession.objects.get(pk=session.pk), actor=Actor.of_user(operator_user))
     wait_for_event(session, "workspace.restored")
 
     assert (worktree / "a.txt").read_text() == "one\n"
@@ -288,7 +289,7 @@ def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_
     prompted = wait_for_event(session, "task.prompted", how="resume")[0]
     assert prompted.payload["steps_done"] == 1
     assert status_of(session) in ("running", "degraded")
-    session_stop(session=session, actor=operator_user, reason="test done")  # it sleeps 30 s in step 2
+    session_stop(session=session, actor=Actor.of_user(operator_user), reason="test done")  # it sleeps 30 s in step 2
 
 
 @pytest.mark.django_db(transaction=True)
@@ -300,7 +301,7 @@ def test_fifty_concurrent_starts_run_the_session_once(worker, new_session, opera
     def start():
         barrier.wait()
         try:
-            session_start(session=CodingSession.objects.get(pk=session.pk), actor=operator_user)
+            session_start(session=CodingSession.objects.get(pk=session.pk), actor=Actor.of_user(operator_user))
             outcomes.append("started")
         except TransitionRefused:
             outcomes.append("refused")

@@ -2,11 +2,15 @@
 process runs, and heartbeats them; task threads look at its latest read instead of querying every
 half second."""
 
+from decimal import Decimal
+
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from orchestrator.testing import wait_until
+from sessions import sql
 from sessions.execution import control
 from sessions.models import CodingSession
 from sessions.tests.factories import CodingSessionFactory
@@ -81,35 +85,33 @@ def test_the_reader_heartbeats_the_sessions_its_worker_still_owns(watched, setti
 
 def test_reading_no_sessions_asks_nothing():
     with CaptureQueriesContext(connection) as queries:
-        assert control._read_rows([]) == {}
+        assert sql.control_rows([]) == {}
     assert len(queries) == 0
 
 
-def test_a_read_gives_the_fields_as_a_query_does_and_rebuilds_only_changed_rows():
-    from decimal import Decimal
-
-    from django.utils import timezone
-
+def test_a_read_gives_the_fields_as_a_query_does():
     session = CodingSessionFactory(
         status="running", worker_id="w1", run_started_at=timezone.now(), attempt_seconds=12.5,
-        tokens_input=7, cost=Decimal("0.012345"), cost_budget_hard=Decimal("2.5"),
+        tokens_input=7, tokens_output=3, cost=Decimal("0.012345"), cost_budget_hard=Decimal("2.5"),
         metadata={"soft_budget_passed": True, "nested": [1, "two"]},
     )
     other = CodingSessionFactory(status="running", worker_id="w1")
-    first = control._read_rows([session.pk, other.pk])
+    with CaptureQueriesContext(connection) as queries:
+        first = sql.control_rows([session.pk, other.pk])
+    assert len(queries) == 1
     expected = CodingSession.objects.get(pk=session.pk)
-    for name in ("id", *control.FIELDS):
+    for name in sql.CONTROL_FIELDS:
         assert getattr(first[session.pk], name) == getattr(expected, name), name
     assert isinstance(first[session.pk].cost, Decimal) and first[session.pk].run_started_at.tzinfo is not None
-    assert first[session.pk].elapsed_seconds() >= 12.5
+    assert first[session.pk].elapsed_seconds() >= 12.5 and first[session.pk].tokens_total == 10
+    paused_at = timezone.now()
+    assert first[session.pk].elapsed_seconds(paused_at) == expected.elapsed_seconds(paused_at)
 
     CodingSession.objects.filter(pk=session.pk).update(tokens_input=9, status="paused")
-    second = control._read_rows([session.pk, other.pk])
-    assert second[other.pk] is first[other.pk]  # unchanged: the instance built before
-    assert second[session.pk] is not first[session.pk]
+    second = sql.control_rows([session.pk, other.pk])
     assert (second[session.pk].tokens_input, second[session.pk].status) == (9, "paused")
+    assert second[session.pk].elapsed_seconds() == 12.5  # the clock stops outside running/degraded
     assert first[session.pk].status == "running"  # an earlier read's row is never changed under its reader
 
     CodingSession.objects.filter(pk=other.pk).delete()
-    assert set(control._read_rows([session.pk, other.pk])) == {session.pk}
-    assert other.pk not in control._built
+    assert set(sql.control_rows([session.pk, other.pk])) == {session.pk}

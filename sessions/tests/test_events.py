@@ -12,7 +12,8 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from orchestrator.asgi import application
-from orchestrator.events import ALL_SESSIONS_GROUP, session_group, unpack
+from orchestrator.broadcaster import unpack
+from orchestrator.events import ALL_SESSIONS_GROUP, session_group
 from sessions import services
 from orchestrator.errors import NotFound, ValidationFailed
 from sessions.models import CodingSession, SessionEvent
@@ -116,7 +117,7 @@ def test_a_batch_with_a_bad_type_writes_nothing():
 
 def test_events_of_an_unknown_session_are_refused_and_nothing_is_written():
     with pytest.raises(NotFound):
-        services.session_record_events(session=987654, entries=[("tool.completed", {"n": 1})])
+        services.session_record_events(session=CodingSession(pk=987654), entries=[("tool.completed", {"n": 1})])
     assert not SessionEvent.objects.exists()
 
 

@@ -14,7 +14,7 @@ from django.conf import settings
 from orchestrator.testing import make_git_repository, running_worker, wait_until
 from sessions.execution import workspace
 from sessions.models import SessionEvent
-from sessions.services import session_create, session_start
+from sessions.services import Actor, session_create, session_start
 from tasks.models import Task
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
@@ -56,9 +56,9 @@ def test_single_task_session_runs_in_its_own_worktree(worker, roster, repository
             "@@final Wrote notes/hello.txt and listing.txt."
         ),
         repository=str(repository),
-        actor=operator_user,
+        actor=Actor.of_user(operator_user),
     )
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     run_to_end(session)
 
     assert session.status == "completed", session.error
@@ -105,7 +105,7 @@ def graph_session(repository, operator_user, tasks, *, links=(), concurrency=Non
 
     session = session_create(
         title="Build the three parts", initial_prompt="Build the three parts.", repository=str(repository),
-        actor=operator_user, metadata={"task_concurrency": concurrency} if concurrency else None,
+        actor=Actor.of_user(operator_user), metadata={"task_concurrency": concurrency} if concurrency else None,
     )
     root = task_create(session=session, title="Build the three parts")
     made = {
@@ -131,7 +131,7 @@ def test_task_graph_runs_in_dependency_order_and_passes_outputs_through_the_cont
         "B": "@@write b.txt part B\\n\n@@final Part B done.",
         "C": "@@final Part C done.",
     }, links=[("A", "B"), ("B", "C")])
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     run_to_end(session)
 
     assert session.status == "completed", session.error
@@ -153,7 +153,7 @@ def test_independent_tasks_run_concurrently_when_the_limit_allows(worker, roster
     session, tasks = graph_session(repository, operator_user, {
         name: "@@sleep 2\n@@final finished " + name for name in ("A", "B", "C")
     }, concurrency=3)
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     run_to_end(session)
 
     assert session.status == "completed", session.error
@@ -172,7 +172,7 @@ def test_failed_task_skips_its_dependents_and_the_session_ends_partially_complet
         "B": "@@final depends on A",
         "C": "@@write c.txt independent\\n\n@@final C done.",
     }, links=[("A", "B")])
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     run_to_end(session)
 
     assert session.status == "partially_completed", session.error
@@ -189,10 +189,10 @@ def test_twenty_concurrent_sessions_all_complete(worker, roster, operator_user):
     for index in range(20):
         repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"many-{uuid.uuid4().hex[:8]}")
         session = session_create(
-            title=f"Parallel job {index}", repository=str(repository), actor=operator_user,
+            title=f"Parallel job {index}", repository=str(repository), actor=Actor.of_user(operator_user),
             initial_prompt=f"@@write out.txt job {index}\\n\n@@bash cat out.txt\n@@final job {index} done",
         )
-        session_start(session=session, actor=operator_user)
+        session_start(session=session, actor=Actor.of_user(operator_user))
         sessions.append(session)
     for session in sessions:
         run_to_end(session, timeout=240)
@@ -239,9 +239,9 @@ def test_a_task_that_waits_for_an_agent_runs_when_one_frees_up_in_the_opencode_s
         except NoAgentAvailable:
             break
     session = session_create(title="Wait for an agent", initial_prompt="@@final done after waiting",
-                             repository=str(repository), actor=operator_user)
+                             repository=str(repository), actor=Actor.of_user(operator_user))
     try:
-        session_start(session=session, actor=operator_user)
+        session_start(session=session, actor=Actor.of_user(operator_user))
         wait_until(lambda: "task.waiting_for_agent" in event_types(session), timeout=60,
                    message="the task to wait for an agent")
         attempts = re.compile(rf"{session.reference}: task \d+ waits for an agent".encode())
@@ -276,7 +276,7 @@ def test_a_task_no_agent_can_take_is_skipped_and_its_early_opencode_session_dele
     unroutable = task_create(session=session, parent=root, title="Needs what nobody has",
                              description="@@final never", required_capabilities=["code_generation", "security_audit"],
                              order=1)
-    session_start(session=session, actor=operator_user)
+    session_start(session=session, actor=Actor.of_user(operator_user))
     run_to_end(session)
 
     assert session.status == "partially_completed", session.error

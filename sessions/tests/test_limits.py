@@ -8,7 +8,7 @@ from django.conf import settings
 from orchestrator.testing import make_git_repository, running_worker, wait_until
 from sessions.models import CodingSession, SessionEvent, SessionTransition
 from sessions.opencode.scripted_llm import ScriptedLLM
-from sessions.services import session_cancel, session_create, session_start
+from sessions.services import Actor, session_cancel, session_create, session_start
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
 
@@ -25,7 +25,7 @@ def worker(django_db_setup, django_db_blocker):
 
 def make_session(operator_user, prompt, priority="MEDIUM", title="Limited job"):
     repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"lim-{uuid.uuid4().hex[:8]}")
-    return session_create(title=title, initial_prompt=prompt, repository=str(repository), actor=operator_user,
+    return session_create(title=title, initial_prompt=prompt, repository=str(repository), actor=Actor.of_user(operator_user),
                           priority=priority)
 
 
@@ -57,7 +57,7 @@ def test_global_limit_holds_and_queued_sessions_start_in_priority_then_age_order
     # a slot freed early would let a session start before the higher-priority ones exist.
     blockers = [make_session(operator_user, "@@sleep 8\n@@final blocker done", title=f"Blocker {n}") for n in (1, 2)]
     for blocker in blockers:
-        session_start(session=blocker, actor=operator_user)
+        session_start(session=blocker, actor=Actor.of_user(operator_user))
     wait_until(lambda: CodingSession.objects.filter(pk__in=[b.pk for b in blockers], status="running").count() == 2,
                timeout=60, message="both blockers to run")
 
@@ -68,11 +68,11 @@ def test_global_limit_holds_and_queued_sessions_start_in_priority_then_age_order
     ]
     doomed = make_session(operator_user, "@@final must never run", priority="CRITICAL", title="Cancelled while queued")
     for session in waiting:
-        session_start(session=session, actor=operator_user)
-    session_start(session=doomed, actor=operator_user)
+        session_start(session=session, actor=Actor.of_user(operator_user))
+    session_start(session=doomed, actor=Actor.of_user(operator_user))
     wait_until(lambda: SessionEvent.objects.filter(session=doomed, type="session.waiting").exists(),
                timeout=30, message="the doomed session to wait for a slot")
-    session_cancel(session=doomed, actor=operator_user, reason="not needed after all")
+    session_cancel(session=doomed, actor=Actor.of_user(operator_user), reason="not needed after all")
 
     everyone = [*blockers, *waiting, doomed]
     wait_until(lambda: set(CodingSession.objects.filter(pk__in=[s.pk for s in everyone])

@@ -13,7 +13,7 @@ from orchestrator.testing import answered_directives, make_git_repository, runni
 from sessions.models import CodingSession, SessionEvent, SessionTransition
 from sessions.opencode.scripted_llm import ScriptedLLM
 from sessions.recovery import session_reconcile
-from sessions.services import session_create, session_start
+from sessions.services import Actor, session_create, session_start
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
 
@@ -48,8 +48,8 @@ def test_sessions_of_a_killed_worker_are_recovered_and_finish_once(roster, opera
             for index in range(5):
                 repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"rec-{uuid.uuid4().hex[:8]}")
                 session = session_create(title=f"Recoverable {index}", initial_prompt=SCRIPT,
-                                         repository=str(repository), actor=operator_user)
-                sessions.append(session_start(session=session, actor=operator_user))
+                                         repository=str(repository), actor=Actor.of_user(operator_user))
+                sessions.append(session_start(session=session, actor=Actor.of_user(operator_user)))
             wait_until(lambda: all(SessionEvent.objects.filter(session=s, type="session.checkpoint").exists()
                                    for s in sessions), timeout=90, message="every session's first checkpoint")
             servers = servers_started_by(doomed_worker.pid)

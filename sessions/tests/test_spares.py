@@ -14,7 +14,7 @@ from django.conf import settings
 from orchestrator.testing import make_git_repository, running_worker, wait_for_idle_worker, wait_until
 from sessions.execution import workspace
 from sessions.models import SessionEvent
-from sessions.services import session_create, session_start
+from sessions.services import Actor, session_create, session_start
 from sessions.tests.test_execution import opencode_logs, run_to_end
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
@@ -46,10 +46,10 @@ def test_a_session_takes_a_spare_worktree_opened_beforehand_when_it_still_fits(r
 
     def run(index):
         session = session_create(
-            title=f"Spare job {index}", repository=str(repository), actor=operator_user,
+            title=f"Spare job {index}", repository=str(repository), actor=Actor.of_user(operator_user),
             initial_prompt=f"@@write out.txt job {index}\\n\n@@final job {index} done",
         )
-        session_start(session=session, actor=operator_user)
+        session_start(session=session, actor=Actor.of_user(operator_user))
         run_to_end(session)
         assert session.status == "completed", session.error
         assert (Path(session.workspace_path) / "out.txt").read_text() == f"job {index}\n"

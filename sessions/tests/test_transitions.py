@@ -139,7 +139,7 @@ def test_terminal_state_allows_nothing():
 
 def test_transition_records_the_user_actor_and_reason(operator_user):
     session = in_state("running")
-    services.session_pause(session=session, actor=operator_user, reason="lunch")
+    services.session_pause(session=session, actor=services.Actor.of_user(operator_user), reason="lunch")
     record = SessionTransition.objects.get(session=session)
     assert (record.actor_kind, record.actor_user, record.actor_label, record.reason) == (
         "user", operator_user, operator_user.username, "lunch"
@@ -256,11 +256,12 @@ def _trail(session):
 
 def test_create_with_start_leaves_the_same_trail_as_create_then_start(operator_user, broker_queues,
                                                                       django_capture_on_commit_callbacks):
-    fields = {"title": "Fix the parser", "initial_prompt": "Fix it.", "repository": "/srv/r", "actor": operator_user}
+    fields = {"title": "Fix the parser", "initial_prompt": "Fix it.", "repository": "/srv/r",
+              "actor": services.Actor.of_user(operator_user)}
     with django_capture_on_commit_callbacks(execute=True):
         one_call = services.session_create(start=True, **fields)
     with django_capture_on_commit_callbacks(execute=True):
-        two_calls = services.session_start(session=services.session_create(**fields), actor=operator_user)
+        two_calls = services.session_start(session=services.session_create(**fields), actor=fields["actor"])
 
     stored = CodingSession.objects.get(pk=one_call.pk)
     assert (stored.status, stored.reference) == ("queued", f"IND-{one_call.pk:06d}")
@@ -274,7 +275,7 @@ def test_create_with_start_writes_one_row_per_table(operator_user, broker_queues
     # The session INSERT already holds the queued state and the reference; the two events go in one INSERT.
     with CaptureQueriesContext(connection) as captured:
         session = services.session_create(title="Fix", initial_prompt="Fix it.", repository="/srv/r",
-                                          actor=operator_user, start=True)
+                                          actor=services.Actor.of_user(operator_user), start=True)
     statements = [q["sql"].split()[0:3] for q in captured.captured_queries if "SAVEPOINT" not in q["sql"]]
     assert statements == [
         ["INSERT", "INTO", '"coding_sessions_codingsession"'],
@@ -295,7 +296,7 @@ def test_create_with_start_rolled_back_leaves_nothing(operator_user, broker_queu
 
     with pytest.raises(RuntimeError), transaction.atomic():
         services.session_create(title="Fix the parser", initial_prompt="Fix it.", repository="/srv/r",
-                                actor=operator_user, start=True)
+                                actor=services.Actor.of_user(operator_user), start=True)
         raise RuntimeError("the caller's transaction fails")
     assert not CodingSession.objects.exists() and not SessionEvent.objects.exists()
     assert broker_queues.drain() == []
@@ -306,8 +307,8 @@ def test_event_and_checkpoint_writers_lock_the_row_without_loading_it_whole():
     # JSON columns, and nothing is read again afterwards.
     session = CodingSessionFactory(status="running", initial_prompt="x" * 50_000)
     with CaptureQueriesContext(connection) as captured:
-        services.session_record_events(session=session.pk, entries=[("assistant.text", {"text": "hi"})])
-        services.session_add_checkpoint(session=session.pk, git_ref="abc", opencode_message_id="msg_1")
+        services.session_record_events(session=session, entries=[("assistant.text", {"text": "hi"})])
+        services.session_add_checkpoint(session=session, git_ref="abc", opencode_message_id="msg_1")
     selects = [q["sql"] for q in captured.captured_queries if q["sql"].startswith("SELECT")]
     assert len(selects) == 2
     if connection.features.has_select_for_update:  # SQLite locks the whole database instead

@@ -40,7 +40,7 @@ def test_each_completed_step_is_counted_once_with_its_tokens():
     assert sum(step.output for step in translator.completed_steps) == 60
     steps = [payload for kind, payload in records if kind == "opencode.step"]
     assert [step["finish"] for step in steps] == ["tool-calls", "tool-calls", "stop"]
-    # The closing answer ran no tool: its checkpoint can be the previous step's (runner._checkpoint_now).
+    # The closing answer ran no tool: its checkpoint can be the previous step's (checkpointer.StepCheckpointer.take).
     assert [step.ran_tools for step in translator.completed_steps] == [True, True, False]
 
 

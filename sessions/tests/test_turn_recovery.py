@@ -16,9 +16,10 @@ from django.conf import settings
 
 from orchestrator.testing import make_git_repository
 from sessions.dispatch import session_claim_next
-from sessions.execution import control, run_session, runner, servers
+from sessions.execution import control, servers, session_run, task_turn
+from sessions.execution.session_run import run_session
 from sessions.models import CodingSession, SessionEvent
-from sessions.services import session_create, session_start
+from sessions.services import Actor, session_create, session_start
 
 pytestmark = pytest.mark.opencode
 
@@ -62,25 +63,25 @@ def test_a_turn_whose_end_never_reaches_the_worker_is_finished_from_opencodes_me
         in_process_server, roster, operator_user, broker_queues, monkeypatch, caplog):
     lossy_queues = []
 
-    class LossyTurnEvents(runner.TurnEvents):
+    class LossyTurnEvents(task_turn.TurnEvents):
         def __init__(self, *args):
             super().__init__(*args)
             self.queue = LosesTheTurnsEnd()
             lossy_queues.append(self.queue)
 
-    monkeypatch.setattr(runner, "TurnEvents", LossyTurnEvents)
-    monkeypatch.setattr(runner, "SILENCE_CHECK_SECONDS", 1.0)
+    monkeypatch.setattr(session_run, "TurnEvents", LossyTurnEvents)
+    monkeypatch.setattr(task_turn, "SILENCE_CHECK_SECONDS", 1.0)
     repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"repo-{uuid.uuid4().hex[:8]}")
     session = session_create(
         title="A turn whose end is lost",
         initial_prompt="@@write out.txt written\\n\n@@final All done.",
-        repository=str(repository), actor=operator_user,
+        repository=str(repository), actor=Actor.of_user(operator_user),
         max_duration_seconds=60,  # without the recovery the run would wait for its deadline
     )
-    session_start(session=session, actor=operator_user)  # its job stays in this test's broker queue
+    session_start(session=session, actor=Actor.of_user(operator_user))  # its job stays in this test's broker queue
     claimed = session_claim_next(session_id=session.pk, worker_id="test-worker")
 
-    with caplog.at_level(logging.WARNING, logger="sessions.execution.runner"):
+    with caplog.at_level(logging.WARNING, logger="sessions.execution.task_turn"):
         status = run_session(session=claimed)
 
     # The final step's completion was lost (the idle signals too, whenever they came: by then the

@@ -13,15 +13,18 @@ import logging
 
 from django.conf import settings
 
-from sessions import approvals
+from sessions import permissions
 from sessions.opencode.errors import OpenCodeError
 
 logger = logging.getLogger(__name__)
 
 
 class PermissionWatch:
-    def __init__(self, run, turn):
-        self.run_ = run
+    """The permission requests of one turn: which are open since when, recording them, forwarding
+    the answers, and the default reply once one expires."""
+
+    def __init__(self, session_run, turn):
+        self.session_run = session_run
         self.turn = turn
         self.asked_at = {}  # OpenCode permission id -> monotonic time first seen
 
@@ -32,27 +35,27 @@ class PermissionWatch:
             if not request_id or request_id in self.asked_at:
                 continue
             self.asked_at[request_id] = now
-            approvals.permission_request_record(
-                session_id=self.run_.session_id, task_id=self.turn.task.pk,
-                opencode_session_id=self.turn.opencode_id, request=request,
+            permissions.permission_request_record(
+                session_id=self.session_run.session_id, task_id=self.turn.task.pk,
+                opencode_session_id=self.turn.opencode_session_id, request=request,
             )
 
     def forward_replies(self):
         """Send OpenCode the answers operators gave (and the defaults applied on expiry)."""
-        for request in approvals.permission_requests_to_forward(session_id=self.run_.session_id):
+        for request in permissions.permission_requests_to_forward(session_id=self.session_run.session_id):
             try:
                 self.turn.client.reply_permission(request.opencode_id, request.reply)
             except OpenCodeError as error:
                 # Already settled on OpenCode's side (the turn ended, or it was answered there).
                 logger.info("permission %s could not be forwarded: %s", request.opencode_id, error)
-            approvals.permission_request_forwarded(request=request)
+            permissions.permission_request_forwarded(request=request)
             self.asked_at.pop(request.opencode_id, None)
 
     def expire(self, now):
         for request_id, since in list(self.asked_at.items()):
             if now - since >= settings.PERMISSION_TIMEOUT_SECONDS:
-                approvals.permission_request_expire(
-                    session_id=self.run_.session_id, opencode_id=request_id,
+                permissions.permission_request_expire(
+                    session=self.session_run.session, opencode_id=request_id,
                     reply=settings.PERMISSION_DEFAULT_REPLY,
                     after_seconds=settings.PERMISSION_TIMEOUT_SECONDS,
                 )

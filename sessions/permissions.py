@@ -9,12 +9,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
-from sessions.models import PermissionReply, PermissionRequest
+from sessions.models import CodingSession, PermissionReply, PermissionRequest
 from sessions.models import PermissionRequestStatus as P
-from sessions.services import as_actor, session_record_event
+from sessions.services import Actor, as_actor, session_record_event
 
 
-def permission_request_record(*, session_id, task_id, opencode_session_id, request):
+def permission_request_record(
+    *, session_id: int, task_id: int, opencode_session_id: str, request: dict,
+) -> PermissionRequest:
     """Store a request OpenCode asked (once per OpenCode permission id)."""
     record, _ = PermissionRequest.objects.get_or_create(
         session_id=session_id,
@@ -30,14 +32,7 @@ def permission_request_record(*, session_id, task_id, opencode_session_id, reque
     return record
 
 
-def permission_requests_for(*, session, status=None):
-    requests = PermissionRequest.objects.filter(session=session)
-    if status is not None:
-        requests = requests.filter(status=status)
-    return requests.order_by("id")
-
-
-def permission_request_reply(*, session, request_id, reply, actor):
+def permission_request_reply(*, session: CodingSession, request_id: int, reply: str, actor: Actor) -> PermissionRequest:
     """An operator's answer: once, always or reject. Conflict when it is no longer pending."""
     if reply not in PermissionReply.values:
         raise ValidationFailed(field="reply", rule=f"must be one of {', '.join(PermissionReply.values)}")
@@ -63,20 +58,20 @@ def permission_request_reply(*, session, request_id, reply, actor):
     return request
 
 
-def permission_request_expire(*, session_id, opencode_id, reply, after_seconds):
+def permission_request_expire(*, session: CodingSession, opencode_id: str, reply: str, after_seconds: float) -> bool:
     """Apply the default reply to a request still pending after its expiry; False if it was answered."""
     with transaction.atomic():
         expired = PermissionRequest.objects.filter(
-            session_id=session_id, opencode_id=opencode_id, status=P.PENDING
+            session_id=session.pk, opencode_id=opencode_id, status=P.PENDING
         ).update(status=P.EXPIRED, reply=reply, answered_at=timezone.now())
         if expired:
-            session_record_event(session=session_id, type="permission.expired", payload={
+            session_record_event(session=session, type="permission.expired", payload={
                 "opencode_id": opencode_id, "reply": reply, "after_seconds": after_seconds,
             })
     return bool(expired)
 
 
-def permission_requests_to_forward(*, session_id):
+def permission_requests_to_forward(*, session_id: int) -> list[PermissionRequest]:
     """Answers (or expiry defaults) the worker has not yet sent to OpenCode."""
     return list(
         PermissionRequest.objects.filter(
@@ -85,5 +80,5 @@ def permission_requests_to_forward(*, session_id):
     )
 
 
-def permission_request_forwarded(*, request):
+def permission_request_forwarded(*, request: PermissionRequest) -> None:
     PermissionRequest.objects.filter(pk=request.pk).update(forwarded_at=timezone.now())

@@ -1,6 +1,6 @@
 import pytest
 
-from sessions.health import health_score, is_at_risk, retry_delay_seconds
+from sessions.health_score import health_score, is_at_risk
 
 
 @pytest.mark.parametrize(
@@ -37,8 +37,3 @@ def test_running_session_with_less_than_300_seconds_left_is_at_risk():
 def test_degraded_session_near_its_deadline_is_at_risk_but_a_paused_one_is_not():
     assert is_at_risk("degraded", 3500, 3600)
     assert not is_at_risk("paused", 3500, 3600)
-
-
-@pytest.mark.parametrize(("attempt", "delay"), [(1, 10), (2, 20), (3, 40), (5, 160), (6, 300), (12, 300)])
-def test_automatic_retry_waits_double_each_time_up_to_five_minutes(attempt, delay):
-    assert retry_delay_seconds(attempt) == delay

@@ -1,4 +1,6 @@
-"""Session health and deadline risk, as plain functions (no Django).
+"""A session's health score and deadline risk, as plain functions (no Django).
+
+Not to be confused with orchestrator/health.py, the service probes (live, ready, health).
 
 The rules come from SPEC (Sessions, Health score): the score is computed from
 the status and the elapsed share of the time budget each time it is read, so it
@@ -7,8 +9,9 @@ is never a stale stored number.
 
 AT_RISK_SECONDS = 300
 
-# States in which the session's clock runs and its deadline applies.
-RUNNING_STATES = frozenset({"running", "degraded"})
+# States in which the session's clock runs and its deadline applies (sessions.models.CLOCK_STATES,
+# spelled out here: this module imports nothing of Django).
+CLOCK_STATES = frozenset({"running", "degraded"})
 
 _FIXED_SCORES = {
     "completed": 1.0,
@@ -19,7 +22,7 @@ _FIXED_SCORES = {
 }
 
 
-def health_score(status, elapsed_seconds, max_duration_seconds):
+def health_score(status: str, elapsed_seconds: float, max_duration_seconds: int) -> float:
     """A score from 0.0 to 1.0.
 
     completed 1.0; failed, timeout, orphaned 0.0; degraded 0.4; running 0.9,
@@ -38,20 +41,13 @@ def health_score(status, elapsed_seconds, max_duration_seconds):
     return 0.8
 
 
-def seconds_left(elapsed_seconds, max_duration_seconds):
+def seconds_left(elapsed_seconds: float, max_duration_seconds: int) -> float:
     return max_duration_seconds - elapsed_seconds
 
 
-def is_at_risk(status, elapsed_seconds, max_duration_seconds):
+def is_at_risk(status: str, elapsed_seconds: float, max_duration_seconds: int) -> bool:
     """True for a running (or degraded, which is running but unhealthy) session
     with less than 300 s of its time budget left."""
-    if status not in RUNNING_STATES:
+    if status not in CLOCK_STATES:
         return False
     return seconds_left(elapsed_seconds, max_duration_seconds) < AT_RISK_SECONDS
-
-
-def retry_delay_seconds(attempt):
-    """Wait before automatic retry attempt n (1-based): min(10 s * 2^(n-1), 5 min)."""
-    if attempt < 1:
-        raise ValueError("attempt numbers start at 1")
-    return min(10 * 2 ** (attempt - 1), 300)
