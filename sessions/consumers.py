@@ -29,7 +29,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 from django.urls import path
 
-from orchestrator import events
+from orchestrator import broadcaster, events
 from orchestrator.consumers import DirectDispatchMixin
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
@@ -185,7 +185,7 @@ class SessionFanOut:
     async def _run(self, layer):
         while True:
             message = await layer.receive(self.channel)
-            for each in events.unpack(message):
+            for each in broadcaster.unpack(message):
                 if each.get("type") == "session.event":
                     for watcher in list(self.watchers):
                         watcher.offer(each["event"])

@@ -187,10 +187,12 @@ def session_events_after(session_id: int, after_id: int | None = None, *,
     return list(queryset.order_by("pk")[: max(1, min(int(limit), EVENTS_LIMIT_MAX))])
 
 
-def session_events_before(session, before_id=None, *, limit=EVENTS_LIMIT_MAX):
+def session_events_before(
+    session: CodingSession, before_id: int | None = None, *, limit: int = EVENTS_LIMIT_MAX
+) -> list[SessionEvent]:
     """The newest `limit` events with id < before_id (all when None), oldest first: a window of
     the log by keyset on the event id (the (session, id) index serves it at any depth)."""
-    queryset = SessionEvent.objects.filter(session_id=getattr(session, "pk", session))
+    queryset = SessionEvent.objects.filter(session_id=session.pk)
     if before_id is not None:
         queryset = queryset.filter(pk__lt=before_id)
     rows = list(queryset.order_by("-pk")[: max(1, min(int(limit), EVENTS_LIMIT_MAX + 1))])

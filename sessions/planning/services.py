@@ -73,8 +73,8 @@ def checked_or_refused(plan, *, repository: str, prefix: str = "plan") -> Checke
     return checked
 
 
-def _lock(session) -> CodingSession:
-    session_id = session.pk if isinstance(session, CodingSession) else int(session)
+def _lock(session: CodingSession) -> CodingSession:
+    session_id = session.pk
     found = CodingSession.objects.select_for_update().filter(pk=session_id, deleted_at__isnull=True).first()
     if found is None:
         raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
@@ -148,7 +148,7 @@ def _require_review(locked) -> SessionPlan:
 
 
 def _pause_for_review(locked, row, actor):
-    paused = session_services.session_pause(session=locked.pk, actor=actor, reason=PLAN_REVIEW)
+    paused = session_services.session_pause(session=locked, actor=actor, reason=PLAN_REVIEW)
     paused.metadata = _set_paused_reason(locked.pk, paused.metadata, PLAN_REVIEW)
     return paused
 
@@ -156,7 +156,10 @@ def _pause_for_review(locked, row, actor):
 # --- creation --------------------------------------------------------------------------------
 
 
-def session_create_planned(*, actor=None, planning=None, plan=None, metadata=None, **fields) -> CodingSession:
+def session_create_planned(
+    *, actor: Actor | None = None, planning: dict | None = None, plan: dict | None = None,
+    metadata: dict | None = None, **fields,
+) -> CodingSession:
     """session_create with planning options (stored in metadata) and, optionally, a plan.
 
     The options are checked first (ValidationFailed naming `planning.<field>`), then the plan
@@ -175,14 +178,14 @@ def session_create_planned(*, actor=None, planning=None, plan=None, metadata=Non
         if checked is not None:
             status = PlanStatus.APPROVED if options.plan_approval == "auto" else PlanStatus.PROPOSED
             _row, entries = _store(session, plan, checked, source="create", status=status, actor=actor)
-            session_services.session_record_events(session=session.pk, entries=entries)
+            session_services.session_record_events(session=session, entries=entries)
     return session
 
 
 # --- the engine's hooks ------------------------------------------------------------------------
 
 
-def plan_propose(*, session, plan, source: str = "planner", actor=None) -> SessionPlan:
+def plan_propose(*, session: CodingSession, plan: dict, source: str = "planner", actor: Actor | None = None) -> SessionPlan:
     """A plan for a running session (the planner's answer, a template's): check, store, and either
     approve it (plan_approval auto) or pause the session in plan_review (required).
 
@@ -205,13 +208,13 @@ def plan_propose(*, session, plan, source: str = "planner", actor=None) -> Sessi
         options = options_of(locked.metadata)
         status = PlanStatus.APPROVED if options.plan_approval == "auto" else PlanStatus.PROPOSED
         row, entries = _store(locked, plan, checked, source=source, status=status, actor=actor)
-        session_services.session_record_events(session=locked.pk, entries=entries)
+        session_services.session_record_events(session=locked, entries=entries)
         if status == PlanStatus.PROPOSED:
             _pause_for_review(locked, row, actor)
     return row
 
 
-def plan_await_review(*, session, actor=None) -> CodingSession:
+def plan_await_review(*, session: CodingSession, actor: Actor | None = None) -> CodingSession:
     """Pause a running session whose current plan is proposed (supplied at creation with approval
     required) in plan_review. Refused with Conflict when there is no proposed plan or it is not running."""
     actor = as_actor(actor)
@@ -227,10 +230,10 @@ def plan_await_review(*, session, actor=None) -> CodingSession:
         return _pause_for_review(locked, current, actor)
 
 
-def plan_record_refused(*, session, findings, source: str = "planner", attempt: int = 1) -> None:
+def plan_record_refused(*, session: CodingSession, findings, source: str = "planner", attempt: int = 1) -> None:
     """Record a plan the checks refused (plan.checked with ok false and its findings), so the console
     shows why the planner's answer needs its repair turn."""
-    session_services.session_record_events(session=session.pk if isinstance(session, CodingSession) else session,
+    session_services.session_record_events(session=session,
                                            entries=[("plan.checked", {
                                                "version": None, "ok": False, "source": source, "attempt": attempt,
                                                "findings": [finding.as_dict() for finding in findings],
@@ -245,7 +248,7 @@ def plan_revision_taken(*, plan: SessionPlan) -> None:
 # --- review ----------------------------------------------------------------------------------
 
 
-def plan_replace(*, session, plan, actor=None) -> SessionPlan:
+def plan_replace(*, session: CodingSession, plan: dict, actor: Actor | None = None) -> SessionPlan:
     """Replace the plan of a session waiting in plan_review: re-checked, a new proposed version, and
     the pending tasks replaced in one transaction. The replaced version becomes superseded."""
     actor = as_actor(actor)
@@ -256,11 +259,11 @@ def plan_replace(*, session, plan, actor=None) -> SessionPlan:
         current.status = PlanStatus.SUPERSEDED
         current.save(update_fields=["status"])
         row, entries = _store(locked, plan, checked, source="api", status=PlanStatus.PROPOSED, actor=actor)
-        session_services.session_record_events(session=locked.pk, entries=entries)
+        session_services.session_record_events(session=locked, entries=entries)
     return row
 
 
-def plan_approve(*, session, actor=None) -> CodingSession:
+def plan_approve(*, session: CodingSession, actor: Actor | None = None) -> CodingSession:
     """Approve the proposed plan of a session in plan_review; the session resumes (paused → queued)."""
     actor = as_actor(actor)
     with transaction.atomic():
@@ -268,15 +271,15 @@ def plan_approve(*, session, actor=None) -> CodingSession:
         current = _require_review(locked)
         current.status, current.decided_by, current.decided_at = PlanStatus.APPROVED, actor.label, timezone.now()
         current.save(update_fields=["status", "decided_by", "decided_at"])
-        session_services.session_record_events(session=locked.pk, entries=[
+        session_services.session_record_events(session=locked, entries=[
             ("plan.approved", {"version": current.version, "automatic": False, "actor": _actor_payload(actor)}),
         ])
-        resumed = session_services.session_resume(session=locked.pk, actor=actor, reason="plan approved")
+        resumed = session_services.session_resume(session=locked, actor=actor, reason="plan approved")
         resumed.metadata = _set_paused_reason(locked.pk, resumed.metadata, None)
     return resumed
 
 
-def plan_revise(*, session, comment: str, actor=None) -> CodingSession:
+def plan_revise(*, session: CodingSession, comment: str, actor: Actor | None = None) -> CodingSession:
     """Send the proposed plan back with a comment; the session resumes and the engine's next
     planning turn sees the comment and the plan (plan_revision_pending)."""
     if not isinstance(comment, str) or not comment.strip():
@@ -290,10 +293,10 @@ def plan_revise(*, session, comment: str, actor=None) -> CodingSession:
         current.status, current.comment, current.revision_requested = PlanStatus.SENT_BACK, comment.strip(), True
         current.decided_by, current.decided_at = actor.label, timezone.now()
         current.save(update_fields=["status", "comment", "revision_requested", "decided_by", "decided_at"])
-        session_services.session_record_events(session=locked.pk, entries=[
+        session_services.session_record_events(session=locked, entries=[
             ("plan.sent_back", {"version": current.version, "comment": current.comment,
                                 "actor": _actor_payload(actor)}),
         ])
-        resumed = session_services.session_resume(session=locked.pk, actor=actor, reason="plan sent back")
+        resumed = session_services.session_resume(session=locked, actor=actor, reason="plan sent back")
         resumed.metadata = _set_paused_reason(locked.pk, resumed.metadata, None)
     return resumed

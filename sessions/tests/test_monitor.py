@@ -137,7 +137,7 @@ def test_the_timeline_groups_steps_by_task_with_the_files_each_changed(worked):
 
 @pytest.mark.django_db
 def test_restore_resets_the_worktree_to_the_checkpoint_and_sets_the_resume_point(worked):
-    stopped = services.session_stop(session=worked.session.pk)
+    stopped = services.session_stop(session=worked.session)
     (worked.ws.path / "app.py").write_text("print('broken')\n")
     (worked.ws.path / "scratch.txt").write_text("left over\n")
     restored = checkpoints.checkpoint_restore(session=stopped, sequence=1)
@@ -159,7 +159,7 @@ def test_restore_through_the_api_is_refused_with_409_while_running_and_resets_on
     error = refused.json()["error"]
     assert error["details"]["current"] == "running" and "running" in error["message"]
     assert (worked.ws.path / "app.py").read_text() == "print('in progress')\n"
-    services.session_stop(session=worked.session.pk)
+    services.session_stop(session=worked.session)
     response = api_client.post(url)
     assert response.status_code == 200 and response.json()["resume_checkpoint"] == 1
     assert (worked.ws.path / "app.py").read_text() == "print('v1')\n"
@@ -168,7 +168,7 @@ def test_restore_through_the_api_is_refused_with_409_while_running_and_resets_on
 
 @pytest.mark.django_db
 def test_operators_restore_from_the_timeline_and_viewers_get_no_button(client, operator_user, viewer_user, worked):
-    services.session_stop(session=worked.session.pk)
+    services.session_stop(session=worked.session)
     restore_url = reverse("sessions:restore", args=[worked.session.pk, 2])
     client.force_login(viewer_user)
     page = client.get(reverse("sessions:detail", args=[worked.session.pk])).content.decode()
@@ -233,8 +233,8 @@ def test_a_session_that_never_ran_has_no_diff(client, viewer_user):
 @pytest.mark.django_db
 def test_the_transitions_history_lists_each_with_actor_and_reason(client, viewer_user, operator_user):
     session = services.session_create(title="Add a health endpoint", initial_prompt="do it", repository="/srv/r")
-    services.session_start(session=session, actor=operator_user)
-    services.session_cancel(session=session.pk, actor=operator_user, reason="wrong repository")
+    services.session_start(session=session, actor=services.Actor.of_user(operator_user))
+    services.session_cancel(session=session, actor=services.Actor.of_user(operator_user), reason="wrong repository")
     client.force_login(viewer_user)
     body = client.get(reverse("sessions:detail", args=[session.pk])).content.decode()
     part = body[body.index('id="session-transitions"'):]
@@ -250,7 +250,7 @@ def test_the_transitions_history_lists_each_with_actor_and_reason(client, viewer
 def test_a_message_to_a_finished_session_starts_a_follow_up_on_a_branch_continuing_its_own(
     api_client, worked, broker_queues, django_capture_on_commit_callbacks, tmp_path
 ):
-    services.session_stop(session=worked.session.pk)
+    services.session_stop(session=worked.session)
     with django_capture_on_commit_callbacks(execute=True):
         response = api_client.post(reverse("api:session-messages", args=[worked.session.pk]),
                                    {"text": "Also log each call to /health."}, format="json")

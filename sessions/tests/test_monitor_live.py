@@ -218,10 +218,10 @@ def test_the_console_socket_replays_without_gap_or_duplicate_and_pushes_timeline
             application, f"/ws/console/sessions/{session.pk}?after={seen.pk}&token={token.key}")
         assert (await communicator.connect(timeout=TIMEOUT))[0]
         replayed = [await communicator.receive_from(timeout=TIMEOUT) for _ in missed]
-        await database_sync_to_async(services.session_add_checkpoint)(session=session.pk, git_ref="abc123",
+        await database_sync_to_async(services.session_add_checkpoint)(session=session, git_ref="abc123",
                                                                       data={"task_step": 1, "reason": "step"})
         checkpoint_html = await communicator.receive_from(timeout=TIMEOUT)
-        await database_sync_to_async(services.session_pause)(session=session.pk, reason="lunch")
+        await database_sync_to_async(services.session_pause)(session=session, reason="lunch")
         pause_html = await communicator.receive_from(timeout=TIMEOUT)
         nothing_more = await communicator.receive_nothing(timeout=0.3)
         await communicator.disconnect()
@@ -237,7 +237,7 @@ def test_the_console_socket_replays_without_gap_or_duplicate_and_pushes_timeline
 
 @pytest.mark.django_db(transaction=True)
 def test_broadcasts_sent_together_reach_a_watcher_as_one_frame_in_order(viewer_user):
-    from orchestrator import events
+    from orchestrator import broadcaster, events
     from sessions.models import SessionEvent
 
     token = Token.objects.create(user=viewer_user)
@@ -246,7 +246,7 @@ def test_broadcasts_sent_together_reach_a_watcher_as_one_frame_in_order(viewer_u
     # orchestrator.events does with whatever waits for a group when its turn comes.
     rows = SessionEvent.objects.bulk_create(
         [SessionEvent(session=session, type="assistant.text", payload={"text": f"part {n}"}) for n in range(3)])
-    batch = {"type": events.BATCH_TYPE,
+    batch = {"type": broadcaster.BATCH_TYPE,
              "messages": [services.event_message(row, session.reference) for row in rows]}
 
     async def scenario():

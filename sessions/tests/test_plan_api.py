@@ -72,8 +72,8 @@ def in_review(client, body=BOOKS, **planning_options):
     response = create(client, planning={"plan_approval": "required", **planning_options}, plan=body)
     assert response.status_code == 201, response.json()
     session_id = response.json()["id"]
-    services.session_start(session=session_id, immediate=True, worker_id="worker-1")
-    planning.plan_await_review(session=session_id, actor=Actor.worker("worker-1"))
+    services.session_start(session=CodingSession.objects.get(pk=session_id), immediate=True, worker_id="worker-1")
+    planning.plan_await_review(session=CodingSession.objects.get(pk=session_id), actor=Actor.worker("worker-1"))
     return session_id
 
 
@@ -203,8 +203,8 @@ def test_plan_writes_are_refused_unless_the_session_waits_in_plan_review(api_cli
         assert response.json()["error"]["details"]["current"] == "pending"
         assert "plan_review" in response.json()["error"]["message"]
     # Paused for another reason is not plan review either.
-    services.session_start(session=session_id, immediate=True, worker_id="worker-1")
-    services.session_pause(session=session_id, reason="operator")
+    services.session_start(session=CodingSession.objects.get(pk=session_id), immediate=True, worker_id="worker-1")
+    services.session_pause(session=CodingSession.objects.get(pk=session_id), reason="operator")
     assert api_client.post(plan_url(session_id, "approve")).status_code == 409
 
 
@@ -298,7 +298,7 @@ def test_unknown_session_is_404(api_client):
 
 def running_session(**planning_options):
     session = planning.session_create_planned(planning=planning_options or None, **SESSION)
-    return services.session_start(session=session.pk, immediate=True, worker_id="worker-1")
+    return services.session_start(session=session, immediate=True, worker_id="worker-1")
 
 
 def test_a_proposed_plan_pauses_a_running_session_for_review():

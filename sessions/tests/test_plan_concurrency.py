@@ -48,11 +48,11 @@ def test_concurrent_approvals_revisions_and_replacements_leave_one_consistent_ou
         title="Books app", initial_prompt="Add books.", repository="/srv/repos/library",
         planning={"plan_approval": "required"}, plan=plan("a", "b"),
     )
-    services.session_start(session=session.pk, immediate=True, worker_id="w1")
-    planning.plan_await_review(session=session.pk)
+    services.session_start(session=session, immediate=True, worker_id="w1")
+    planning.plan_await_review(session=session)
 
-    work = [lambda: planning.plan_approve(session=session.pk) for _ in range(4)]
-    work += [lambda: planning.plan_revise(session=session.pk, comment="smaller") for _ in range(4)]
+    work = [lambda: planning.plan_approve(session=session) for _ in range(4)]
+    work += [lambda: planning.plan_revise(session=session, comment="smaller") for _ in range(4)]
     outcomes = run_concurrently(work)
     kinds = [kind for kind, _ in outcomes]
     assert kinds.count("ok") == 1 and kinds.count("refused") == 7, outcomes
@@ -67,10 +67,10 @@ def test_concurrent_replacements_each_leave_a_whole_graph(broker_queues):
         title="Books app", initial_prompt="Add books.", repository="/srv/repos/library",
         planning={"plan_approval": "required"}, plan=plan("a"),
     )
-    services.session_start(session=session.pk, immediate=True, worker_id="w1")
-    planning.plan_await_review(session=session.pk)
+    services.session_start(session=session, immediate=True, worker_id="w1")
+    planning.plan_await_review(session=session)
     plans = [plan(*[f"p{n}x{i}" for i in range(5)]) for n in range(6)]
-    outcomes = run_concurrently([lambda body=body: planning.plan_replace(session=session.pk, plan=body)
+    outcomes = run_concurrently([lambda body=body: planning.plan_replace(session=session, plan=body)
                                  for body in plans])
     assert [kind for kind, _ in outcomes] == ["ok"] * 6, outcomes
     current = SessionPlan.objects.filter(session=session).order_by("-version").first()
