@@ -1,4 +1,5 @@
-"""Console pages for sessions: the list with the "New session" form, and the live detail page.
+"""Console pages for sessions: the live detail page (the list and the "New session" page are in
+sessions.fleet_views).
 
 Plain function views. A POST from htmx (`request.htmx`) gets the partial it
 swaps; a plain POST is redirected. Every fragment comes from the partials
@@ -16,16 +17,12 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.template.loader import render_to_string
-from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
 from sessions import approvals, selectors, services
-from sessions.api import parse_list_params
-from sessions.forms import SessionCreateForm
-from sessions.models import CodingSession, PermissionReply, PermissionRequestStatus, SessionEvent, SessionStatus
+from sessions.models import CodingSession, PermissionReply, PermissionRequestStatus, SessionEvent
 from tasks import selectors as task_selectors
 
 DETAIL = "sessions/detail.html"
@@ -138,65 +135,6 @@ def _tasks(session):
 
 def _render_partial(request, name, context, status=200):
     return render(request, f"{DETAIL}#{name}", context, status=status)
-
-
-# --- list and create ----------------------------------------------------------------------
-
-
-def _list_context(request, form):
-    error = None
-    try:
-        filters, cursor, page_size = parse_list_params(request.GET)
-    except ValidationFailed as exc:
-        error = exc.message
-        filters, cursor, page_size = selectors.SessionFilters(), None, selectors.PAGE_SIZE_DEFAULT
-    page = selectors.session_list(filters=filters, cursor=cursor, page_size=page_size)
-    next_query = None
-    if page.next_cursor is not None:
-        params = request.GET.copy()
-        params["cursor"] = str(page.next_cursor)
-        next_query = params.urlencode()
-    return {
-        "sessions": page.items,
-        "next_query": next_query,
-        "error": error,
-        "statuses": SessionStatus.values,
-        "selected_status": request.GET.get("status", ""),
-        "search": request.GET.get("search", ""),
-        "stats": selectors.session_stats(),
-        "form": form,
-    }
-
-
-@login_required
-@require_GET
-def session_list(request):
-    form = SessionCreateForm() if user_is_operator(request.user) else None
-    return render(request, "sessions/list.html", _list_context(request, form))
-
-
-@login_required
-@require_POST
-def session_create(request):
-    """Create a session from the console form (and start it when "start now" is ticked)."""
-    _require_operator(request)
-    form = SessionCreateForm(request.POST)
-    session = None
-    if form.is_valid():
-        try:
-            session = services.session_create(actor=request.user, **form.service_arguments())
-        except ValidationFailed as failure:
-            form.add_service_errors(failure.errors)
-    if session is None:
-        if request.htmx:
-            return render(request, "sessions/list.html#new-session", {"form": form})
-        return render(request, "sessions/list.html", _list_context(request, form), status=400)
-    messages.success(request, f"Created {session.reference} ({session.status})")
-    url = reverse("sessions:detail", args=[session.pk])
-    if request.htmx:
-        # The new session's page is where its events arrive, so htmx navigates there.
-        return HttpResponseClientRedirect(url)
-    return redirect(url)
 
 
 # --- detail ---------------------------------------------------------------------------------
