@@ -12,7 +12,7 @@ from django.utils import timezone
 from agents.models import Agent
 from sessions import rules
 from sessions import selectors as session_selectors
-from sessions.dispatch import RunningCounts
+from sessions.dispatch import RunningCounts, limits_configured
 from sessions.health import AT_RISK_SECONDS
 from sessions.models import CodingSession, PermissionRequest, PermissionRequestStatus, SessionStatus, SessionTransition
 from tasks.models import Task
@@ -84,11 +84,12 @@ def fleet_overview(*, now=None) -> dict:
     queue = [QueueRow(priority=number, name=name, depth=depth.get(number, 0))
              for number, name in sorted(rules.PRIORITY_NAMES.items())]
     held = {}
-    counts = RunningCounts()
-    for session in visible.filter(status=SessionStatus.QUEUED).order_by("priority", "pk")[:QUEUED_EXAMINED]:
-        limit = counts.blocking_limit(session)
-        if limit:
-            held[limit] = held.get(limit, 0) + 1
+    if limits_configured():
+        counts = RunningCounts()
+        for session in visible.filter(status=SessionStatus.QUEUED).order_by("priority", "pk")[:QUEUED_EXAMINED]:
+            limit = counts.blocking_limit(session)
+            if limit:
+                held[limit] = held.get(limit, 0) + 1
     failures = list(
         visible.filter(status__in=FAILED_STATES).defer("initial_prompt")
         .order_by("-updated_at", "-pk")[:FAILURES_SHOWN]

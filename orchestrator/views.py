@@ -17,4 +17,8 @@ OVERVIEW = "overview.html"
 @login_required
 @require_GET
 def home(request):
-    return render(request, OVERVIEW, {"overview": selectors.fleet_overview(), "last_event_id": session_selectors.event_latest_id()})
+    overview = selectors.fleet_overview()
+    return render(request, OVERVIEW, {
+        "overview": overview, "last_event_id": session_selectors.event_latest_id(),
+        "pending_approvals": overview["pending_approvals"],  # the nav's count, already read
+    })

@@ -52,7 +52,7 @@ class SessionCreateForm(forms.Form):
     )
     repository_choice = forms.ChoiceField(label="Repository", required=False)
     repository = forms.CharField(label="…or a path", required=False, help_text="under an allowed root")
-    session_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, initial="execution")
+    session_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, initial="execution", required=False)
     priority = forms.TypedChoiceField(choices=PRIORITY_CHOICES, coerce=int, initial=rules.PRIORITY_DEFAULT)
     task_concurrency = forms.IntegerField(
         label="Tasks at once", required=False, min_value=1, max_value=TASK_CONCURRENCY_MAX,
