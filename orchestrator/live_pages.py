@@ -13,6 +13,7 @@ live is counted once.
 """
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import parse_qs
@@ -27,6 +28,8 @@ from orchestrator import selectors as fleet_selectors
 from orchestrator.consumers import DirectDispatchMixin
 from orchestrator.roles import user_is_operator
 from sessions.models import SessionEvent
+
+logger = logging.getLogger(__name__)
 
 COALESCE_SECONDS = 0.2
 REPLAY_LIMIT = 500
@@ -173,8 +176,12 @@ class LivePageConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
 
     async def _push_later(self):
         try:
-            await asyncio.sleep(COALESCE_SECONDS)
-            await self._push()
+            # Events noted while a push renders are pushed by the next round of this loop.
+            while self.changes.any:
+                await asyncio.sleep(COALESCE_SECONDS)
+                await self._push()
+        except Exception:  # a failed render must not end the feed: the next change renders again
+            logger.exception("live page push failed")
         finally:
             self.flush = None
 

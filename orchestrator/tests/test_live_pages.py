@@ -20,6 +20,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run(scenario):
+    # Broadcasts an earlier test handed over would otherwise reach this test's sockets.
+    events.wait_for_broadcasts()
+
     async def wrapped():
         try:
             return await scenario()
