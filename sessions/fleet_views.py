@@ -179,14 +179,15 @@ def approval_reply(request, request_id):
 
 
 def render_session_rows(*, session_ids, created, is_operator) -> str:
-    """Out-of-band replacements of the rows of these sessions (a row not on the page is ignored by
-    htmx), and the notice counting sessions created since the page was rendered."""
+    """Out-of-band replacements of the counts by status, of the rows of these sessions (a row not
+    on the page is ignored by htmx), and of the notice counting sessions created since the page
+    was rendered."""
     rows = (
         CodingSession.objects.filter(pk__in=session_ids, deleted_at__isnull=True)
         .select_related("agent").defer("initial_prompt").order_by("-pk")
     )
     return render_to_string(f"{LIST}#live", {"sessions": rows, "created": created, "push": True,
-                                             "is_operator": is_operator})
+                                             "is_operator": is_operator, "stats": selectors.session_stats()})
 
 
 def render_inbox(*, params: QueryDict, is_operator: bool) -> str:

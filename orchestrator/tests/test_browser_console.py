@@ -136,3 +136,36 @@ def test_a_viewer_sees_no_operator_buttons_and_a_forged_post_is_refused(page, br
     page.goto(f"/sessions/{session.pk}/")
     expect(page.locator("#session-header")).to_be_visible()
     expect(page.locator("#session-header .actions")).to_have_count(0)
+    page.goto("/approvals/")
+    expect(page.locator(f"#approval-{request.pk}")).to_be_visible()
+
+
+def test_new_session_shows_errors_inline_then_creates_and_opens_the_monitor(page, browser_user, browser_db):
+    operator = browser_user("operators")
+    repository = new_repository()
+    login(page, operator, next_url="/sessions/new")
+    page.get_by_label("Title").fill("Untitled")
+    page.get_by_label("Prompt").fill("@@final Nothing to do.")
+    page.locator("select[name=repository_choice]").select_option(str(repository))
+    page.get_by_label("Tasks at once").fill("2")
+    page.get_by_label("Token budget, soft (pauses)").fill("900")
+    page.get_by_label("Token budget, hard (stops)").fill("500")
+    page.get_by_label("Start now").uncheck()
+    page.get_by_role("button", name="Create session").click()
+
+    expect(page.locator('[data-field="title"]')).to_contain_text("too generic")
+    expect(page.locator('[data-field="token_budget_soft"]')).to_contain_text("must not exceed token_budget_hard")
+    expect(page.locator("#new-session [role=alert]")).to_be_focused()
+    assert not CodingSession.objects.exists()
+
+    page.get_by_label("Title").fill("Tidy the changelog")
+    page.get_by_label("Token budget, hard (stops)").fill("5000")
+    page.get_by_label("Bash").select_option("ask")
+    page.get_by_role("button", name="Create session").click()
+    page.wait_for_url(re.compile(r"/sessions/\d+/$"))
+    session = CodingSession.objects.get()
+    expect(page.locator("#session-header")).to_contain_text(session.reference)
+    assert (session.status, session.repository, session.metadata) == ("pending", str(repository),
+                                                                      {"task_concurrency": 2})
+    assert (session.token_budget_soft, session.token_budget_hard) == (900, 5000)
+    assert session.permission_policy == {"bash": "ask"}

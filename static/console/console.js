@@ -56,7 +56,10 @@
   document.body.addEventListener("htmx:afterSettle", restoreFocus);
   // After a form swap with errors, move focus to its summary so a screen reader reads it.
   document.body.addEventListener("htmx:afterSettle", function (evt) {
-    var alert = evt.detail.target && evt.detail.target.querySelector && evt.detail.target.querySelector("[role=alert][tabindex='-1']");
+    // An outerHTML swap leaves evt.detail.target detached: look the element up again by its id.
+    var target = evt.detail.target;
+    var swapped = (target && target.id && document.getElementById(target.id)) || target;
+    var alert = swapped && swapped.querySelector && swapped.querySelector("[role=alert][tabindex='-1']");
     if (alert) { alert.focus(); }
   });
 })();
