@@ -52,6 +52,7 @@ def render_agent_rows(*, params: QueryDict) -> str:
 
 @login_required
 def agent_list_page(request):
+    last_event_id = session_selectors.event_latest_id()  # before the rows: see orchestrator.views.home
     rows, error = _rows(request.GET)
     filters = [
         {"name": name, "choices": choices, "selected": request.GET.get(name, "")}
@@ -60,7 +61,7 @@ def agent_list_page(request):
     return render(
         request,
         "agents/list.html",
-        {"rows": rows, "error": error, "filters": filters, "last_event_id": session_selectors.event_latest_id(),
+        {"rows": rows, "error": error, "filters": filters, "last_event_id": last_event_id,
          "query": request.GET.urlencode()},
     )
 

@@ -48,7 +48,9 @@ class Changes:
 @dataclass(frozen=True)
 class LivePage:
     wants: Callable[[str], bool]
-    render: Callable[..., str]  # (changes, params, is_operator, created_total) -> html; reads the database
+    # (changes, params, is_operator, created_total) -> html, or several fragments sent as one message
+    # each; reads the database.
+    render: Callable[..., str | list[str]]
 
 
 def _overview_wants(kind):
@@ -144,8 +146,13 @@ class LivePageConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         await self.channel_layer.group_add(events.ALL_SESSIONS_GROUP, self.channel_name)
         await self.accept()
         if after is not None:
-            for event in await _missed(after):
-                self._note(event)
+            while True:  # in batches until caught up; live broadcasts wait in the channel meanwhile
+                missed = await _missed(after)
+                for event in missed:
+                    self._note(event)
+                if len(missed) < REPLAY_LIMIT:
+                    break
+                after = missed[-1]["id"]
             if self.changes.any:
                 await self._push()
 
@@ -188,8 +195,9 @@ class LivePageConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     async def _push(self):
         changes, self.changes = self.changes, Changes()
         self.created_total += changes.created
-        html = await database_sync_to_async(self.page.render)(
+        rendered = await database_sync_to_async(self.page.render)(
             changes, self.params, self.is_operator, self.created_total
         )
-        if html.strip():
-            await self.send(text_data=html)
+        for html in [rendered] if isinstance(rendered, str) else rendered:
+            if html.strip():
+                await self.send(text_data=html)

@@ -41,6 +41,9 @@ def _require_operator(request):
 
 
 def _list_context(request):
+    # Read before the rows: an event committed between the two is then replayed by the live feed,
+    # never lost (read after, it would count as seen while the rows predate it).
+    last_event_id = selectors.event_latest_id()
     error = None
     try:
         filters, cursor, page_size = parse_list_params(request.GET)
@@ -68,7 +71,7 @@ def _list_context(request):
         "selected": {name: get.get(name, "") for name in
                      ("status", "session_type", "priority", "agent", "repository", "tag", "search")},
         "stats": selectors.session_stats(),
-        "last_event_id": selectors.event_latest_id(),
+        "last_event_id": last_event_id,
         "is_operator": user_is_operator(request.user),
     }
 
@@ -141,8 +144,9 @@ def _inbox_context(params, *, is_operator, notice=None, notice_level="error"):
 @login_required
 @require_GET
 def approvals_inbox(request):
+    last_event_id = selectors.event_latest_id()  # before the rows (see _list_context)
     context = _inbox_context(request.GET, is_operator=user_is_operator(request.user))
-    context["last_event_id"] = selectors.event_latest_id()
+    context["last_event_id"] = last_event_id
     context["pending_approvals"] = context["pending_count"]  # the nav's count, already read
     return render(request, INBOX, context)
 
@@ -170,7 +174,7 @@ def approval_reply(request, request_id):
         notice = refused.message
     if request.htmx:
         context = _inbox_context(request.GET, is_operator=True, notice=notice, notice_level=level)
-        return render(request, f"{INBOX}#inbox", context)
+        return render(request, f"{INBOX}#answered", context)
     (messages.success if level == "success" else messages.error)(request, notice)
     return redirect("approvals:inbox")
 
@@ -178,16 +182,17 @@ def approval_reply(request, request_id):
 # --- WebSocket pushes (orchestrator.live_pages) ---------------------------------------------
 
 
-def render_session_rows(*, session_ids, created, is_operator) -> str:
-    """Out-of-band replacements of the counts by status, of the rows of these sessions (a row not
-    on the page is ignored by htmx), and of the notice counting sessions created since the page
-    was rendered."""
-    rows = (
+def render_session_rows(*, session_ids, created, is_operator) -> list[str]:
+    """Two out-of-band fragments: the rows of these sessions (a row not on the page is ignored by
+    htmx), then the counts by status and the notice of sessions created since the page was
+    rendered. Separate messages, because an HTML parser drops table rows that follow a <p>."""
+    rows = list(
         CodingSession.objects.filter(pk__in=session_ids, deleted_at__isnull=True)
         .select_related("agent").defer("initial_prompt").order_by("-pk")
     )
-    return render_to_string(f"{LIST}#live", {"sessions": rows, "created": created, "push": True,
-                                             "is_operator": is_operator, "stats": selectors.session_stats()})
+    context = {"sessions": rows, "created": created, "push": True, "is_operator": is_operator}
+    counts = render_to_string(f"{LIST}#live-counts", {**context, "stats": selectors.session_stats()})
+    return [render_to_string(f"{LIST}#live-rows", context) if rows else "", counts]
 
 
 def render_inbox(*, params: QueryDict, is_operator: bool) -> str:

@@ -90,7 +90,7 @@ def test_a_permission_request_appears_in_the_inbox_and_approving_it_lets_the_run
     expect(page.locator("#nav-approvals")).to_have_text("1")
     item.get_by_role("button", name=re.compile("^Approve once")).click()
 
-    expect(page.locator("#inbox .notice")).to_contain_text(f"{session.reference} · bash: Allow once")
+    expect(page.locator("#inbox-notice")).to_contain_text(f"{session.reference} · bash: Allow once")
     expect(page.locator("#inbox .approval")).to_have_count(0)
     expect(page.locator("#nav-approvals")).to_have_text("0")
     request = PermissionRequest.objects.get(session=session)
