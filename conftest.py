@@ -17,6 +17,9 @@ from django.conf import settings
 
 REQUIRE_SERVICES = os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES") == "1"
 
+# The browser-test fixtures (Chromium, daphne, a worker, screenshots), for any test module.
+pytest_plugins = ["orchestrator.tests.browser"]
+
 
 def _tcp_open(host, port):
     try:

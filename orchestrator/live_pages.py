@@ -16,7 +16,6 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer

@@ -1,7 +1,7 @@
 """Browser tests on the real stack: fixtures for Chromium driven by Playwright.
 
-A test module imports the fixtures it uses (`from orchestrator.tests.browser import ...`) and is
-marked `browser`; it then gets, per module:
+Loaded as a pytest plugin by the root conftest.py, so any test module marked `browser` can ask
+for these fixtures; per module:
 
 - `browser_llm`: the project's scripted LLM, in this process (its request log is readable here);
 - `browser_worker`: a real Celery worker (threads pool) told the LLM's URL; it starts its own
@@ -63,7 +63,7 @@ def browser_missing() -> str | None:
     if not CHROMIUM.is_file():
         return f"needs Chromium at {CHROMIUM} (apt-get install chromium)"
     try:
-        import playwright.sync_api  # noqa: F401
+        from playwright.sync_api import sync_playwright  # noqa: F401  (only whether it imports)
     except ImportError:
         return "needs Playwright for Python (pip install playwright; the browser is Debian's, never downloaded)"
     return None

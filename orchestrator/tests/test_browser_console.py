@@ -1,6 +1,7 @@
 """The console in a real browser (Debian's Chromium driven by Playwright) on the real stack:
 daphne, a Celery worker, OpenCode and the scripted LLM. Each test leaves a screenshot of its
-final page under <ORCHESTRATOR_VAR_DIR>/test/screenshots/."""
+final page under <ORCHESTRATOR_VAR_DIR>/test/screenshots/. The fixtures come from
+orchestrator/tests/browser.py (a plugin of the root conftest.py)."""
 
 import re
 
@@ -12,19 +13,7 @@ try:
 except ImportError:  # the `browser` marker skips (or, in CI's services run, fails) every test here
     expect = None
 
-from orchestrator.tests.browser import (  # noqa: F401  (fixtures)
-    browser_db,
-    browser_llm,
-    browser_user,
-    browser_worker,
-    chromium,
-    idle_worker_at_end,
-    login,
-    new_repository,
-    page,
-    wait_live,
-    web_server,
-)
+from orchestrator.tests.browser import login, new_repository, wait_live
 from sessions.approvals import permission_request_record
 from sessions.models import CodingSession, PermissionRequest
 from sessions.services import session_create, session_start
