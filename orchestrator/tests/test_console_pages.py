@@ -283,3 +283,10 @@ def test_context_page_diffs_any_two_versions(client, viewer_user):
     assert "<code>model</code>" not in middle[middle.index("diff-title"):middle.index("<h2>History")]
     bad = client.get(url, {"from": 9}).content.decode()
     assert "version: must be between 1 and 4" in bad
+
+
+def test_api_approvals_answers_with_a_trailing_slash_and_is_listed_at_the_root(api_client):
+    assert api_client.get("/api/v1/approvals/").status_code == 200
+    assert api_client.get("/api/v1/").json()["approvals"].endswith("/api/v1/approvals")
+    refused = api_client.post("/api/v1/approvals", {}, format="json")
+    assert refused.status_code == 405 and refused.json()["error"]["code"] == "method_not_allowed"
