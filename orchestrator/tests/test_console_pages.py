@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from contexts import documents
 from contexts.services import context_create, context_set
-from sessions import approvals
+from sessions import approvals, services
 from sessions.models import CodingSession, PermissionRequest
 from sessions.tests.factories import CodingSessionFactory
 from tasks.tests.factories import AgentFactory, TaskFactory
@@ -290,3 +290,11 @@ def test_api_approvals_answers_with_a_trailing_slash_and_is_listed_at_the_root(a
     assert api_client.get("/api/v1/").json()["approvals"].endswith("/api/v1/approvals")
     refused = api_client.post("/api/v1/approvals", {}, format="json")
     assert refused.status_code == 405 and refused.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_overview_shows_a_stalled_session_with_the_reason_it_degraded(client, viewer_user):
+    session = CodingSessionFactory(status="running")
+    services.session_degrade(session=session.pk, reason="no OpenCode events for 120 s")
+    client.force_login(viewer_user)
+    body = client.get("/").content.decode()
+    assert '<span class="badge status-degraded">degraded</span> no OpenCode events for 120 s' in body
