@@ -1,6 +1,7 @@
 """Test-wide fixtures and the service markers.
 
-A test marked `postgres`, `redis` or `opencode` needs that real service. When
+A test marked `postgres`, `redis`, `opencode` or `browser` (Chromium and Playwright) needs that
+real service. When
 it is absent the test is skipped with the reason, except when
 ORCHESTRATOR_REQUIRE_SERVICES=1 (set by .ci/run for its PostgreSQL + Redis
 run): then the absence fails the test, so CI can never pass on skips.
@@ -15,6 +16,9 @@ import pytest
 from django.conf import settings
 
 REQUIRE_SERVICES = os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES") == "1"
+
+# The browser-test fixtures (Chromium, daphne, a worker, screenshots), for any test module.
+pytest_plugins = ["orchestrator.tests.browser"]
 
 
 def _tcp_open(host, port):
@@ -35,6 +39,10 @@ def _missing_service(marker_name):
         parsed = urlparse(settings.REDIS_URL)
         if not _tcp_open(parsed.hostname, parsed.port or 6379):
             return f"needs Redis, but nothing answers at {settings.REDIS_URL}"
+    if marker_name == "browser":
+        from orchestrator.tests.browser import browser_missing
+
+        return browser_missing()
     if marker_name == "opencode":
         if not Path(settings.OPENCODE_BIN).is_file():
             return f"needs the opencode binary at {settings.OPENCODE_BIN} (bin/setup installs it)"
@@ -42,7 +50,7 @@ def _missing_service(marker_name):
 
 
 def pytest_runtest_setup(item):
-    for marker_name in ("postgres", "redis", "opencode"):
+    for marker_name in ("postgres", "redis", "opencode", "browser"):
         if item.get_closest_marker(marker_name) is None:
             continue
         reason = _missing_service(marker_name)

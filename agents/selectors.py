@@ -9,6 +9,7 @@ from django.utils import timezone
 from agents import routing
 from agents.models import Agent
 from orchestrator.errors import NotFound, ValidationFailed
+from tasks.models import Task
 
 TIER_RANK = {tier: rank for rank, tier in enumerate(routing.TIERS)}
 
@@ -113,3 +114,17 @@ def agent_performance(agent: Agent) -> dict:
         "load_level": agent.load_level,
         "last_task_at": agent.last_task_at,
     }
+
+
+def agent_current_tasks(agent_ids) -> dict:
+    """{agent id: [task, ...]} of the tasks each agent holds now (assigned or in progress), oldest
+    first, with their session; one query."""
+    found = {}
+    rows = (
+        Task.objects.filter(assigned_agent_id__in=agent_ids, status__in=["assigned", "in_progress"])
+        .select_related("session").only("pk", "title", "status", "assigned_agent_id", "session__reference")
+        .order_by("pk")
+    )
+    for task in rows:
+        found.setdefault(task.assigned_agent_id, []).append(task)
+    return found

@@ -1,12 +1,15 @@
 """Reads of contexts and their history."""
 
+import copy
 from collections.abc import Iterable, Sequence
+from itertools import groupby
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, Q, QuerySet
 
+from contexts import documents
 from contexts.models import Context, ContextChange
-from orchestrator.errors import NotFound, PermissionRefused
+from orchestrator.errors import NotFound, PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
 
 
@@ -62,3 +65,27 @@ def context_history(*, context: Context, path: str | None = None) -> QuerySet[Co
 def context_change_counts(context_ids: Iterable[int]) -> dict[int, int]:
     rows = ContextChange.objects.filter(context_id__in=context_ids).values("context_id").annotate(n=Count("id"))
     return {row["context_id"]: row["n"] for row in rows}
+
+
+def context_document_at(*, context: Context, version: int) -> dict:
+    """The context's document as it was at `version` (1 to the current version), rebuilt from the
+    current document by undoing each later write recorded in the history, newest first.
+
+    Each history row is one leaf of the write's diff (add, change, remove), so undoing a write
+    is applying its inverse diff. ValidationFailed names `version` when it is out of range.
+    """
+    if not isinstance(version, int) or not 1 <= version <= context.version:
+        raise ValidationFailed(field="version", rule=f"must be between 1 and {context.version}")
+    document = copy.deepcopy(context.data)
+    later = ContextChange.objects.filter(context=context, version__gt=version).order_by("-version", "id")
+    for _, rows in groupby(later.iterator(), key=lambda row: row.version):
+        inverse = documents.Diff()
+        for row in rows:
+            if row.action == "add":
+                inverse.removed[row.path] = row.new_value
+            elif row.action == "remove":
+                inverse.added[row.path] = row.old_value
+            else:
+                inverse.changed[row.path] = (row.new_value, row.old_value)
+        document = documents.apply_diff(document, inverse)
+    return document

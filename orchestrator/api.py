@@ -77,6 +77,7 @@ def api_root(request, format=None):
             "agents": reverse("api:agent-list", request=request, format=format),
             "tasks": reverse("api:task-list", request=request, format=format),
             "contexts": reverse("api:context-list", request=request, format=format),
+            "approvals": reverse("api:approval-list", request=request, format=format),
             "schema": reverse("api-schema", request=request, format=format),
             "docs": reverse("api-docs", request=request, format=format),
         }

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from orchestrator import health, views
+from sessions.urls import approval_urlpatterns
 
 urlpatterns = [
     path("", views.home, name="home"),
@@ -17,6 +18,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("sessions/", include("sessions.urls")),
+    path("approvals/", include((approval_urlpatterns, "approvals"))),
     path("agents/", include("agents.urls")),
     path("tasks/", include("tasks.urls")),
     path("contexts/", include("contexts.urls")),

@@ -550,3 +550,83 @@ router = api_router()
 router.register("sessions", SessionViewSet, basename="session")
 
 urlpatterns = router.urls
+
+
+# --- approvals across sessions ----------------------------------------------------------------
+
+
+def parse_approval_params(params):
+    """Query parameters of the approvals inbox -> (ApprovalFilters, cursor, page_size)."""
+    permission = (params.get("permission") or "").strip() or None
+    if permission is not None and not rules.TOOL_NAME.match(permission):
+        raise ValidationFailed(field="permission", rule="must be a tool name (letters, digits, _ . * -, 1-100)")
+    repository = (params.get("repository") or "").strip() or None
+    if repository is not None and len(repository) > rules.REPOSITORY_MAX:
+        raise ValidationFailed(field="repository", rule=f"must be at most {rules.REPOSITORY_MAX} characters")
+    page_size = _int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
+    if page_size > selectors.PAGE_SIZE_MAX:
+        raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
+    filters = selectors.ApprovalFilters(
+        session_id=_int_param(params, "session", minimum=1),
+        permission=permission,
+        agent_id=_int_param(params, "agent", minimum=1),
+        repository=repository,
+    )
+    return filters, _int_param(params, "cursor", minimum=1), page_size
+
+
+class ApprovalSerializer(PermissionRequestSerializer):
+    """A pending request with where it comes from and how long until its default applies."""
+
+    session = serializers.SerializerMethodField()
+    agent = serializers.SerializerMethodField()
+    seconds_left = serializers.SerializerMethodField()
+
+    class Meta(PermissionRequestSerializer.Meta):
+        fields = [*PermissionRequestSerializer.Meta.fields, "session", "agent", "seconds_left"]
+        read_only_fields = fields
+
+    def get_session(self, request) -> dict:
+        return {"id": request.session_id, "reference": request.session.reference, "title": request.session.title,
+                "repository": request.session.repository}
+
+    def get_agent(self, request) -> dict | None:
+        agent = request.task.assigned_agent if request.task_id and request.task.assigned_agent_id else None
+        return {"id": agent.pk, "name": agent.name} if agent else None
+
+    def get_seconds_left(self, request) -> float:
+        return round(selectors.approval_seconds_left(request), 1)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("session", int), OpenApiParameter("permission", str, description="tool name"),
+            OpenApiParameter("agent", int), OpenApiParameter("repository", str),
+            OpenApiParameter("cursor", int, description="next_cursor of the previous page"),
+            OpenApiParameter("page_size", int, description="1-100, default 50"),
+        ],
+        responses=_page_of("ApprovalPage", ApprovalSerializer, next_cursor=serializers.IntegerField(allow_null=True),
+                           next=serializers.CharField(allow_null=True)),
+    ),
+)
+class ApprovalViewSet(viewsets.ViewSet):
+    """Pending tool-permission requests across sessions, oldest first (answer them with
+    POST /sessions/{id}/permissions/{request id}/reply)."""
+
+    def list(self, request):
+        if not user_can_view(request.user):
+            raise PermissionRefused("Sign in to see approvals")
+        filters, cursor, page_size = parse_approval_params(request.query_params)
+        page = selectors.approvals_pending(filters=filters, cursor=cursor, page_size=page_size)
+        next_url = None
+        if page.next_cursor is not None:
+            params = request.query_params.copy()
+            params["cursor"] = str(page.next_cursor)
+            next_url = request.build_absolute_uri(f"{request.path}?{params.urlencode()}")
+        return Response({"results": ApprovalSerializer(page.items, many=True).data,
+                         "next_cursor": page.next_cursor, "next": next_url})
+
+
+router.register("approvals", ApprovalViewSet, basename="approval")
+urlpatterns = router.urls

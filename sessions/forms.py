@@ -1,9 +1,11 @@
 """The console's "New session" form.
 
 The form only turns text into Python values; the rules (lengths, ranges,
-generic titles, the permission policy) belong to `session_create`, so the
-console refuses the same input with the same words as the API and the admin.
-`add_service_errors` puts the service's `{field: [rule]}` next to the fields.
+generic titles, budgets, the permission policy) belong to `session_create`, so
+the console refuses the same input with the same words as the API and the
+admin. `add_service_errors` puts the service's `{field: [rule]}` next to the
+fields. The one value the service does not check, the task concurrency kept in
+`metadata`, is bounded here.
 """
 
 from pathlib import Path
@@ -14,23 +16,33 @@ from django.conf import settings
 from sessions import rules
 
 PRIORITY_CHOICES = [(number, name.title()) for number, name in sorted(rules.PRIORITY_NAMES.items())]
-BASH_CHOICES = [("", "OpenCode's default")] + [(decision, decision) for decision in rules.PERMISSION_DECISIONS]
+DECISION_CHOICES = [("", "OpenCode's default")] + [(decision, decision) for decision in rules.PERMISSION_DECISIONS]
+TYPE_CHOICES = [(name, name) for name in rules.SESSION_TYPES]
+# The tools whose permission the form sets; the API takes any tool name.
+POLICY_TOOLS = ("bash", "edit", "webfetch")
+TASK_CONCURRENCY_MAX = 16
+REPOSITORIES_LISTED = 200
 
 # Service field name -> form field name, where they differ.
-SERVICE_FIELDS = {"permission_policy": "bash_permission"}
+SERVICE_FIELDS = {"permission_policy": "bash_permission", "metadata": "task_concurrency"}
+
+
+def allowed_repositories():
+    """Git repositories directly under the allowed roots (REPOSITORY_ROOTS), sorted, at most 200."""
+    found = []
+    for root in getattr(settings, "REPOSITORY_ROOTS", None) or []:
+        try:
+            children = sorted(Path(root).iterdir())
+        except OSError:
+            continue
+        found += [str(child) for child in children if child.is_dir() and not child.name.startswith(".")]
+    return found[:REPOSITORIES_LISTED]
 
 
 def default_repository():
     """The first folder under the first allowed repository root (e.g. var/repos/demo), or ""."""
-    roots = getattr(settings, "REPOSITORY_ROOTS", None) or []
-    if not roots:
-        return ""
-    root = Path(roots[0])
-    try:
-        folders = sorted(child for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
-    except OSError:
-        return ""
-    return str(folders[0]) if folders else ""
+    repositories = allowed_repositories()
+    return repositories[0] if repositories else ""
 
 
 class SessionCreateForm(forms.Form):
@@ -38,30 +50,51 @@ class SessionCreateForm(forms.Form):
     initial_prompt = forms.CharField(
         label="Prompt", required=False, strip=False, widget=forms.Textarea(attrs={"rows": 6})
     )
-    repository = forms.CharField(label="Repository path", required=False)
+    repository_choice = forms.ChoiceField(label="Repository", required=False)
+    repository = forms.CharField(label="…or a path", required=False, help_text="under an allowed root")
+    session_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, initial="execution", required=False)
     priority = forms.TypedChoiceField(choices=PRIORITY_CHOICES, coerce=int, initial=rules.PRIORITY_DEFAULT)
-    max_duration_seconds = forms.IntegerField(
-        label="Max duration (seconds)", initial=rules.DURATION_DEFAULT, required=False
+    task_concurrency = forms.IntegerField(
+        label="Tasks at once", required=False, min_value=1, max_value=TASK_CONCURRENCY_MAX,
+        help_text=f"1-{TASK_CONCURRENCY_MAX}; empty: the server's default",
     )
-    bash_permission = forms.ChoiceField(label="Bash permission", choices=BASH_CHOICES, required=False)
+    max_duration_seconds = forms.IntegerField(
+        label="Time budget (seconds)", initial=rules.DURATION_DEFAULT, required=False
+    )
+    token_budget_soft = forms.IntegerField(label="Token budget, soft (pauses)", required=False)
+    token_budget_hard = forms.IntegerField(label="Token budget, hard (stops)", required=False)
+    cost_budget_soft = forms.DecimalField(label="Cost budget, soft", required=False, max_digits=12, decimal_places=4)
+    cost_budget_hard = forms.DecimalField(label="Cost budget, hard", required=False, max_digits=12, decimal_places=4)
+    bash_permission = forms.ChoiceField(label="Bash", choices=DECISION_CHOICES, required=False)
+    edit_permission = forms.ChoiceField(label="Edit", choices=DECISION_CHOICES, required=False)
+    webfetch_permission = forms.ChoiceField(label="Web fetch", choices=DECISION_CHOICES, required=False)
     start = forms.BooleanField(label="Start now", required=False, initial=True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if not self.is_bound:
-            self.initial.setdefault("repository", default_repository())
+        repositories = allowed_repositories()
+        self.fields["repository_choice"].choices = [("", "— a path below —")] + [(r, r) for r in repositories]
+        if not self.is_bound and repositories:
+            self.initial.setdefault("repository_choice", repositories[0])
 
     def service_arguments(self):
         """Keyword arguments for `session_create` from cleaned data (call after is_valid())."""
         data = self.cleaned_data
-        bash = data.get("bash_permission")
+        policy = {tool: data[f"{tool}_permission"] for tool in POLICY_TOOLS if data.get(f"{tool}_permission")}
+        concurrency = data.get("task_concurrency")
         return {
             "title": data.get("title") or "",
             "initial_prompt": data.get("initial_prompt") or "",
-            "repository": data.get("repository") or "",
+            "repository": (data.get("repository") or "").strip() or data.get("repository_choice") or "",
+            "session_type": data.get("session_type") or "execution",
             "priority": data.get("priority"),
             "max_duration_seconds": data.get("max_duration_seconds"),
-            "permission_policy": {"bash": bash} if bash else None,
+            "token_budget_soft": data.get("token_budget_soft"),
+            "token_budget_hard": data.get("token_budget_hard"),
+            "cost_budget_soft": data.get("cost_budget_soft"),
+            "cost_budget_hard": data.get("cost_budget_hard"),
+            "permission_policy": policy or None,
+            "metadata": {"task_concurrency": concurrency} if concurrency else None,
             "start": bool(data.get("start")),
         }
 

@@ -3,6 +3,7 @@
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.conf import settings
 from django.db import connection
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Count, F, Max, Q, QuerySet
@@ -11,7 +12,15 @@ from django.utils import timezone
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_can_view
 from sessions.health_score import AT_RISK_SECONDS
-from sessions.models import Checkpoint, CodingSession, PermissionRequest, SessionEvent, SessionStatus, SessionTransition
+from sessions.models import (
+    Checkpoint,
+    CodingSession,
+    PermissionRequest,
+    PermissionRequestStatus,
+    SessionEvent,
+    SessionStatus,
+    SessionTransition,
+)
 
 PAGE_SIZE_DEFAULT = 50
 PAGE_SIZE_MAX = 100
@@ -213,3 +222,51 @@ def session_recent_events(session: CodingSession, *, limit: int = 50) -> list[Se
     rows = list(SessionEvent.objects.filter(session_id=session.pk).order_by("-pk")[:limit])
     rows.reverse()
     return rows
+
+
+@dataclass(frozen=True)
+class ApprovalFilters:
+    """Filters of the approvals inbox; every one optional."""
+
+    session_id: int | None = None
+    permission: str | None = None
+    agent_id: int | None = None
+    repository: str | None = None
+
+
+def approvals_pending(*, filters: ApprovalFilters | None = None, cursor: int | None = None,
+                      page_size: int = PAGE_SIZE_DEFAULT) -> Page:
+    """Pending permission requests across visible sessions, oldest first, keyset-paginated on id
+    (`cursor` is the last id of the previous page). Loads the session, the task and its agent in
+    the same query."""
+    page_size = max(1, min(int(page_size), PAGE_SIZE_MAX))
+    filters = filters or ApprovalFilters()
+    queryset = PermissionRequest.objects.filter(
+        status=PermissionRequestStatus.PENDING, session__deleted_at__isnull=True
+    ).select_related("session", "task", "task__assigned_agent")
+    if filters.session_id is not None:
+        queryset = queryset.filter(session_id=filters.session_id)
+    if filters.permission:
+        queryset = queryset.filter(permission=filters.permission)
+    if filters.agent_id is not None:
+        queryset = queryset.filter(task__assigned_agent_id=filters.agent_id)
+    if filters.repository:
+        queryset = queryset.filter(session__repository=filters.repository)
+    if cursor is not None:
+        queryset = queryset.filter(pk__gt=cursor)
+    rows = list(queryset.defer("session__initial_prompt").order_by("pk")[: page_size + 1])
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    return Page(items=rows, next_cursor=rows[-1].pk if more and rows else None)
+
+
+def approval_seconds_left(request, *, now=None) -> float:
+    """Seconds before the default reply applies to a pending request (never below 0)."""
+    age = ((now or timezone.now()) - request.created_at).total_seconds()
+    return max(0.0, settings.PERMISSION_TIMEOUT_SECONDS - age)
+
+
+def event_latest_id() -> int:
+    """The newest event's id (0 when there is none): a live page's `after`, from which its feed
+    catches up on what happened between the render and the WebSocket connection."""
+    return SessionEvent.objects.order_by("-pk").values_list("pk", flat=True).first() or 0

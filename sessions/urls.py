@@ -1,12 +1,12 @@
 from django.urls import path
 
-from sessions import monitor, views
+from sessions import fleet_views, monitor, views
 
 app_name = "sessions"
 
 urlpatterns = [
-    path("", views.session_list, name="list"),
-    path("new", views.session_create, name="create"),
+    path("", fleet_views.session_list, name="list"),
+    path("new", fleet_views.session_create, name="create"),
     path("<int:session_id>/", views.session_detail, name="detail"),
     path("<int:session_id>/actions/<slug:action>", views.session_action, name="action"),
     path("<int:session_id>/permissions", views.session_permissions, name="permissions"),
@@ -20,4 +20,10 @@ urlpatterns = [
         views.session_permission_reply,
         name="permission-reply",
     ),
+]
+
+# Mounted at /approvals/ (namespace "approvals") by orchestrator/urls.py.
+approval_urlpatterns = [
+    path("", fleet_views.approvals_inbox, name="inbox"),
+    path("<int:request_id>/reply", fleet_views.approval_reply, name="reply"),
 ]

@@ -1,5 +1,5 @@
-"""Console pages for sessions: the list with the "New session" form, and the monitor's actions
-(the monitor itself: sessions.monitor).
+"""Console pages for sessions: the monitor's actions (the monitor itself: sessions.monitor; the
+list and the "New session" page: sessions.fleet_views).
 
 Plain function views. A POST from htmx (`request.htmx`) gets the partial it
 swaps; a plain POST is redirected. Every fragment comes from the partials
@@ -23,8 +23,6 @@ from sessions import permissions, selectors, services
 # The monitor (detail page, its parts and pushes) lives in sessions.monitor; these names stay here
 # for the URLconf and the action views below.
 from sessions.monitor import ACTIONS, event_item, header_context, live_fragment, session_detail  # noqa: F401
-from sessions.api import parse_list_params
-from sessions.forms import SessionCreateForm
 from sessions.models import PermissionReply, PermissionRequestStatus, SessionStatus
 
 DETAIL = "sessions/detail.html"
@@ -48,68 +46,6 @@ def _pending_permissions(session):
 
 def _render_partial(request, name, context, status=200):
     return render(request, f"{DETAIL}#{name}", context, status=status)
-
-
-# --- list and create ----------------------------------------------------------------------
-
-
-def _list_context(request, form):
-    error = None
-    try:
-        filters, cursor, page_size = parse_list_params(request.GET)
-    except ValidationFailed as exc:
-        error = exc.message
-        filters, cursor, page_size = selectors.SessionFilters(), None, selectors.PAGE_SIZE_DEFAULT
-    page = selectors.session_list(filters=filters, cursor=cursor, page_size=page_size)
-    next_query = None
-    if page.next_cursor is not None:
-        params = request.GET.copy()
-        params["cursor"] = str(page.next_cursor)
-        next_query = params.urlencode()
-    return {
-        "sessions": page.items,
-        "next_query": next_query,
-        "error": error,
-        "statuses": SessionStatus.values,
-        "selected_status": request.GET.get("status", ""),
-        "search": request.GET.get("search", ""),
-        "stats": selectors.session_stats(),
-        "form": form,
-    }
-
-
-@login_required
-@require_GET
-def session_list(request):
-    form = SessionCreateForm() if user_is_operator(request.user) else None
-    return render(request, "sessions/list.html", _list_context(request, form))
-
-
-@login_required
-@require_POST
-def session_create(request):
-    """Create a session from the console form (and start it when "start now" is ticked)."""
-    _require_operator(request)
-    form = SessionCreateForm(request.POST)
-    session = None
-    if form.is_valid():
-        try:
-            session = services.session_create(actor=services.Actor.of_user(request.user), **form.service_arguments())
-        except ValidationFailed as failure:
-            form.add_service_errors(failure.errors)
-    if session is None:
-        if request.htmx:
-            return render(request, "sessions/list.html#new-session", {"form": form})
-        return render(request, "sessions/list.html", _list_context(request, form), status=400)
-    messages.success(request, f"Created {session.reference} ({session.status})")
-    url = reverse("sessions:detail", args=[session.pk])
-    if request.htmx:
-        # The new session's page is where its events arrive, so htmx navigates there.
-        return HttpResponseClientRedirect(url)
-    return redirect(url)
-
-
-# --- detail ---------------------------------------------------------------------------------
 
 
 @login_required

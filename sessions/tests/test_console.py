@@ -74,8 +74,9 @@ def test_form_prefills_the_first_repository_under_the_allowed_root(client, opera
     (tmp_path / "demo").mkdir()
     settings.REPOSITORY_ROOTS = [tmp_path]
     client.force_login(operator_user)
-    body = client.get(reverse("sessions:list")).content.decode()
-    assert f'value="{tmp_path / "demo"}"' in body
+    body = client.get(reverse("sessions:create")).content.decode()
+    assert f'<option value="{tmp_path / "demo"}" selected>' in body
+    assert f'<option value="{tmp_path / "zeta"}">' in body
     assert 'name="start"' in body and "checked" in body
 
 
@@ -98,12 +99,12 @@ def test_validation_errors_render_next_to_their_fields_and_nothing_is_written(cl
 
 
 @pytest.mark.django_db
-def test_validation_errors_without_htmx_rerender_the_list_page(client, operator_user):
+def test_validation_errors_without_htmx_rerender_the_new_session_page(client, operator_user):
     client.force_login(operator_user)
     response = client.post(reverse("sessions:create"), form_data(bash_permission="sometimes"))
     assert response.status_code == 400
     body = response.content.decode()
-    assert "<table>" in body and 'data-field="bash_permission"' in body
+    assert "<title>New session" in body and 'data-field="bash_permission"' in body
     assert not CodingSession.objects.exists()
 
 
@@ -112,6 +113,7 @@ def test_viewer_sees_no_form_and_cannot_post_one(client, viewer_user):
     client.force_login(viewer_user)
     page = client.get(reverse("sessions:list")).content.decode()
     assert "New session" not in page and reverse("sessions:create") not in page
+    assert client.get(reverse("sessions:create")).status_code == 403
     assert client.post(reverse("sessions:create"), form_data()).status_code == 403
     assert not CodingSession.objects.exists()
 
