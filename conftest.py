@@ -87,6 +87,21 @@ def _purge_worker_queues():
         pass  # no broker reachable: the tests that need one say so themselves
 
 
+@pytest.fixture(autouse=True)
+def api_throttles_relaxed(request, settings):
+    """Throttles and sign-in lockouts count per user id and address, which tests reuse: each test
+    starts with empty counters and rates no test reaches. Tests of the throttles themselves
+    (marked `throttled`) keep the configured rates."""
+    from django.core.cache import cache
+
+    cache.clear()
+    if request.node.get_closest_marker("throttled") is None:
+        settings.API_THROTTLE_RATES = {scope: "1000000/minute" for scope in settings.API_THROTTLE_RATES}
+        settings.LOGIN_FAILURE_LIMIT = 1_000_000
+        settings.SESSION_LIMIT_PER_USER = 0
+    yield
+
+
 @pytest.fixture
 def operator_user(db):
     from orchestrator.tests.factories import UserFactory

@@ -1,7 +1,11 @@
 """API plumbing shared by every app: the error format and the API root."""
 
+import logging
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
@@ -17,6 +21,9 @@ DOMAIN_STATUS = {
     errors.PermissionRefused: status.HTTP_403_FORBIDDEN,
     errors.Conflict: status.HTTP_409_CONFLICT,
 }
+
+
+logger = logging.getLogger(__name__)
 
 
 def error_body(code, message, details=None):
@@ -56,10 +63,17 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        from orchestrator.inputs import PayloadTooLarge
+
+        exc = PayloadTooLarge()
 
     response = drf_exception_handler(exc, context)
     if response is None:
-        return None
+        # Anything else is our fault: logged with its traceback, answered without it.
+        view = context.get("view")
+        logger.error("Unhandled error in %s", type(view).__name__ if view else "an API view", exc_info=exc)
+        return Response(error_body("server_error", "Internal server error"), status=500)
     code = getattr(exc, "default_code", "error")
     if isinstance(exc, exceptions.NotAuthenticated):
         code = "not_authenticated"
@@ -67,6 +81,30 @@ def exception_handler(exc, context):
     message = str(detail) if not isinstance(detail, (dict, list)) else "Request refused"
     response.data = error_body(code, message)
     return response
+
+
+def _is_api(request):
+    return request.path.startswith("/api/")
+
+
+def bad_request(request, exception, template_name="400.html"):
+    if not _is_api(request):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        return JsonResponse(error_body("payload_too_large", "The request body is too large."), status=413)
+    return JsonResponse(error_body("bad_request", "The request could not be read."), status=400)
+
+
+def page_not_found(request, exception, template_name="404.html"):
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}"), status=404)
+
+
+def server_error(request, template_name="500.html"):
+    if not _is_api(request):
+        return defaults.server_error(request)
+    return JsonResponse(error_body("server_error", "Internal server error"), status=500)
 
 
 @api_view(["GET"])

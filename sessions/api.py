@@ -5,7 +5,6 @@ Domain errors become `{"error": {"code", "message", "details"}}` through
 orchestrator.api.exception_handler (400, 404, 409).
 """
 
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -21,6 +20,7 @@ from rest_framework.response import Response
 from agents.models import Agent
 from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
+from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, datetime_param, id_param, int_param
 from orchestrator.roles import user_can_view
 from sessions import approvals, rules, selectors, services
 from sessions.models import (
@@ -175,17 +175,21 @@ class SessionCreateSerializer(serializers.Serializer):
     initial_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default=None)
     repository = serializers.CharField(required=False, allow_blank=True, default=None)
     model_identifier = serializers.CharField(required=False, allow_blank=True, default="")
-    max_duration_seconds = serializers.IntegerField(required=False, default=rules.DURATION_DEFAULT)
-    max_retries = serializers.IntegerField(required=False, default=rules.RETRIES_DEFAULT)
-    token_budget_soft = serializers.IntegerField(required=False, allow_null=True, default=None)
-    token_budget_hard = serializers.IntegerField(required=False, allow_null=True, default=None)
+    max_duration_seconds = BoundedIntegerField(required=False, default=rules.DURATION_DEFAULT)
+    max_retries = BoundedIntegerField(required=False, default=rules.RETRIES_DEFAULT)
+    token_budget_soft = BoundedIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=rules.TOKEN_BUDGET_MAX
+    )
+    token_budget_hard = BoundedIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=rules.TOKEN_BUDGET_MAX
+    )
     cost_budget_soft = serializers.DecimalField(
         max_digits=12, decimal_places=4, required=False, allow_null=True, default=None
     )
     cost_budget_hard = serializers.DecimalField(
         max_digits=12, decimal_places=4, required=False, allow_null=True, default=None
     )
-    permission_policy = serializers.JSONField(required=False, default=dict)
+    permission_policy = BoundedJSONField(required=False, default=dict, max_bytes=16_384, max_depth=2)
     parent = serializers.PrimaryKeyRelatedField(
         queryset=CodingSession.objects.filter(deleted_at__isnull=True), required=False, allow_null=True,
         default=None,
@@ -193,9 +197,19 @@ class SessionCreateSerializer(serializers.Serializer):
     agent = serializers.PrimaryKeyRelatedField(
         queryset=Agent.objects.all(), required=False, allow_null=True, default=None
     )
-    tags = serializers.JSONField(required=False, default=list)
-    metadata = serializers.JSONField(required=False, default=dict)
+    tags = BoundedJSONField(required=False, default=list, max_bytes=4_096, max_depth=1)
+    metadata = BoundedJSONField(
+        required=False, default=dict, max_bytes=rules.METADATA_MAX_BYTES, max_depth=rules.METADATA_MAX_DEPTH
+    )
     start = serializers.BooleanField(required=False, default=False)
+
+    def to_internal_value(self, data):
+        # PrimaryKeyRelatedField would hand 2^70 to the database (an overflow there, a 500 here).
+        if isinstance(data, dict):
+            for name in ("parent", "agent"):
+                if data.get(name) is not None:
+                    IdField().run_validation(data[name])
+        return super().to_internal_value(data)
 
 
 class PermissionRequestSerializer(serializers.ModelSerializer):
@@ -219,11 +233,11 @@ class ReasonSerializer(serializers.Serializer):
 
 
 class FailSerializer(ReasonSerializer):
-    error = serializers.JSONField(required=False, default=None)
+    error = BoundedJSONField(required=False, default=None, allow_null=True)
 
 
 class CompleteSerializer(ReasonSerializer):
-    result = serializers.JSONField(required=False, default=None)
+    result = BoundedJSONField(required=False, default=None, allow_null=True)
     partial = serializers.BooleanField(required=False, default=False)
 
 
@@ -232,9 +246,9 @@ class RetrySerializer(ReasonSerializer):
 
 
 class CheckpointCreateSerializer(serializers.Serializer):
-    data = serializers.JSONField(required=False, default=dict)
-    opencode_message_id = serializers.CharField(required=False, allow_blank=True, default="")
-    git_ref = serializers.CharField(required=False, allow_blank=True, default="")
+    data = BoundedJSONField(required=False, default=dict, max_bytes=262_144, max_depth=32)
+    opencode_message_id = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+    git_ref = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
 
 
 def _csv(params, name):
@@ -242,29 +256,6 @@ def _csv(params, name):
     for raw in params.getlist(name):
         values.extend(part.strip() for part in raw.split(",") if part.strip())
     return values
-
-
-def _int_param(params, name, *, minimum=None):
-    raw = params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(field=name, rule="must be an integer") from None
-    if minimum is not None and value < minimum:
-        raise ValidationFailed(field=name, rule=f"must be at least {minimum}")
-    return value
-
-
-def _datetime_param(params, name):
-    raw = params.get(name)
-    if not raw:
-        return None
-    value = parse_datetime(raw)
-    if value is None:
-        raise ValidationFailed(field=name, rule="must be an ISO 8601 date-time")
-    return value
 
 
 def parse_list_params(params):
@@ -285,22 +276,22 @@ def parse_list_params(params):
             errors["priority"] = [str(exc)]
     if errors:
         raise ValidationFailed(errors=errors)
-    page_size = _int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
+    page_size = int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
     if page_size > selectors.PAGE_SIZE_MAX:
         raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
     filters = selectors.SessionFilters(
         status=tuple(statuses),
         session_type=tuple(types),
         priority=tuple(priorities),
-        agent_id=_int_param(params, "agent"),
+        agent_id=id_param(params, "agent"),
         repository=params.get("repository") or None,
         tag=params.get("tag") or None,
         search=(params.get("search") or params.get("q") or "").strip() or None,
-        created_after=_datetime_param(params, "created_after"),
-        created_before=_datetime_param(params, "created_before"),
-        parent_id=_int_param(params, "parent"),
+        created_after=datetime_param(params, "created_after"),
+        created_before=datetime_param(params, "created_before"),
+        parent_id=id_param(params, "parent"),
     )
-    return filters, _int_param(params, "cursor", minimum=1), page_size
+    return filters, int_param(params, "cursor", minimum=1), page_size
 
 
 # --- endpoints -------------------------------------------------------------------------
@@ -472,8 +463,8 @@ class SessionViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         session = self._get(pk)
-        after = _int_param(request.query_params, "after", minimum=0)
-        limit = _int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
+        after = int_param(request.query_params, "after", minimum=0)
+        limit = int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
         items = selectors.session_events_after(session, after, limit=limit)
         return Response(
             {

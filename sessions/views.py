@@ -172,7 +172,8 @@ def _list_context(request, form):
 @require_GET
 def session_list(request):
     form = SessionCreateForm() if user_is_operator(request.user) else None
-    return render(request, "sessions/list.html", _list_context(request, form))
+    context = _list_context(request, form)
+    return render(request, "sessions/list.html", context, status=400 if context["error"] else 200)
 
 
 @login_required

@@ -7,11 +7,16 @@ from rest_framework.response import Response
 
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound
+from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, id_param, int_param
 from tasks import selectors, services
 from tasks.decomposition import CAPABILITIES, DEFAULT_DEPTH, MAX_DEPTH, MIN_DEPTH, TEMPLATE_NAMES
 from tasks.models import DependencyType, Task, TaskPriority, TaskStatus
 
 CAPABILITY_CHOICES = sorted(CAPABILITIES)
+HOURS_MAX = 100_000.0  # ~11 years of work for one task
+TOKENS_MAX = 10**12
+ORDER_MAX = 1_000_000
+LIST_OFFSET_MAX = 10**9
 
 
 class TaskSerializer(serializers.ModelSerializer):
@@ -46,24 +51,25 @@ class EstimateFieldsMixin(serializers.Serializer):
     required_capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=CAPABILITY_CHOICES), required=False, max_length=len(CAPABILITY_CHOICES)
     )
-    optimistic_hours = serializers.FloatField(min_value=0, required=False)
-    likely_hours = serializers.FloatField(min_value=0, required=False)
-    pessimistic_hours = serializers.FloatField(min_value=0, required=False)
-    estimated_tokens = serializers.IntegerField(min_value=0, required=False)
+    # Bounded so that PERT figures ((O + 4M + P) / 6, sums along the critical path) stay finite.
+    optimistic_hours = serializers.FloatField(min_value=0, max_value=HOURS_MAX, required=False)
+    likely_hours = serializers.FloatField(min_value=0, max_value=HOURS_MAX, required=False)
+    pessimistic_hours = serializers.FloatField(min_value=0, max_value=HOURS_MAX, required=False)
+    estimated_tokens = BoundedIntegerField(min_value=0, max_value=TOKENS_MAX, required=False)
     estimated_cost = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0, required=False)
-    order = serializers.IntegerField(min_value=0, required=False)
+    order = BoundedIntegerField(min_value=0, max_value=ORDER_MAX, required=False)
 
 
 class TaskCreateSerializer(EstimateFieldsMixin):
-    session = serializers.IntegerField()
-    parent = serializers.IntegerField(required=False, allow_null=True)
+    session = IdField()
+    parent = IdField(required=False, allow_null=True)
     title = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=100_000)
 
 
 class TaskUpdateSerializer(EstimateFieldsMixin):
     title = serializers.CharField(max_length=200, required=False)
-    description = serializers.CharField(required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))
@@ -84,7 +90,7 @@ class DecomposeSerializer(serializers.Serializer):
 class DependencyCreateSerializer(serializers.Serializer):
     """POST /tasks/{id}/dependencies: `prerequisite` is the task this one waits for."""
 
-    prerequisite = serializers.IntegerField()
+    prerequisite = IdField()
     type = serializers.ChoiceField(choices=DependencyType.values, default=DependencyType.FINISH_TO_START)
     is_required = serializers.BooleanField(default=True)
 
@@ -98,20 +104,20 @@ class DependencySerializer(serializers.Serializer):
 
 
 class CompleteSerializer(serializers.Serializer):
-    result = serializers.JSONField(required=False, default=dict)
-    output = serializers.CharField(required=False, allow_blank=True, default="")
+    result = BoundedJSONField(required=False, default=dict)
+    output = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
 
 
 class FailSerializer(serializers.Serializer):
-    error = serializers.JSONField()
+    error = BoundedJSONField()
 
 
 class ReasonSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class AssignSerializer(serializers.Serializer):
-    agent = serializers.IntegerField()
+    agent = IdField()
 
 
 def _session(session_id):
@@ -144,21 +150,16 @@ class TaskViewSet(viewsets.GenericViewSet):
         """GET /tasks?session=&status=&parent=: tasks in plan order, paginated by `limit` and `offset`."""
         params = {}
         for name, key in (("session", "session_id"), ("parent", "parent_id")):
-            value = request.query_params.get(name)
+            value = id_param(request.query_params, name)
             if value is not None:
-                if not value.isdigit():
-                    raise serializers.ValidationError({name: ["must be an integer id"]})
-                params[key] = int(value)
+                params[key] = value
         status_filter = request.query_params.get("status")
         if status_filter is not None:
             if status_filter not in TaskStatus.values:
                 raise serializers.ValidationError({"status": [f"must be one of {', '.join(TaskStatus.values)}"]})
             params["status"] = status_filter
-        try:
-            limit = min(1000, max(1, int(request.query_params.get("limit", 200))))
-            offset = max(0, int(request.query_params.get("offset", 0)))
-        except ValueError:
-            raise serializers.ValidationError({"limit": ["limit and offset must be integers"]}) from None
+        limit = min(1000, max(1, int_param(request.query_params, "limit", default=200)))
+        offset = int_param(request.query_params, "offset", minimum=0, maximum=LIST_OFFSET_MAX, default=0)
         queryset = selectors.task_list(**params)
         page = list(queryset[offset : offset + limit])
         return Response({"count": queryset.count(), "results": TaskSerializer(page, many=True).data})
