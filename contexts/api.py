@@ -11,6 +11,7 @@ from contexts.models import ChangeAction, Scope
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.inputs import IdField, id_param
+from orchestrator.schema import page_number_page
 
 
 class ContextSummarySerializer(serializers.Serializer):
@@ -170,12 +171,14 @@ class ContextViewSet(viewsets.ViewSet):
         return selectors.context_get_for_user(request.user, pk)
 
     @extend_schema(
-        responses=ContextSummarySerializer(many=True),
+        responses=page_number_page("ContextPage", ContextSummarySerializer),
         parameters=[
             OpenApiParameter("scope", enum=Scope.values),
             OpenApiParameter("session", int),
             OpenApiParameter("agent", int),
             OpenApiParameter("name", str),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int),
         ],
     )
     def list(self, request):
@@ -236,7 +239,10 @@ class ContextViewSet(viewsets.ViewSet):
         value = services.context_get_value(context=context, path=path)
         return Response({"path": path, "value": value, "version": context.version})
 
-    @extend_schema(responses=ChangeSerializer(many=True), parameters=[OpenApiParameter("path", str)])
+    @extend_schema(
+        responses=page_number_page("ContextChangePage", ChangeSerializer),
+        parameters=[OpenApiParameter("path", str), OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+    )
     @action(detail=True, methods=["get"])
     def history(self, request, pk=None):
         context = self._get(request, pk)

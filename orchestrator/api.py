@@ -6,6 +6,7 @@ from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.views import defaults
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
@@ -107,6 +108,7 @@ def server_error(request, template_name="500.html"):
     return JsonResponse(error_body("server_error", "Internal server error"), status=500)
 
 
+@extend_schema(exclude=True)
 @api_view(["GET"])
 def api_root(request, format=None):
     return Response(
@@ -121,6 +123,7 @@ def api_root(request, format=None):
     )
 
 
+@extend_schema(exclude=True)
 @api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
 def api_not_found(request, *args, **kwargs):
     raise exceptions.NotFound(f"No API endpoint at {request.path}")

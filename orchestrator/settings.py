@@ -260,6 +260,19 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestrator.schema.add_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "SessionStatusEnum": "sessions.models.SessionStatus",
+        "TaskStatusEnum": "tasks.models.TaskStatus",
+        "TaskPriorityEnum": "tasks.models.TaskPriority",
+        "SessionPriorityEnum": [(0, "Critical"), (1, "High"), (2, "Medium"), (3, "Low"), (4, "Deferred")],
+        "CapabilityEnum": "agents.routing.CAPABILITIES",
+        "AgentTypeEnum": "agents.models.AgentType",
+    },
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Static files -------------------------------------------------------------

@@ -148,7 +148,12 @@ class EventSerializer(serializers.ModelSerializer):
 # --- input -----------------------------------------------------------------------------
 
 
-@extend_schema_field(OpenApiTypes.STR)
+@extend_schema_field(
+    {"oneOf": [
+        {"type": "integer", "minimum": 0, "maximum": 4},
+        {"type": "string", "enum": [*rules.PRIORITIES, *(n.lower() for n in rules.PRIORITIES), "0", "1", "2", "3", "4"]},
+    ], "description": "CRITICAL 0, HIGH 1, MEDIUM 2, LOW 3, DEFERRED 4 (name in any case, or the number)"}
+)
 class PriorityField(serializers.Field):
     """CRITICAL, HIGH, MEDIUM, LOW, DEFERRED (any case) or 0-4."""
 
@@ -340,6 +345,11 @@ _command = extend_schema(request=ReasonSerializer, responses=SessionDetailSerial
         responses=_page_of("SessionEvents", EventSerializer, next_after=serializers.IntegerField(allow_null=True)),
     ),
     stats=extend_schema(responses=OpenApiTypes.OBJECT),
+    permissions=extend_schema(
+        parameters=[OpenApiParameter("status", enum=PermissionRequestStatus.values)],
+        responses=_page_of("SessionPermissionRequests", PermissionRequestSerializer),
+    ),
+    reply_permission=extend_schema(request=PermissionReplySerializer, responses=PermissionRequestSerializer),
 )
 class SessionViewSet(viewsets.ViewSet):
     lookup_value_regex = r"\d+"

@@ -38,11 +38,11 @@ class TaskSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_has_subtasks(self, task):
+    def get_has_subtasks(self, task) -> bool:
         value = getattr(task, "has_subtasks", None)
         return value if value is not None else task.subtasks.exists()
 
-    def get_allowed_actions(self, task):
+    def get_allowed_actions(self, task) -> list[str]:
         return task.allowed_actions()
 
 
