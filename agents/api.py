@@ -59,7 +59,7 @@ class AgentSerializer(serializers.Serializer):
 
 class AgentWriteSerializer(serializers.Serializer):
     name = serializers.RegexField(NAME_PATTERN, max_length=64, error_messages={"invalid": "must look like AGENT-NAME"})
-    agent_type = serializers.ChoiceField(choices=AgentType.values)
+    agent_type = serializers.ChoiceField(choices=AgentType.choices)
     capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=routing.CAPABILITIES), allow_empty=False, max_length=len(routing.CAPABILITIES)
     )
@@ -95,7 +95,7 @@ class RouteSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=routing.CAPABILITIES), allow_empty=True
     )
     preferred_agent = serializers.CharField(required=False, allow_null=True, allow_blank=True)
-    preferred_type = serializers.ChoiceField(choices=AgentType.values, required=False, allow_null=True)
+    preferred_type = serializers.ChoiceField(choices=AgentType.choices, required=False, allow_null=True)
     min_tier = serializers.ChoiceField(choices=ROUTABLE_TIERS, required=False, allow_null=True)
 
 
