@@ -22,7 +22,7 @@ from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, datetime_param, id_param, int_param
 from orchestrator.roles import user_can_view
-from sessions import approvals, rules, selectors, services
+from sessions import approvals, repositories, rules, selectors, services
 from sessions.models import (
     Checkpoint,
     CodingSession,
@@ -388,6 +388,13 @@ class SessionViewSet(viewsets.ViewSet):
 
     def create(self, request):
         data = dict(self._input(SessionCreateSerializer))
+        if data["repository"] and data["repository"].strip():
+            try:
+                data["repository"] = repositories.repository_validate(path=data["repository"])
+            except ValidationFailed as refused:
+                # Name every broken rule at once, as session_create does.
+                errors = {**rules.validate_session_input(data), "repository": refused.errors["repository"]}
+                raise ValidationFailed(errors=errors) from None
         session = services.session_create(actor=self._actor(), **data)
         # The instance just inserted is complete (its creator and agent are the objects passed in):
         # no need to read it back.

@@ -11,7 +11,8 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
-from sessions import rules
+from orchestrator.errors import ValidationFailed
+from sessions import repositories, rules
 
 PRIORITY_CHOICES = [(number, name.title()) for number, name in sorted(rules.PRIORITY_NAMES.items())]
 BASH_CHOICES = [("", "OpenCode's default")] + [(decision, decision) for decision in rules.PERMISSION_DECISIONS]
@@ -50,6 +51,15 @@ class SessionCreateForm(forms.Form):
         super().__init__(*args, **kwargs)
         if not self.is_bound:
             self.initial.setdefault("repository", default_repository())
+
+    def clean_repository(self):
+        value = self.cleaned_data.get("repository") or ""
+        if not value.strip():
+            return value  # session_create reports it as required, with the other missing fields
+        try:
+            return repositories.repository_validate(path=value)
+        except ValidationFailed as exc:
+            raise forms.ValidationError(exc.errors["repository"]) from None
 
     def service_arguments(self):
         """Keyword arguments for `session_create` from cleaned data (call after is_valid())."""
