@@ -18,14 +18,14 @@ class ContextSummarySerializer(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     scope = serializers.CharField(read_only=True)
     name = serializers.CharField(read_only=True)
-    session = serializers.IntegerField(source="session_id", read_only=True)
-    agent = serializers.IntegerField(source="agent_id", read_only=True)
+    session = serializers.IntegerField(source="session_id", read_only=True, allow_null=True)
+    agent = serializers.IntegerField(source="agent_id", read_only=True, allow_null=True)
     version = serializers.IntegerField(read_only=True)
     size = serializers.SerializerMethodField()
-    expires_at = serializers.DateTimeField(read_only=True)
+    expires_at = serializers.DateTimeField(read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
-    last_used_at = serializers.DateTimeField(read_only=True)
+    last_used_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
     def get_size(self, context) -> int:
         return documents.document_size(context.data)

@@ -52,11 +52,19 @@ def add_error_responses(result, generator, request, public):
     return result
 
 
+def page_of(name, fields):
+    """A list endpoint's body as one object (drf-spectacular would otherwise declare a `list`
+    action's response as an array of it)."""
+    from drf_spectacular.utils import extend_schema_serializer, inline_serializer
+
+    page = inline_serializer(name, fields)
+    extend_schema_serializer(many=False)(type(page))
+    return page
+
+
 def page_number_page(name, item_serializer):
     """The body of a PageNumberPagination list: count, next, previous, results."""
-    from drf_spectacular.utils import inline_serializer
-
-    return inline_serializer(
+    return page_of(
         name,
         {
             "count": serializers.IntegerField(),

@@ -357,6 +357,10 @@ WORKSPACE_ROOT = Path(env_str("WORKSPACE_ROOT", str(VAR_DIR / "workspaces"))).re
 REPOSITORY_ROOTS = [Path(p).resolve() for p in env_list("REPOSITORY_ROOTS", [str(VAR_DIR / "repos")])]
 
 WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1, maximum=256)
+# What a plain `celery -A orchestrator worker` uses (orchestrator.celery declares the queues):
+# sessions run in threads (each holds an OpenCode event stream); prefork would run 2 per CPU.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
 
 LOGGING = {
     "version": 1,

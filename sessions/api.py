@@ -22,6 +22,7 @@ from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, datetime_param, id_param, int_param
 from orchestrator.roles import user_can_view
+from orchestrator.schema import page_of
 from sessions import approvals, repositories, rules, selectors, services
 from sessions.models import (
     Checkpoint,
@@ -213,7 +214,10 @@ class SessionCreateSerializer(serializers.Serializer):
         if isinstance(data, dict):
             for name in ("parent", "agent"):
                 if data.get(name) is not None:
-                    IdField().run_validation(data[name])
+                    try:
+                        IdField().run_validation(data[name])
+                    except serializers.ValidationError as refused:
+                        raise serializers.ValidationError({name: refused.detail}) from None
         return super().to_internal_value(data)
 
 
@@ -317,7 +321,7 @@ LIST_PARAMETERS = [
 
 
 def _page_of(name, item_serializer, **extra):
-    return inline_serializer(name, {"results": item_serializer(many=True), **extra})
+    return page_of(name, {"results": item_serializer(many=True), **extra})
 
 
 _command = extend_schema(request=ReasonSerializer, responses=SessionDetailSerializer)

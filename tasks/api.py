@@ -7,6 +7,9 @@ from rest_framework.response import Response
 
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound
+from orchestrator.schema import page_of
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+
 from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, id_param, int_param
 from tasks import selectors, services
 from tasks.decomposition import CAPABILITIES, DEFAULT_DEPTH, MAX_DEPTH, MIN_DEPTH, TEMPLATE_NAMES
@@ -23,7 +26,7 @@ class TaskSerializer(serializers.ModelSerializer):
     session = serializers.PrimaryKeyRelatedField(read_only=True)
     parent = serializers.PrimaryKeyRelatedField(read_only=True)
     assigned_agent = serializers.PrimaryKeyRelatedField(read_only=True)
-    assigned_agent_name = serializers.CharField(source="assigned_agent.name", read_only=True, default=None)
+    assigned_agent_name = serializers.CharField(source="assigned_agent.name", read_only=True, default=None, allow_null=True)
     has_subtasks = serializers.SerializerMethodField()
     allowed_actions = serializers.SerializerMethodField()
 
@@ -146,6 +149,14 @@ class TaskViewSet(viewsets.GenericViewSet):
     def _answer(self, task, code=status.HTTP_200_OK):
         return Response(TaskSerializer(task).data, status=code)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("session", int), OpenApiParameter("parent", int),
+            OpenApiParameter("status", enum=TaskStatus.values),
+            OpenApiParameter("limit", int, description="1-1000, default 200"), OpenApiParameter("offset", int),
+        ],
+        responses=page_of("TaskPage", {"count": serializers.IntegerField(), "results": TaskSerializer(many=True)}),
+    )
     def list(self, request):
         """GET /tasks?session=&status=&parent=: tasks in plan order, paginated by `limit` and `offset`."""
         params = {}
