@@ -25,7 +25,7 @@ from django_fsm import can_proceed
 from orchestrator import events
 from orchestrator.errors import Conflict, NotFound, PermissionRefused, TransitionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
-from sessions import rules
+from sessions import admission, rules
 from sessions.models import (
     ACTIVE_STATES,
     CHECKPOINTS_RETAINED,
@@ -268,6 +268,7 @@ def session_create(
     if errors:
         raise ValidationFailed(errors=errors)
     actor = as_actor(actor)
+    admission.session_cap_check(user=actor.user)
     session = CodingSession(
         title=title.strip(),
         initial_prompt=initial_prompt,

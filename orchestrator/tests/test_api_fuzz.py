@@ -5,6 +5,8 @@ and body schema, and every 4xx must carry the JSON error body. Examples are boun
 quick (figures: docs/decisions/0120-api-fuzzing-in-ci.md)."""
 
 import json
+from collections import Counter
+from pathlib import Path
 
 import pytest
 import schemathesis
@@ -41,7 +43,13 @@ schema = schemathesis.openapi.from_dict(_document())
 schema.app = get_wsgi_application()
 
 
+TALLY = Counter()
+
+
 def error_body_on_4xx(ctx, response, case):
+    TALLY["requests"] += 1
+    TALLY[f"{response.status_code // 100}xx"] += 1
+    TALLY[f"operation {case.operation.label}"] += 1
     if 400 <= response.status_code < 500:
         body = json.loads(response.content)
         assert set(body) == {"error"} and {"code", "message", "details"} <= set(body["error"]), body
@@ -49,6 +57,23 @@ def error_body_on_4xx(ctx, response, case):
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           error_body_on_4xx]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def figures():
+    """The run's figures (operations, requests, status classes) for the decision record."""
+    yield
+    from django.conf import settings as django_settings
+
+    operations = sorted(key for key in TALLY if key.startswith("operation "))
+    summary = {
+        "operations_in_schema": len(list(schema.get_all_operations())),
+        "operations_called": len(operations),
+        "requests": TALLY["requests"],
+        **{key: TALLY[key] for key in ("2xx", "3xx", "4xx", "5xx")},
+    }
+    Path(django_settings.VAR_DIR, "schemathesis-figures.json").write_text(json.dumps(summary, indent=2))
+    print("\nschemathesis:", json.dumps(summary))
 
 
 @pytest.fixture
