@@ -117,12 +117,12 @@ def viewer_user(db):
 
 
 def _client_for(user):
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
+    from orchestrator.testing import api_token
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(user).key}")
     client.user = user
     return client
 

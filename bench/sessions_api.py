@@ -80,12 +80,12 @@ def populate(user):
 
 
 def api_client_for(user):
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
+    from orchestrator.tokens import token_issue
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=user)[1]}")
     return client
 
 
@@ -346,12 +346,11 @@ def main():
         print(f"list p99 worst {max(p99s):.2f} ms (target <= 50 ms)")
         print()
 
-        from rest_framework.authtoken.models import Token
-
         from orchestrator.testing import make_git_repository
+        from orchestrator.tokens import token_issue
 
         repository = make_git_repository(Path(settings.REPOSITORY_ROOTS[0]) / f"bench-{suffix}")
-        context = {"user_id": user.pk, "token": Token.objects.get_or_create(user=user)[0].key,
+        context = {"user_id": user.pk, "token": token_issue(user=user)[1],
                    "repository": str(repository)}
         for label, work in [("session_create then session_start (2 commits)", work_create_then_start),
                             ("session_create(start=True) (1 commit)", work_create_and_start)]:

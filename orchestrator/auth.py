@@ -30,6 +30,14 @@ class ThrottledTokenAuthentication(TokenAuthentication):
             throttle.record_failure(request)
             raise
 
+    def authenticate_credentials(self, key):
+        from orchestrator.tokens import token_user
+
+        user = token_user(raw=key)
+        if user is None:
+            raise exceptions.AuthenticationFailed("Invalid token.")
+        return (user, None)
+
 
 def _lockout_keys(username, address):
     return [f"login-failures:user:{(username or '').lower()[:150]}", f"login-failures:addr:{address}"]

@@ -151,3 +151,14 @@ def answered_directives(llm, keys):
             continue
         answered.append(entry["directive"])
     return answered
+
+
+def api_token(user):
+    """A newly issued API token for `user`, as `.key` (the token itself; only its digest is
+    stored) and `.row` (the ApiToken)."""
+    from types import SimpleNamespace
+
+    from orchestrator.tokens import token_issue
+
+    row, raw = token_issue(user=user)
+    return SimpleNamespace(key=raw, row=row)

@@ -78,9 +78,9 @@ def figures():
 
 @pytest.fixture
 def operator_headers(operator_user):
-    from rest_framework.authtoken.models import Token
+    from orchestrator.testing import api_token
 
-    token, _ = Token.objects.get_or_create(user=operator_user)
+    token = api_token(operator_user)
     # The WSGI handler would close the test's connection (and its transaction) at each request,
     # as Django's own test client prevents too.
     request_started.disconnect(close_old_connections)

@@ -4,7 +4,7 @@
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 
@@ -25,6 +25,6 @@ async def _close_code_after(path, **frame):
 @pytest.mark.parametrize("path", ["/ws/system", "/ws/sessions"])
 @pytest.mark.parametrize("frame", [{"text_data": "this is not json"}, {"bytes_data": b"\x00\x01binary"}])
 def test_a_non_json_frame_closes_the_socket_with_1003(viewer_user, path, frame):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     output = async_to_sync(_close_code_after)(f"{path}?token={token.key}", **frame)
     assert output == {"type": "websocket.close", "code": 1003}

@@ -12,7 +12,7 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connections
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from sessions import approvals, services, views
@@ -315,7 +315,7 @@ def run(scenario):
 
 @pytest.mark.django_db(transaction=True)
 def test_console_socket_pushes_the_event_partial_and_the_header_on_transitions(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
 
     async def scenario():
@@ -343,7 +343,7 @@ def test_console_socket_pushes_the_event_partial_and_the_header_on_transitions(o
 
 @pytest.mark.django_db(transaction=True)
 def test_console_socket_replays_what_the_page_missed(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session = CodingSessionFactory(status="running")
     seen = record(session, "assistant.text", text="rendered with the page")
     missed = record(session, "assistant.text", text="written before the socket opened")
@@ -366,7 +366,7 @@ def test_console_socket_replays_what_the_page_missed(viewer_user):
 
 @pytest.mark.django_db(transaction=True)
 def test_console_socket_refuses_anonymous_users_and_unknown_sessions(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory()
 
     def connect(path):
