@@ -8,7 +8,8 @@ from rest_framework.response import Response
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound
 from orchestrator.schema import page_of
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 
 from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, id_param, int_param
 from tasks import selectors, services
@@ -50,7 +51,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
 
 class EstimateFieldsMixin(serializers.Serializer):
-    priority = serializers.ChoiceField(choices=TaskPriority.values, required=False)
+    priority = serializers.ChoiceField(choices=TaskPriority.choices, required=False)
     required_capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=CAPABILITY_CHOICES), required=False, max_length=len(CAPABILITY_CHOICES)
     )
@@ -106,16 +107,16 @@ class DependencySerializer(serializers.Serializer):
     is_required = serializers.BooleanField()
 
 
-class CompleteSerializer(serializers.Serializer):
+class TaskCompleteSerializer(serializers.Serializer):
     result = BoundedJSONField(required=False, default=dict)
     output = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
 
 
-class FailSerializer(serializers.Serializer):
+class TaskFailSerializer(serializers.Serializer):
     error = BoundedJSONField()
 
 
-class ReasonSerializer(serializers.Serializer):
+class TaskReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
@@ -134,6 +135,22 @@ def _session(session_id):
     return session
 
 
+_no_body = extend_schema(request=None, responses=TaskSerializer)
+
+
+@extend_schema_view(
+    create=extend_schema(request=TaskCreateSerializer, responses={201: TaskSerializer}),
+    partial_update=extend_schema(request=TaskUpdateSerializer, responses=TaskSerializer),
+    decompose=extend_schema(request=DecomposeSerializer, responses={201: OpenApiTypes.OBJECT}),
+    remove_dependency=extend_schema(request=None, responses={204: None}),
+    ready=_no_body, start=_no_body, pause=_no_body, resume=_no_body,
+    assign=extend_schema(request=AssignSerializer, responses=TaskSerializer),
+    complete=extend_schema(request=TaskCompleteSerializer, responses=TaskSerializer),
+    fail=extend_schema(request=TaskFailSerializer, responses=TaskSerializer),
+    block=extend_schema(request=TaskReasonSerializer, responses=TaskSerializer),
+    cancel=extend_schema(request=TaskReasonSerializer, responses=TaskSerializer),
+    skip=extend_schema(request=TaskReasonSerializer, responses=TaskSerializer),
+)
 class TaskViewSet(viewsets.GenericViewSet):
     serializer_class = TaskSerializer
     queryset = Task.objects.none()
@@ -207,6 +224,8 @@ class TaskViewSet(viewsets.GenericViewSet):
             status=status.HTTP_201_CREATED,
         )
 
+    @extend_schema(methods=["GET"], request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(methods=["POST"], request=DependencyCreateSerializer, responses={201: DependencySerializer})
     @action(detail=True, methods=["get", "post"], url_path="dependencies")
     def dependencies(self, request, pk=None):
         task = self._task()
@@ -245,17 +264,17 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     @action(detail=True, methods=["post"])
     def complete(self, request, pk=None):
-        data = self._input(CompleteSerializer)
+        data = self._input(TaskCompleteSerializer)
         return self._answer(services.task_complete(task=self._task(), result=data["result"], output=data["output"]))
 
     @action(detail=True, methods=["post"])
     def fail(self, request, pk=None):
-        data = self._input(FailSerializer)
+        data = self._input(TaskFailSerializer)
         return self._answer(services.task_fail(task=self._task(), error=data["error"]))
 
     @action(detail=True, methods=["post"])
     def block(self, request, pk=None):
-        data = self._input(ReasonSerializer)
+        data = self._input(TaskReasonSerializer)
         return self._answer(services.task_block(task=self._task(), reason=data["reason"]))
 
     @action(detail=True, methods=["post"])
@@ -268,12 +287,12 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        data = self._input(ReasonSerializer)
+        data = self._input(TaskReasonSerializer)
         return self._answer(services.task_cancel(task=self._task(), reason=data["reason"]))
 
     @action(detail=True, methods=["post"])
     def skip(self, request, pk=None):
-        data = self._input(ReasonSerializer)
+        data = self._input(TaskReasonSerializer)
         return self._answer(services.task_skip(task=self._task(), reason=data["reason"]))
 
 

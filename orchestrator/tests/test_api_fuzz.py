@@ -24,8 +24,9 @@ from schemathesis.specs.openapi.checks import (
 
 from schemathesis.checks import not_a_server_error
 
-EXAMPLES = 8
-STATEFUL_STEPS = 12
+EXAMPLES = 15
+STATEFUL_RUNS = 10
+STATEFUL_STEPS = 15
 
 
 def _document():
@@ -70,6 +71,7 @@ def figures():
         "operations_in_schema": len(list(schema.get_all_operations())),
         "operations_called": len(operations),
         "requests": TALLY["requests"],
+        "stateful_requests": TALLY["stateful requests"],
         **{key: TALLY[key] for key in ("2xx", "3xx", "4xx", "5xx")},
     }
     Path(django_settings.VAR_DIR, "schemathesis-figures.json").write_text(json.dumps(summary, indent=2))
@@ -118,7 +120,8 @@ def test_stateful_sequences_answer_within_the_schema(operator_headers, some_rows
             return {"headers": operator_headers}
 
         def validate_response(self, response, case, **kwargs):
+            TALLY["stateful requests"] += 1
             case.validate_response(response, checks=CHECKS)
 
-    Machine.run(settings=settings(max_examples=3, stateful_step_count=STATEFUL_STEPS, deadline=None,
+    Machine.run(settings=settings(max_examples=STATEFUL_RUNS, stateful_step_count=STATEFUL_STEPS, deadline=None,
                                   derandomize=True, database=None, suppress_health_check=list(HealthCheck)))
