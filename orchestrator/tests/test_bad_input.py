@@ -82,6 +82,8 @@ def test_json_nested_a_thousand_deep_is_400(api_client):
         f"/api/v1/tasks/?offset={HUGE}",
         f"/api/v1/sessions/{{session}}/events?after={HUGE}",
         f"/api/v1/contexts/{{context}}/diff?other={HUGE}",
+        "/api/v1/sessions?search=a%00b",
+        "/api/v1/contexts/?name=%00",
     ],
 )
 def test_bad_query_strings_are_400(api_client, session, query):
