@@ -46,6 +46,9 @@ def production_like_environment():
     os.environ["DEBUG"] = "0"
     os.environ.setdefault("SECRET_KEY", "bench-" + secrets.token_urlsafe(32))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # One bench user drives every session: no write throttle, no cap on its open sessions.
+    os.environ.setdefault("API_THROTTLE_WRITE", "")
+    os.environ.setdefault("SESSION_LIMIT_PER_USER", "0")
 
 
 @dataclass
