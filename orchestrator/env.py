@@ -34,6 +34,18 @@ def read_or_create_secret_key(path):
     return key
 
 
+def env_rate(name, default):
+    """A throttle rate "N/second|minute|hour|day" (or s/m/h/d); an empty value turns it off (None)."""
+    import re
+
+    raw = os.environ.get(name, default).strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[1-9][0-9]{0,8}/(s|m|h|d|second|minute|hour|day)", raw):
+        raise ImproperlyConfigured(f"{name} must look like 120/minute (per second, minute, hour or day), got {raw!r}")
+    return raw
+
+
 def env_str(name, default=""):
     return os.environ.get(name, default)
 

@@ -11,15 +11,16 @@ from pathlib import Path
 from django.core.exceptions import ImproperlyConfigured
 
 from orchestrator.env import (
-    read_or_create_secret_key,
     env_bool,
     env_float,
     env_int,
     env_list,
+    env_rate,
     env_str,
     parse_database_url,
     parse_http_url,
     parse_redis_url,
+    read_or_create_secret_key,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -244,9 +245,15 @@ REST_FRAMEWORK = {
 # Rates ("N/second|minute|hour|day"; empty turns a throttle off), read on every request
 # (orchestrator.throttles): writes per user (or address), failed authentications per address.
 API_THROTTLE_RATES = {
-    "write": env_str("API_THROTTLE_WRITE", "120/minute") or None,
-    "auth_failure": env_str("API_THROTTLE_AUTH_FAILURE", "20/minute") or None,
+    "write": env_rate("API_THROTTLE_WRITE", "120/minute"),
+    "auth_failure": env_rate("API_THROTTLE_AUTH_FAILURE", "20/minute"),
 }
+# Throttle and sign-in counters live in the cache: per process by default (one web process in the
+# embedded default); CACHE_URL (Redis, e.g. a database of its own) shares them across web replicas.
+CACHE_URL = env_str("CACHE_URL")
+if CACHE_URL:
+    parse_redis_url("CACHE_URL", CACHE_URL)
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
 # Console sign-in: this many failures for one user name or address lock it for LOGIN_LOCKOUT_SECONDS.
 LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
 LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)

@@ -107,6 +107,12 @@ def test_without_secret_key_one_is_generated_once_and_kept_under_var(tmp_path):
     assert _settings_value("settings.SECRET_KEY", ORCHESTRATOR_VAR_DIR=str(tmp_path), SECRET_KEY="k" * 60) == "k" * 60
 
 
+def test_a_malformed_throttle_rate_stops_start_up_naming_it():
+    result = _start_django(API_THROTTLE_WRITE="lots")
+    assert result.returncode != 0
+    assert "API_THROTTLE_WRITE must look like 120/minute" in result.stderr
+
+
 PRODUCTION = {
     "SECRET_KEY": "production-" + "s3cr3t-" * 8,
     "ALLOWED_HOSTS": "orchestrator.example.com",
