@@ -1,17 +1,16 @@
 """/api/v1/tasks: serializers validate input, services do the work, transitions are POST commands."""
 
 from django.apps import apps
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound
-from orchestrator.schema import page_of
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
-
 from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, id_param, int_param
+from orchestrator.schema import page_of
 from tasks import selectors, services
 from tasks.decomposition import CAPABILITIES, DEFAULT_DEPTH, MAX_DEPTH, MIN_DEPTH, TEMPLATE_NAMES
 from tasks.models import DependencyType, Task, TaskPriority, TaskStatus

@@ -16,13 +16,12 @@ from django.db import close_old_connections
 from drf_spectacular.generators import SchemaGenerator
 from hypothesis import HealthCheck, settings
 from rest_framework.utils.encoders import JSONEncoder
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
-
-from schemathesis.checks import not_a_server_error
 
 EXAMPLES = 15
 STATEFUL_RUNS = 10

@@ -4,7 +4,6 @@ is a 4xx with the JSON error body (the console: a 404 page), never a 500, and no
 import json
 
 import pytest
-from django.test import Client
 
 from tasks.models import Task
 from tasks.tests.factories import SessionFactory
