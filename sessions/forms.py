@@ -12,6 +12,7 @@ from django import forms
 from django.conf import settings
 
 from orchestrator.errors import ValidationFailed
+from orchestrator.inputs import ASCII_INTEGER
 from sessions import repositories, rules
 
 PRIORITY_CHOICES = [(number, name.title()) for number, name in sorted(rules.PRIORITY_NAMES.items())]
@@ -34,6 +35,15 @@ def default_repository():
     return str(folders[0]) if folders else ""
 
 
+class AsciiIntegerField(forms.IntegerField):
+    """Digits 0-9 only: Python's int() also reads "١٢٠" (Arabic-Indic) or "１２０" (full width)."""
+
+    def to_python(self, value):
+        if isinstance(value, str) and value.strip() and not ASCII_INTEGER.fullmatch(value.strip()):
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
 class SessionCreateForm(forms.Form):
     title = forms.CharField(required=False, strip=False)
     initial_prompt = forms.CharField(
@@ -41,7 +51,7 @@ class SessionCreateForm(forms.Form):
     )
     repository = forms.CharField(label="Repository path", required=False)
     priority = forms.TypedChoiceField(choices=PRIORITY_CHOICES, coerce=int, initial=rules.PRIORITY_DEFAULT)
-    max_duration_seconds = forms.IntegerField(
+    max_duration_seconds = AsciiIntegerField(
         label="Max duration (seconds)", initial=rules.DURATION_DEFAULT, required=False
     )
     bash_permission = forms.ChoiceField(label="Bash permission", choices=BASH_CHOICES, required=False)

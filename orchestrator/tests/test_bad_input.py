@@ -121,6 +121,19 @@ def test_non_ascii_digits_are_not_numbers(api_client, value):
     assert "max_duration_seconds" in error["details"]
 
 
+@pytest.mark.parametrize("value", ["١٢٠٠", "１２００"])
+def test_the_console_form_refuses_non_ascii_digits(client, operator_user, value):
+    from sessions.models import CodingSession
+
+    client.force_login(operator_user)
+    response = client.post("/sessions/new", {
+        "title": "Digits in the console", "initial_prompt": "x", "repository": "/x", "priority": "2",
+        "max_duration_seconds": value,
+    })
+    assert response.status_code == 400 and not CodingSession.objects.exists()
+    assert "Enter a whole number" in response.content.decode()
+
+
 def test_an_oversized_body_is_a_json_413(api_client, settings):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100_000
     body = {"title": "Large", "initial_prompt": "p" * 200_000, "repository": "/x"}
