@@ -95,6 +95,21 @@ def _purge_worker_queues():
         pass  # no broker reachable: the tests that need one say so themselves
 
 
+@pytest.fixture(autouse=True)
+def api_throttles_relaxed(request, settings):
+    """Throttles and sign-in lockouts count per user id and address, which tests reuse: each test
+    starts with empty counters and rates no test reaches. Tests of the throttles themselves
+    (marked `throttled`) keep the configured rates."""
+    from django.core.cache import cache
+
+    cache.clear()
+    if request.node.get_closest_marker("throttled") is None:
+        settings.API_THROTTLE_RATES = {scope: "1000000/minute" for scope in settings.API_THROTTLE_RATES}
+        settings.LOGIN_FAILURE_LIMIT = 1_000_000
+        settings.SESSION_LIMIT_PER_USER = 0
+    yield
+
+
 @pytest.fixture
 def operator_user(db):
     from orchestrator.tests.factories import UserFactory
@@ -110,12 +125,12 @@ def viewer_user(db):
 
 
 def _client_for(user):
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
+    from orchestrator.testing import api_token
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {api_token(user).key}")
     client.user = user
     return client
 

@@ -1,6 +1,8 @@
 """REST API for agents under /api/v1/agents: serializers validate, services act."""
 
 from django.utils import timezone
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import PageNumberPagination
@@ -20,6 +22,7 @@ from agents.models import (
 )
 from orchestrator.api import api_router
 from orchestrator.errors import ValidationFailed
+from orchestrator.schema import page_number_page
 
 ROUTABLE_TIERS = [tier for tier in routing.TIERS if tier != routing.DEGRADED]
 
@@ -33,19 +36,19 @@ class AgentSerializer(serializers.Serializer):
     opencode_agent = serializers.CharField(read_only=True)
     model_identifier = serializers.CharField(read_only=True)
     system_prompt = serializers.CharField(read_only=True)
-    temperature = serializers.FloatField(read_only=True)
-    tools = serializers.DictField(read_only=True)
+    temperature = serializers.FloatField(read_only=True, allow_null=True)
+    tools = serializers.DictField(read_only=True, allow_null=True)
     max_concurrent_tasks = serializers.IntegerField(read_only=True)
     current_load = serializers.IntegerField(read_only=True)
     utilisation = serializers.FloatField(read_only=True)
     load_level = serializers.CharField(read_only=True)
     status = serializers.CharField(read_only=True)
     draining = serializers.BooleanField(read_only=True)
-    last_heartbeat_at = serializers.DateTimeField(read_only=True)
+    last_heartbeat_at = serializers.DateTimeField(read_only=True, allow_null=True)
     heartbeat_age_seconds = serializers.SerializerMethodField()
     tier = serializers.CharField(read_only=True)
     circuit_open = serializers.BooleanField(read_only=True)
-    success_rate = serializers.FloatField(read_only=True)
+    success_rate = serializers.FloatField(read_only=True, allow_null=True)
     total_tasks = serializers.IntegerField(read_only=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
@@ -56,7 +59,7 @@ class AgentSerializer(serializers.Serializer):
 
 class AgentWriteSerializer(serializers.Serializer):
     name = serializers.RegexField(NAME_PATTERN, max_length=64, error_messages={"invalid": "must look like AGENT-NAME"})
-    agent_type = serializers.ChoiceField(choices=AgentType.values)
+    agent_type = serializers.ChoiceField(choices=AgentType.choices)
     capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=routing.CAPABILITIES),
         allow_empty=False,
@@ -94,7 +97,7 @@ class RouteSerializer(serializers.Serializer):
         child=serializers.ChoiceField(choices=routing.CAPABILITIES), allow_empty=True
     )
     preferred_agent = serializers.CharField(required=False, allow_null=True, allow_blank=True)
-    preferred_type = serializers.ChoiceField(choices=AgentType.values, required=False, allow_null=True)
+    preferred_type = serializers.ChoiceField(choices=AgentType.choices, required=False, allow_null=True)
     min_tier = serializers.ChoiceField(choices=ROUTABLE_TIERS, required=False, allow_null=True)
 
 
@@ -116,6 +119,40 @@ def _brief(agent):
     return {"id": agent.pk, "name": agent.name, "agent_type": agent.agent_type}
 
 
+AGENT_ID = OpenApiParameter("id", str, OpenApiParameter.PATH, description="the agent's id or its name (AGENT-...)")
+RouteResponse = inline_serializer(
+    "AgentRouteDecision",
+    {
+        "agent": serializers.DictField(),
+        "score": serializers.FloatField(),
+        "reason": serializers.CharField(),
+        "alternatives": serializers.ListField(child=serializers.DictField()),
+    },
+)
+
+
+@extend_schema_view(
+    list=extend_schema(
+        parameters=[
+            OpenApiParameter("type", enum=AgentType.values), OpenApiParameter("status", enum=AgentStatus.values),
+            OpenApiParameter("tier", enum=Tier.values), OpenApiParameter("capability", str),
+            OpenApiParameter("ordering", str), OpenApiParameter("page", int), OpenApiParameter("page_size", int),
+        ],
+        responses=page_number_page("AgentPage", AgentSerializer),
+    ),
+    create=extend_schema(request=AgentWriteSerializer, responses={201: AgentSerializer}),
+    retrieve=extend_schema(parameters=[AGENT_ID], responses=AgentSerializer),
+    partial_update=extend_schema(parameters=[AGENT_ID], request=AgentPatchSerializer, responses=AgentSerializer),
+    destroy=extend_schema(
+        parameters=[AGENT_ID, OpenApiParameter("drain", bool)],
+        responses={204: None, 202: inline_serializer(
+            "AgentDraining", {"result": serializers.CharField(), "agent": AgentSerializer()}
+        )},
+    ),
+    route=extend_schema(request=RouteSerializer, responses=RouteResponse),
+    heartbeat=extend_schema(parameters=[AGENT_ID], request=HeartbeatSerializer, responses=AgentSerializer),
+    performance=extend_schema(parameters=[AGENT_ID], responses=OpenApiTypes.OBJECT),
+)
 class AgentViewSet(viewsets.ViewSet):
     """Register, list, inspect, change and remove agents; route a task (dry run); heartbeats."""
 

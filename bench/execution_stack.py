@@ -46,6 +46,9 @@ def production_like_environment():
     os.environ["DEBUG"] = "0"
     os.environ.setdefault("SECRET_KEY", "bench-" + secrets.token_urlsafe(32))
     os.environ.setdefault("LOG_LEVEL", "WARNING")
+    # One bench user drives every session: no write throttle, no cap on its open sessions.
+    os.environ.setdefault("API_THROTTLE_WRITE", "")
+    os.environ.setdefault("SESSION_LIMIT_PER_USER", "0")
 
 
 @dataclass
@@ -199,14 +202,14 @@ def opencode_servers_in(workdir):
 def _operator_token():
     from django.contrib.auth import get_user_model
     from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
 
     from orchestrator.roles import OPERATORS, ensure_role_groups
+    from orchestrator.tokens import token_issue
 
     ensure_role_groups()
     user = get_user_model().objects.create_user(username=f"bench-operator-{uuid.uuid4().hex[:6]}", password=None)
     user.groups.add(Group.objects.get(name=OPERATORS))
-    return Token.objects.create(user=user).key
+    return token_issue(user=user)[1]
 
 
 def _ensure_roster(concurrency):

@@ -12,9 +12,11 @@ and are purged at the end.
 """
 
 import random
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from bench.common import bench_database, percentile, summarize_ms
 
@@ -78,12 +80,12 @@ def populate(user):
 
 
 def api_client_for(user):
-    from rest_framework.authtoken.models import Token
     from rest_framework.test import APIClient
 
+    from orchestrator.tokens import token_issue
+
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token_issue(user=user)[1]}")
     return client
 
 
@@ -103,8 +105,15 @@ def measure_list(client, label, params_list):
     return percentile([t * 1000 for t in timings], 0.99)
 
 
-def run_clients(count, per_client, work):
-    """Run `work(client_index, i)` per_client times in each of `count` threads; return elapsed s."""
+# Bounded waits: a client that hangs (issue 24: a forked child stuck on a lock inherited from a
+# parent thread) fails the benchmark with a message instead of blocking it forever.
+CLIENT_START_TIMEOUT = 120.0
+CLIENT_RUN_TIMEOUT = 600.0
+
+
+def run_clients(count, per_client, work, context):
+    """Run `work(context, client_index, i)` per_client times in each of `count` threads; return
+    elapsed s."""
     from django.db import connection
 
     barrier = threading.Barrier(count + 1)
@@ -112,75 +121,185 @@ def run_clients(count, per_client, work):
 
     def client(index):
         try:
-            barrier.wait()
+            barrier.wait(timeout=CLIENT_START_TIMEOUT)
             for i in range(per_client):
-                work(index, i)
+                work(context, index, i)
         except Exception as exc:  # reported after the run
             errors.append(exc)
         finally:
             connection.close()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(count)]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    barrier.wait(timeout=CLIENT_START_TIMEOUT)
     started = time.perf_counter()
     for thread in threads:
-        thread.join()
+        thread.join(timeout=max(1.0, CLIENT_RUN_TIMEOUT - (time.perf_counter() - started)))
+    stuck = [thread.name for thread in threads if thread.is_alive()]
+    if stuck:
+        raise RuntimeError(f"{len(stuck)} client thread(s) did not finish within {CLIENT_RUN_TIMEOUT:.0f} s")
     elapsed = time.perf_counter() - started
     if errors:
         raise errors[0]
     return elapsed
 
 
-def _process_client(barrier, results, index, per_client, work):
+def child_settings():
+    """What a spawned client process must share with this one: it starts from the environment
+    alone, so the benchmark's database, queues and limits are handed over explicitly."""
+    from django.conf import settings
+    from django.db import connection
+
+    return {
+        "database_name": connection.settings_dict["NAME"],
+        "SESSION_QUEUES": settings.SESSION_QUEUES,
+        "API_THROTTLE_RATES": settings.API_THROTTLE_RATES,
+        "SESSION_LIMIT_PER_USER": settings.SESSION_LIMIT_PER_USER,
+    }
+
+
+def _apply_child_settings(values):
+    from bench.common import setup_django
+
+    setup_django()
+    from django.conf import settings
     from django.db import connections
 
-    for connection in connections.all():
-        connection.close()
-    barrier.wait()
+    settings.DATABASES["default"]["NAME"] = values["database_name"]
+    connections["default"].settings_dict["NAME"] = values["database_name"]
+    for name in ("SESSION_QUEUES", "API_THROTTLE_RATES", "SESSION_LIMIT_PER_USER"):
+        setattr(settings, name, values[name])
+
+
+def _process_client(barrier, results, index, per_client, work, context, values):
+    _apply_child_settings(values)
+    from django.db import connections
+
     try:
+        barrier.wait(timeout=CLIENT_START_TIMEOUT)
         for i in range(per_client):
-            work(index, i)
-        results.put(None)
+            work(context, index, i)
+        results.put((index, None))
     except Exception as exc:  # reported by the parent
-        results.put(repr(exc))
+        results.put((index, repr(exc)))
     finally:
         for connection in connections.all():
             connection.close()
 
 
-def run_processes(count, per_client, work):
+def run_processes(count, per_client, work, context):
     """Like run_clients, but each client is its own process (as web server workers are), so the
-    figure is not capped by one interpreter's GIL. Returns elapsed seconds."""
+    figure is not capped by one interpreter's GIL. Returns elapsed seconds.
+
+    Processes are spawned, not forked: a fork copies the locks that this process's threads (the
+    broadcaster, the connection pool) hold at that moment, and a child that needs one waits
+    forever. `work` must be a module-level function and `context` picklable."""
     import multiprocessing
+    import queue
 
-    from django.db import connections
-
-    for connection in connections.all():
-        connection.close()
-        if getattr(connection, "pool", None) is not None:
-            # A forked child must not inherit the pool's open sockets (nor its threads, which
-            # fork does not copy): each process opens a pool of its own.
-            connection.close_pool()
-    context = multiprocessing.get_context("fork")
-    barrier = context.Barrier(count + 1)
-    results = context.Queue()
+    spawn = multiprocessing.get_context("spawn")
+    barrier = spawn.Barrier(count + 1)
+    results = spawn.Queue()
+    values = child_settings()
     processes = [
-        context.Process(target=_process_client, args=(barrier, results, n, per_client, work)) for n in range(count)
+        spawn.Process(target=_process_client, args=(barrier, results, n, per_client, work, context, values))
+        for n in range(count)
     ]
     for process in processes:
         process.start()
-    barrier.wait()
-    started = time.perf_counter()
-    outcomes = [results.get() for _ in processes]
-    elapsed = time.perf_counter() - started
-    for process in processes:
-        process.join()
-    failures = [outcome for outcome in outcomes if outcome]
+    try:
+        try:
+            barrier.wait(timeout=CLIENT_START_TIMEOUT)
+        except threading.BrokenBarrierError:
+            raise RuntimeError(
+                f"client processes did not all start within {CLIENT_START_TIMEOUT:.0f} s "
+                f"(exit codes: {[p.exitcode for p in processes]})"
+            ) from None
+        started = time.perf_counter()
+        outcomes = {}
+        while len(outcomes) < count:
+            remaining = CLIENT_RUN_TIMEOUT - (time.perf_counter() - started)
+            try:
+                index, outcome = results.get(timeout=max(0.1, remaining))
+            except queue.Empty:
+                missing = sorted(set(range(count)) - set(outcomes))
+                raise RuntimeError(
+                    f"client process(es) {missing} did not finish within {CLIENT_RUN_TIMEOUT:.0f} s"
+                ) from None
+            outcomes[index] = outcome
+        elapsed = time.perf_counter() - started
+    finally:
+        for process in processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+    failures = [outcome for outcome in outcomes.values() if outcome]
     if failures:
         raise RuntimeError(failures[0])
     return elapsed
+
+
+# --- client work (module level, so that spawned processes can run it) ----------------------
+
+_users = {}
+_api_clients = {}
+
+
+def _user(context):
+    from django.contrib.auth.models import User
+
+    if context["user_id"] not in _users:
+        _users[context["user_id"]] = User.objects.get(pk=context["user_id"])
+    return _users[context["user_id"]]
+
+
+def work_create_then_start(context, index, i):
+    from sessions import services
+
+    actor = services.Actor.of_user(_user(context))
+    session = services.session_create(
+        title=f"Bench session {index}-{i}", initial_prompt="Make the tests pass.",
+        repository=context["repository"], actor=actor,
+    )
+    services.session_start(session=session, actor=actor)
+
+
+def work_create_and_start(context, index, i):
+    from sessions import services
+
+    services.session_create(
+        title=f"Bench session {index}-{i}", initial_prompt="Make the tests pass.",
+        repository=context["repository"], actor=services.Actor.of_user(_user(context)), start=True,
+    )
+
+
+def work_create_and_start_api(context, index, i):
+    if index not in _api_clients:
+        from rest_framework.test import APIClient
+
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Token {context['token']}")
+        _api_clients[index] = client
+    response = _api_clients[index].post(
+        "/api/v1/sessions",
+        {"title": f"Bench API session {index}-{i}", "initial_prompt": "Go.", "repository": context["repository"],
+         "start": True},
+        format="json",
+    )
+    assert response.status_code == 201, response.content[:300]
+
+
+def work_flip(context, index, i):
+    from sessions import services
+    from sessions.models import CodingSession
+
+    session = CodingSession(pk=context["running"][index])  # the services lock the row by its id
+    if i % 2 == 0:
+        services.session_degrade(session=session)
+    else:
+        services.session_recover(session=session)
 
 
 def purge(queue_names):
@@ -203,6 +322,9 @@ def main():
         from sessions import services
         suffix = uuid.uuid4().hex[:8]
         settings.SESSION_QUEUES = {p: f"bench-{suffix}-{name}" for p, name in settings.SESSION_QUEUES.items()}
+        # The benchmark is one user writing as fast as it can: no throttle, no cap on open sessions.
+        settings.API_THROTTLE_RATES = {scope: None for scope in settings.API_THROTTLE_RATES}
+        settings.SESSION_LIMIT_PER_USER = 0
         user = User.objects.create_user("bench", password="x")
         user.groups.add(Group.objects.get_or_create(name="operators")[0])
         populate(user)
@@ -214,100 +336,57 @@ def main():
             measure_list(client, "list 50, no filter", [{"page_size": 50}]),
             measure_list(client, "list 50, status=running", [{"page_size": 50, "status": "running"}]),
             measure_list(
-                client,
-                "list 50, status=failed&repository=..",
+                client, "list 50, status=failed&repository=..",
                 [{"page_size": 50, "status": "failed", "repository": f"/srv/repos/service-{n:02d}"} for n in range(20)],
             ),
-            measure_list(
-                client,
-                "list 50, priority=CRITICAL&type=review",
-                [{"page_size": 50, "priority": "CRITICAL", "type": "review"}],
-            ),
+            measure_list(client, "list 50, priority=CRITICAL&type=review", [{"page_size": 50, "priority": "CRITICAL", "type": "review"}]),
             measure_list(client, "list 50, tag=security", [{"page_size": 50, "tag": "security"}]),
-            measure_list(
-                client, "list 50, search=<rare word> (50 matches)", [{"page_size": 50, "search": w} for w in RARE_WORDS]
-            ),
+            measure_list(client, "list 50, search=<rare word> (50 matches)", [{"page_size": 50, "search": w} for w in RARE_WORDS]),
             measure_list(client, "list 50, search=<common word>", [{"page_size": 50, "search": w} for w in WORDS[:20]]),
-            measure_list(
-                client, "list 50, search=<absent word>", [{"page_size": 50, "search": f"qqxj{n}"} for n in range(20)]
-            ),
+            measure_list(client, "list 50, search=<absent word>", [{"page_size": 50, "search": f"qqxj{n}"} for n in range(20)]),
         ]
         print(f"list p99 worst {max(p99s):.2f} ms (target <= 50 ms)")
         print()
 
-        def create_then_start(index, i):
-            session = services.session_create(
-                title=f"Bench session {index}-{i}", initial_prompt="Make the tests pass.",
-                repository="/srv/repos/bench", actor=services.Actor.of_user(user),
-            )
-            services.session_start(session=session, actor=services.Actor.of_user(user))
+        from orchestrator.testing import make_git_repository
+        from orchestrator.tokens import token_issue
 
-        def create_and_start(index, i):
-            services.session_create(
-                title=f"Bench session {index}-{i}", initial_prompt="Make the tests pass.",
-                repository="/srv/repos/bench", actor=services.Actor.of_user(user), start=True,
-            )
-
-        for label, work in [("session_create then session_start (2 commits)", create_then_start),
-                            ("session_create(start=True) (1 commit)", create_and_start)]:
+        repository = make_git_repository(Path(settings.REPOSITORY_ROOTS[0]) / f"bench-{suffix}")
+        context = {"user_id": user.pk, "token": token_issue(user=user)[1],
+                   "repository": str(repository)}
+        for label, work in [("session_create then session_start (2 commits)", work_create_then_start),
+                            ("session_create(start=True) (1 commit)", work_create_and_start)]:
             for count, per_client in [(1, 300), (8, 60)]:
-                elapsed = run_clients(count, per_client, work)
+                elapsed = run_clients(count, per_client, work, context)
                 print(f"create+start, {label}, {count} thread(s): {count * per_client / elapsed:.0f} sessions/s")
-            elapsed = run_processes(8, 80, work)
+            elapsed = run_processes(8, 80, work, context)
             print(f"create+start, {label}, 8 processes: {8 * 80 / elapsed:.0f} sessions/s (target >= 200/s)")
 
-        api_clients = [api_client_for(user) for _ in range(8)]
-
-        def create_and_start_api(index, i):
-            response = api_clients[index].post(
-                "/api/v1/sessions",
-                {
-                    "title": f"Bench API session {index}-{i}",
-                    "initial_prompt": "Go.",
-                    "repository": "/srv/r",
-                    "start": True,
-                },
-                format="json",
-            )
-            assert response.status_code == 201, response.content[:300]
-
         for count, per_client in [(1, 200), (8, 40)]:
-            elapsed = run_clients(count, per_client, create_and_start_api)
+            elapsed = run_clients(count, per_client, work_create_and_start_api, context)
             target = " (target >= 200/s)" if count == 8 else ""
-            print(
-                f"create+start via API (1 POST, start=true), {count} thread(s): "
-                f"{count * per_client / elapsed:.0f} sessions/s{target}"
-            )
-        elapsed = run_processes(8, 40, create_and_start_api)
-        print(
-            f"create+start via API (1 POST, start=true), 8 processes: {8 * 40 / elapsed:.0f} sessions/s (target "
-            ">= 200/s)"
-        )
+            print(f"create+start via API (1 POST, start=true), {count} thread(s): {count * per_client / elapsed:.0f} sessions/s{target}")
+        elapsed = run_processes(8, 40, work_create_and_start_api, context)
+        print(f"create+start via API (1 POST, start=true), 8 processes: {8 * 40 / elapsed:.0f} sessions/s (target >= 200/s)")
 
         running = []
         for index in range(8):
-            session = services.session_create(
-                title=f"Transition bench {index}", initial_prompt="x", repository="/srv/r"
-            )
+            session = services.session_create(title=f"Transition bench {index}", initial_prompt="x",
+                                              repository=str(repository))
             running.append(services.session_start(session=session, immediate=True, worker_id="bench").pk)
-
-        def flip(index, i):
-            if i % 2 == 0:
-                services.session_degrade(session=running[index])
-            else:
-                services.session_recover(session=running[index])
+        context = {**context, "running": running}
 
         for count, per_client in [(1, 400), (8, 100)]:
-            elapsed = run_clients(count, per_client, flip)
-            print(
-                f"transitions (degrade/recover, each client its own session), {count} thread(s): "
-                f"{count * per_client / elapsed:.0f}/s"
-            )
-        elapsed = run_processes(8, 100, flip)
+            elapsed = run_clients(count, per_client, work_flip, context)
+            print(f"transitions (degrade/recover, each client its own session), {count} thread(s): {count * per_client / elapsed:.0f}/s")
+        elapsed = run_processes(8, 100, work_flip, context)
         print(f"transitions (degrade/recover, each client its own session), 8 processes: {800 / elapsed:.0f}/s")
 
         print(f"purged {purge(settings.SESSION_QUEUES.values())} bench jobs from the broker")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except RuntimeError as failure:
+        sys.exit(f"bench.sessions_api failed: {failure}")

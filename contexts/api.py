@@ -10,20 +10,22 @@ from contexts import documents, selectors, services
 from contexts.models import ChangeAction, Scope
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.inputs import IdField, id_param
+from orchestrator.schema import page_number_page
 
 
 class ContextSummarySerializer(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     scope = serializers.CharField(read_only=True)
     name = serializers.CharField(read_only=True)
-    session = serializers.IntegerField(source="session_id", read_only=True)
-    agent = serializers.IntegerField(source="agent_id", read_only=True)
+    session = serializers.IntegerField(source="session_id", read_only=True, allow_null=True)
+    agent = serializers.IntegerField(source="agent_id", read_only=True, allow_null=True)
     version = serializers.IntegerField(read_only=True)
     size = serializers.SerializerMethodField()
-    expires_at = serializers.DateTimeField(read_only=True)
+    expires_at = serializers.DateTimeField(read_only=True, allow_null=True)
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
-    last_used_at = serializers.DateTimeField(read_only=True)
+    last_used_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
     def get_size(self, context) -> int:
         return documents.document_size(context.data)
@@ -72,14 +74,14 @@ class CreateSerializer(serializers.Serializer):
     scope = serializers.ChoiceField(choices=Scope.values)
     name = serializers.CharField(max_length=200)
     data = serializers.JSONField(required=False, default=dict)
-    session = serializers.IntegerField(required=False, allow_null=True)
-    agent = serializers.IntegerField(required=False, allow_null=True)
+    session = IdField(required=False, allow_null=True)
+    agent = IdField(required=False, allow_null=True)
 
 
 class UpdateSerializer(serializers.Serializer):
     changes = serializers.DictField(child=serializers.JSONField(allow_null=True), required=False, default=dict)
     delete = serializers.ListField(child=serializers.CharField(allow_blank=True), required=False, default=list)
-    expected_version = serializers.IntegerField(min_value=1)
+    expected_version = IdField()
 
     def validate(self, attrs):
         both = set(attrs["changes"]) & set(attrs["delete"])
@@ -91,15 +93,15 @@ class UpdateSerializer(serializers.Serializer):
 
 
 class MergeSerializer(serializers.Serializer):
-    sources = serializers.ListField(child=serializers.IntegerField(), allow_empty=False, max_length=20)
+    sources = serializers.ListField(child=IdField(), allow_empty=False, max_length=20)
     strategy = serializers.ChoiceField(choices=services.MERGE_STRATEGIES)
-    target = serializers.IntegerField(required=False, allow_null=True)
+    target = IdField(required=False, allow_null=True)
     resolutions = serializers.DictField(child=serializers.JSONField(allow_null=True), required=False, allow_null=True)
-    expected_version = serializers.IntegerField(required=False, allow_null=True, min_value=1)
+    expected_version = IdField(required=False, allow_null=True)
 
 
 class ShareSerializer(serializers.Serializer):
-    session = serializers.IntegerField()
+    session = IdField()
     strategy = serializers.ChoiceField(choices=services.SHARE_STRATEGIES, default=documents.DEEP_MERGE)
     resolutions = serializers.DictField(child=serializers.JSONField(allow_null=True), required=False, allow_null=True)
 
@@ -170,19 +172,21 @@ class ContextViewSet(viewsets.ViewSet):
         return selectors.context_get_for_user(request.user, pk)
 
     @extend_schema(
-        responses=ContextSummarySerializer(many=True),
+        responses=page_number_page("ContextPage", ContextSummarySerializer),
         parameters=[
             OpenApiParameter("scope", enum=Scope.values),
             OpenApiParameter("session", int),
             OpenApiParameter("agent", int),
             OpenApiParameter("name", str),
+            OpenApiParameter("page", int),
+            OpenApiParameter("page_size", int),
         ],
     )
     def list(self, request):
         queryset = selectors.context_list(
             scope=request.query_params.get("scope"),
-            session_id=request.query_params.get("session"),
-            agent_id=request.query_params.get("agent"),
+            session_id=id_param(request.query_params, "session"),
+            agent_id=id_param(request.query_params, "agent"),
             name=request.query_params.get("name"),
         )
         paginator = Pages()
@@ -236,7 +240,10 @@ class ContextViewSet(viewsets.ViewSet):
         value = services.context_get_value(context=context, path=path)
         return Response({"path": path, "value": value, "version": context.version})
 
-    @extend_schema(responses=ChangeSerializer(many=True), parameters=[OpenApiParameter("path", str)])
+    @extend_schema(
+        responses=page_number_page("ContextChangePage", ChangeSerializer),
+        parameters=[OpenApiParameter("path", str), OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+    )
     @action(detail=True, methods=["get"])
     def history(self, request, pk=None):
         context = self._get(request, pk)
@@ -249,8 +256,8 @@ class ContextViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["get"])
     def diff(self, request, pk=None):
         context = self._get(request, pk)
-        other_id = request.query_params.get("other")
-        if not other_id:
+        other_id = id_param(request.query_params, "other")
+        if other_id is None:
             raise ValidationFailed(field="other", rule="is required (?other=<context id>)")
         other = self._get(request, other_id)
         changes = services.context_diff(context=context, other=other)

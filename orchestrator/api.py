@@ -1,7 +1,12 @@
 """API plumbing shared by every app: the error format and the API root."""
 
+import logging
+
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
-from django.http import Http404
+from django.core.exceptions import RequestDataTooBig
+from django.http import Http404, JsonResponse
+from django.views import defaults
+from drf_spectacular.utils import extend_schema
 from rest_framework import exceptions, status
 from rest_framework.decorators import api_view
 from rest_framework.response import Response
@@ -17,6 +22,9 @@ DOMAIN_STATUS = {
     errors.PermissionRefused: status.HTTP_403_FORBIDDEN,
     errors.Conflict: status.HTTP_409_CONFLICT,
 }
+
+
+logger = logging.getLogger(__name__)
 
 
 def error_body(code, message, details=None):
@@ -56,10 +64,17 @@ def exception_handler(exc, context):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        from orchestrator.inputs import PayloadTooLarge
+
+        exc = PayloadTooLarge()
 
     response = drf_exception_handler(exc, context)
     if response is None:
-        return None
+        # Anything else is our fault: logged with its traceback, answered without it.
+        view = context.get("view")
+        logger.error("Unhandled error in %s", type(view).__name__ if view else "an API view", exc_info=exc)
+        return Response(error_body("server_error", "Internal server error"), status=500)
     code = getattr(exc, "default_code", "error")
     if isinstance(exc, exceptions.NotAuthenticated):
         code = "not_authenticated"
@@ -69,6 +84,31 @@ def exception_handler(exc, context):
     return response
 
 
+def _is_api(request):
+    return request.path.startswith("/api/")
+
+
+def bad_request(request, exception, template_name="400.html"):
+    if not _is_api(request):
+        return defaults.bad_request(request, exception)
+    if isinstance(exception, RequestDataTooBig):
+        return JsonResponse(error_body("payload_too_large", "The request body is too large."), status=413)
+    return JsonResponse(error_body("bad_request", "The request could not be read."), status=400)
+
+
+def page_not_found(request, exception, template_name="404.html"):
+    if not _is_api(request):
+        return defaults.page_not_found(request, exception)
+    return JsonResponse(error_body("not_found", f"No API endpoint at {request.path}"), status=404)
+
+
+def server_error(request, template_name="500.html"):
+    if not _is_api(request):
+        return defaults.server_error(request)
+    return JsonResponse(error_body("server_error", "Internal server error"), status=500)
+
+
+@extend_schema(exclude=True)
 @api_view(["GET"])
 def api_root(request, format=None):
     return Response(
@@ -84,6 +124,7 @@ def api_root(request, format=None):
     )
 
 
+@extend_schema(exclude=True)
 @api_view(["GET", "POST", "PUT", "PATCH", "DELETE"])
 def api_not_found(request, *args, **kwargs):
     raise exceptions.NotFound(f"No API endpoint at {request.path}")

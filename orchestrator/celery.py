@@ -12,3 +12,17 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator.settings")
 app = Celery("orchestrator")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks(related_name="jobs")
+
+
+def _declare_queues():
+    """Every queue jobs are sent to, in priority order: a worker started without -Q consumes them
+    all (it would otherwise consume only `default`, and sessions would wait there forever).
+    An explicit -Q still selects among them."""
+    from django.conf import settings
+    from kombu import Queue
+
+    app.conf.task_queues = [Queue(name) for name in dict.fromkeys(settings.WORKER_QUEUES)]
+
+
+_declare_queues()
+

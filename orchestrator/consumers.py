@@ -30,7 +30,22 @@ class DirectDispatchMixin:
             await self.dispatch(each)
 
 
-class SystemConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):
+class JsonFramesConsumer(AsyncJsonWebsocketConsumer):
+    """A JSON WebSocket consumer that closes with 1003 (unsupported data) on a frame that is not
+    a JSON text frame, instead of raising in the consumer on every such frame."""
+
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        try:
+            content = await self.decode_json(text_data) if text_data else None
+        except ValueError:  # json.JSONDecodeError
+            content = None
+        if content is None:
+            await self.close(code=1003)
+            return
+        await self.receive_json(content, **kwargs)
+
+
+class SystemConsumer(DirectDispatchMixin, JsonFramesConsumer):
     """System news (worker pings) for any signed-in user, as JSON."""
 
     async def connect(self):

@@ -13,6 +13,39 @@ TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
+def read_or_create_secret_key(path):
+    """The key stored at `path`, created (random, mode 0600) the first time: the embedded default
+    needs no SECRET_KEY set and keeps its sign-ins across restarts. Hosts that share sign-ins
+    (several web replicas) set SECRET_KEY instead."""
+    import secrets
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = path.read_text().strip()
+        if len(key) < 50:
+            raise ImproperlyConfigured(f"SECRET_KEY_FILE {path} holds no usable key (under 50 characters)") from None
+        return key
+    key = secrets.token_urlsafe(64)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    return key
+
+
+def env_rate(name, default):
+    """A throttle rate "N/second|minute|hour|day" (or s/m/h/d); an empty value turns it off (None)."""
+    import re
+
+    raw = os.environ.get(name, default).strip()
+    if not raw:
+        return None
+    if not re.fullmatch(r"[1-9][0-9]{0,8}/(s|m|h|d|second|minute|hour|day)", raw):
+        raise ImproperlyConfigured(f"{name} must look like 120/minute (per second, minute, hour or day), got {raw!r}")
+    return raw
+
+
 def env_str(name, default=""):
     return os.environ.get(name, default)
 

@@ -15,25 +15,43 @@ from orchestrator.env import (
     env_float,
     env_int,
     env_list,
+    env_rate,
     env_str,
     parse_database_url,
     parse_http_url,
     parse_redis_url,
+    read_or_create_secret_key,
 )
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ORCHESTRATOR_VAR_DIR", str(BASE_DIR / "var"))).resolve()
 VAR_DIR.mkdir(parents=True, exist_ok=True)
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    SECRET_KEY = "insecure-development-key-only-used-while-DEBUG-is-on"
+# Off unless turned on: Django's debug page lists every setting, the database URL included.
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY") or read_or_create_secret_key(
+    Path(env_str("SECRET_KEY_FILE", str(VAR_DIR / "secret_key")))
+)
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+# Behind TLS (production), from the environment; `manage.py check --deploy` is clean with them on.
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", SECURE_HSTS_SECONDS > 0)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", SECURE_SSL_REDIRECT)
+# The proxy in front says the request came over TLS (X-Forwarded-Proto: https).
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Health probes come over plain HTTP from the orchestrator (kubelet, compose), never redirected.
+SECURE_REDIRECT_EXEMPT = [r"^live$", r"^ready$", r"^health$"]
+
+# Request bodies: a session prompt is at most 100,000 characters; 2.5 MB leaves room for JSON
+# documents (contexts) and is what Django answers 413 above.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=1024)
 
 INSTALLED_APPS = [
     "daphne",
@@ -59,6 +77,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "orchestrator.middleware.NulQueryStringMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -67,6 +86,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "orchestrator.middleware.DomainErrorPagesMiddleware",
 ]
 
 ROOT_URLCONF = "orchestrator.urls"
@@ -208,17 +228,37 @@ LOGOUT_REDIRECT_URL = "login"
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "orchestrator.auth.ThrottledTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["orchestrator.permissions.IsOperatorOrReadOnly"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "orchestrator.api.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # JSON only: one parser to harden (orchestrator.inputs), one body format to document.
+    "DEFAULT_PARSER_CLASSES": ["orchestrator.inputs.StrictJSONParser"],
+    "TEST_REQUEST_DEFAULT_FORMAT": "json",
+    "DEFAULT_THROTTLE_CLASSES": ["orchestrator.throttles.WriteThrottle"],
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
-if DEBUG:
-    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+# Rates ("N/second|minute|hour|day"; empty turns a throttle off), read on every request
+# (orchestrator.throttles): writes per user (or address), failed authentications per address.
+API_THROTTLE_RATES = {
+    "write": env_rate("API_THROTTLE_WRITE", "120/minute"),
+    "auth_failure": env_rate("API_THROTTLE_AUTH_FAILURE", "20/minute"),
+}
+# Throttle and sign-in counters live in the cache: per process by default (one web process in the
+# embedded default); CACHE_URL (Redis, e.g. a database of its own) shares them across web replicas.
+CACHE_URL = env_str("CACHE_URL")
+if CACHE_URL:
+    parse_redis_url("CACHE_URL", CACHE_URL)
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+# Console sign-in: this many failures for one user name or address lock it for LOGIN_LOCKOUT_SECONDS.
+LOGIN_FAILURE_LIMIT = env_int("LOGIN_FAILURE_LIMIT", 5, minimum=1)
+LOGIN_LOCKOUT_SECONDS = env_int("LOGIN_LOCKOUT_SECONDS", 900, minimum=1)
+# Sessions one user may have that have not ended (pending, queued, running, paused, degraded); 0: no cap.
+SESSION_LIMIT_PER_USER = env_int("SESSION_LIMIT_PER_USER", 100, minimum=0)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "Industrial Orchestrator API",
@@ -228,6 +268,19 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "orchestrator.schema.add_error_responses",
+    ],
+    "ENUM_NAME_OVERRIDES": {
+        "SessionStatusEnum": "sessions.models.SessionStatus",
+        "TaskStatusEnum": "tasks.models.TaskStatus",
+        "TaskPriorityEnum": "tasks.models.TaskPriority",
+        "SessionPriorityEnum": [(0, "Critical"), (1, "High"), (2, "Medium"), (3, "Low"), (4, "Deferred")],
+        "CapabilityEnum": "agents.routing.CAPABILITIES",
+        "AgentTypeEnum": "agents.models.AgentType",
+    },
+    "COMPONENT_SPLIT_REQUEST": True,
 }
 
 # --- Static files -------------------------------------------------------------
@@ -322,6 +375,10 @@ WORKSPACE_ROOT = Path(env_str("WORKSPACE_ROOT", str(VAR_DIR / "workspaces"))).re
 REPOSITORY_ROOTS = [Path(p).resolve() for p in env_list("REPOSITORY_ROOTS", [str(VAR_DIR / "repos")])]
 
 WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1, maximum=256)
+# What a plain `celery -A orchestrator worker` uses (orchestrator.celery declares the queues):
+# sessions run in threads (each holds an OpenCode event stream); prefork would run 2 per CPU.
+CELERY_WORKER_POOL = "threads"
+CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
 
 LOGGING = {
     "version": 1,

@@ -58,8 +58,10 @@ def free_port():
 
 
 @contextmanager
-def running_worker(*, concurrency=4, queues=None, env=None, log_path=None):
-    """Start a real Celery worker process; stop it (by PID) on exit.
+def running_worker(*, concurrency=4, queues=None, env=None, log_path=None, plain=False):
+    """Start a real Celery worker process; stop it (by PID) on exit. With `plain`, the command
+    every Celery user types (`celery -A orchestrator worker`): queues, pool and concurrency come
+    from the app's configuration.
 
     Spare worktrees are off unless `env` sets WORKSPACE_SPARES: a test's sessions then run in
     <WORKSPACE_ROOT>/<reference>, and no background git or OpenCode work outlives the test.
@@ -68,10 +70,11 @@ def running_worker(*, concurrency=4, queues=None, env=None, log_path=None):
     env = {"WORKSPACE_SPARES": 0, **(env or {})}
     log_path = Path(log_path or Path(settings.VAR_DIR) / f"worker-{os.getpid()}-{time.time_ns()}.log")
     log = open(log_path, "wb")
-    command = [
-        sys.executable, "-m", "celery", "-A", "orchestrator", "worker",
-        "--pool", "threads", "--concurrency", str(concurrency),
-        "-Q", ",".join(queues), "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    command = [sys.executable, "-m", "celery", "-A", "orchestrator", "worker"]
+    if not plain:
+        command += ["--pool", "threads", "--concurrency", str(concurrency), "-Q", ",".join(queues)]
+    command += [
+        "--loglevel", "INFO", "--without-gossip", "--without-mingle",
         "--hostname", f"test-{os.getpid()}-{time.time_ns()}@%h",
     ]
     process = subprocess.Popen(
@@ -148,3 +151,14 @@ def answered_directives(llm, keys):
             continue
         answered.append(entry["directive"])
     return answered
+
+
+def api_token(user):
+    """A newly issued API token for `user`, as `.key` (the token itself; only its digest is
+    stored) and `.row` (the ApiToken)."""
+    from types import SimpleNamespace
+
+    from orchestrator.tokens import token_issue
+
+    row, raw = token_issue(user=user)
+    return SimpleNamespace(key=raw, row=row)

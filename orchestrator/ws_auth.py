@@ -18,12 +18,9 @@ from django.conf import settings
 
 @database_sync_to_async
 def _user_for_token(key):
-    from rest_framework.authtoken.models import Token
+    from orchestrator.tokens import token_user
 
-    token = Token.objects.select_related("user").filter(key=key).first()
-    if token is None or not token.user.is_active:
-        return None
-    return token.user
+    return token_user(raw=key)
 
 
 def _token_from_scope(scope):

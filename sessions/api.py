@@ -5,14 +5,12 @@ Domain errors become `{"error": {"code", "message", "details"}}` through
 orchestrator.api.exception_handler (400, 404, 409).
 """
 
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
     extend_schema,
     extend_schema_field,
     extend_schema_view,
-    inline_serializer,
 )
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
@@ -21,8 +19,10 @@ from rest_framework.response import Response
 from agents.models import Agent
 from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
+from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, datetime_param, id_param, int_param
 from orchestrator.roles import user_can_view
-from sessions import permissions, rules, selectors, services
+from orchestrator.schema import page_of
+from sessions import permissions, repositories, rules, selectors, services
 from sessions.planning import services as planning_services
 from sessions.models import (
     Checkpoint,
@@ -150,7 +150,12 @@ class EventSerializer(serializers.ModelSerializer):
 # --- input -----------------------------------------------------------------------------
 
 
-@extend_schema_field(OpenApiTypes.STR)
+@extend_schema_field(
+    {"oneOf": [
+        {"type": "integer", "minimum": 0, "maximum": 4},
+        {"type": "string", "enum": [*rules.PRIORITIES, *(n.lower() for n in rules.PRIORITIES), "0", "1", "2", "3", "4"]},
+    ], "description": "CRITICAL 0, HIGH 1, MEDIUM 2, LOW 3, DEFERRED 4 (name in any case, or the number)"}
+)
 class PriorityField(serializers.Field):
     """CRITICAL, HIGH, MEDIUM, LOW, DEFERRED (any case) or 0-4."""
 
@@ -177,17 +182,21 @@ class SessionCreateSerializer(serializers.Serializer):
     initial_prompt = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False, default=None)
     repository = serializers.CharField(required=False, allow_blank=True, default=None)
     model_identifier = serializers.CharField(required=False, allow_blank=True, default="")
-    max_duration_seconds = serializers.IntegerField(required=False, default=rules.DURATION_DEFAULT)
-    max_retries = serializers.IntegerField(required=False, default=rules.RETRIES_DEFAULT)
-    token_budget_soft = serializers.IntegerField(required=False, allow_null=True, default=None)
-    token_budget_hard = serializers.IntegerField(required=False, allow_null=True, default=None)
+    max_duration_seconds = BoundedIntegerField(required=False, default=rules.DURATION_DEFAULT)
+    max_retries = BoundedIntegerField(required=False, default=rules.RETRIES_DEFAULT)
+    token_budget_soft = BoundedIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=rules.TOKEN_BUDGET_MAX
+    )
+    token_budget_hard = BoundedIntegerField(
+        required=False, allow_null=True, default=None, min_value=0, max_value=rules.TOKEN_BUDGET_MAX
+    )
     cost_budget_soft = serializers.DecimalField(
         max_digits=12, decimal_places=4, required=False, allow_null=True, default=None
     )
     cost_budget_hard = serializers.DecimalField(
         max_digits=12, decimal_places=4, required=False, allow_null=True, default=None
     )
-    permission_policy = serializers.JSONField(required=False, default=dict)
+    permission_policy = BoundedJSONField(required=False, default=dict, max_bytes=16_384, max_depth=2)
     parent = serializers.PrimaryKeyRelatedField(
         queryset=CodingSession.objects.filter(deleted_at__isnull=True), required=False, allow_null=True,
         default=None,
@@ -195,12 +204,25 @@ class SessionCreateSerializer(serializers.Serializer):
     agent = serializers.PrimaryKeyRelatedField(
         queryset=Agent.objects.all(), required=False, allow_null=True, default=None
     )
-    tags = serializers.JSONField(required=False, default=list)
-    metadata = serializers.JSONField(required=False, default=dict)
+    tags = BoundedJSONField(required=False, default=list, max_bytes=4_096, max_depth=1)
+    metadata = BoundedJSONField(
+        required=False, default=dict, max_bytes=rules.METADATA_MAX_BYTES, max_depth=rules.METADATA_MAX_DEPTH
+    )
     start = serializers.BooleanField(required=False, default=False)
     # Checked by sessions.planning (400 naming `planning.<field>`, or each plan finding with its task keys).
-    planning = serializers.JSONField(required=False, default=None)
-    plan = serializers.JSONField(required=False, default=None)
+    planning = BoundedJSONField(required=False, default=None, max_bytes=4_096, max_depth=2)
+    plan = BoundedJSONField(required=False, default=None, max_bytes=1_000_000, max_depth=6)
+
+    def to_internal_value(self, data):
+        # PrimaryKeyRelatedField would hand 2^70 to the database (an overflow there, a 500 here).
+        if isinstance(data, dict):
+            for name in ("parent", "agent"):
+                if data.get(name) is not None:
+                    try:
+                        IdField().run_validation(data[name])
+                    except serializers.ValidationError as refused:
+                        raise serializers.ValidationError({name: refused.detail}) from None
+        return super().to_internal_value(data)
 
 
 class PermissionRequestSerializer(serializers.ModelSerializer):
@@ -224,11 +246,11 @@ class ReasonSerializer(serializers.Serializer):
 
 
 class FailSerializer(ReasonSerializer):
-    error = serializers.JSONField(required=False, default=None)
+    error = BoundedJSONField(required=False, default=None, allow_null=True)
 
 
 class CompleteSerializer(ReasonSerializer):
-    result = serializers.JSONField(required=False, default=None)
+    result = BoundedJSONField(required=False, default=None, allow_null=True)
     partial = serializers.BooleanField(required=False, default=False)
 
 
@@ -237,9 +259,9 @@ class RetrySerializer(ReasonSerializer):
 
 
 class CheckpointCreateSerializer(serializers.Serializer):
-    data = serializers.JSONField(required=False, default=dict)
-    opencode_message_id = serializers.CharField(required=False, allow_blank=True, default="")
-    git_ref = serializers.CharField(required=False, allow_blank=True, default="")
+    data = BoundedJSONField(required=False, default=dict, max_bytes=262_144, max_depth=32)
+    opencode_message_id = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
+    git_ref = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
 
 
 class MessageSerializer(serializers.Serializer):
@@ -260,29 +282,6 @@ def _csv(params, name):
     return values
 
 
-def _int_param(params, name, *, minimum=None):
-    raw = params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(field=name, rule="must be an integer") from None
-    if minimum is not None and value < minimum:
-        raise ValidationFailed(field=name, rule=f"must be at least {minimum}")
-    return value
-
-
-def _datetime_param(params, name):
-    raw = params.get(name)
-    if not raw:
-        return None
-    value = parse_datetime(raw)
-    if value is None:
-        raise ValidationFailed(field=name, rule="must be an ISO 8601 date-time")
-    return value
-
-
 def parse_list_params(params):
     """Query parameters -> (SessionFilters, cursor, page_size); ValidationFailed names the parameter."""
     errors = {}
@@ -301,22 +300,22 @@ def parse_list_params(params):
             errors["priority"] = [str(exc)]
     if errors:
         raise ValidationFailed(errors=errors)
-    page_size = _int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
+    page_size = int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
     if page_size > selectors.PAGE_SIZE_MAX:
         raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
     filters = selectors.SessionFilters(
         status=tuple(statuses),
         session_type=tuple(types),
         priority=tuple(priorities),
-        agent_id=_int_param(params, "agent"),
+        agent_id=id_param(params, "agent"),
         repository=params.get("repository") or None,
         tag=params.get("tag") or None,
         search=(params.get("search") or params.get("q") or "").strip() or None,
-        created_after=_datetime_param(params, "created_after"),
-        created_before=_datetime_param(params, "created_before"),
-        parent_id=_int_param(params, "parent"),
+        created_after=datetime_param(params, "created_after"),
+        created_before=datetime_param(params, "created_before"),
+        parent_id=id_param(params, "parent"),
     )
-    return filters, _int_param(params, "cursor", minimum=1), page_size
+    return filters, int_param(params, "cursor", minimum=1), page_size
 
 
 # --- endpoints -------------------------------------------------------------------------
@@ -337,7 +336,7 @@ LIST_PARAMETERS = [
 
 
 def _page_of(name, item_serializer, **extra):
-    return inline_serializer(name, {"results": item_serializer(many=True), **extra})
+    return page_of(name, {"results": item_serializer(many=True), **extra})
 
 
 _command = extend_schema(request=ReasonSerializer, responses=SessionDetailSerializer)
@@ -365,6 +364,11 @@ _command = extend_schema(request=ReasonSerializer, responses=SessionDetailSerial
         responses=_page_of("SessionEvents", EventSerializer, next_after=serializers.IntegerField(allow_null=True)),
     ),
     stats=extend_schema(responses=OpenApiTypes.OBJECT),
+    permissions=extend_schema(
+        parameters=[OpenApiParameter("status", enum=PermissionRequestStatus.values)],
+        responses=_page_of("SessionPermissionRequests", PermissionRequestSerializer),
+    ),
+    reply_permission=extend_schema(request=PermissionReplySerializer, responses=PermissionRequestSerializer),
 )
 class SessionViewSet(viewsets.ViewSet):
     lookup_value_regex = r"\d+"
@@ -403,6 +407,13 @@ class SessionViewSet(viewsets.ViewSet):
 
     def create(self, request):
         data = dict(self._input(SessionCreateSerializer))
+        if data["repository"] and data["repository"].strip():
+            try:
+                data["repository"] = repositories.repository_validate(path=data["repository"])
+            except ValidationFailed as refused:
+                # Name every broken rule at once, as session_create does.
+                errors = {**rules.validate_session_input(data), "repository": refused.errors["repository"]}
+                raise ValidationFailed(errors=errors) from None
         planning, plan = data.pop("planning"), data.pop("plan")
         if planning is None and plan is None:
             session = services.session_create(actor=self._actor(), **data)
@@ -511,8 +522,8 @@ class SessionViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         session = self._get(pk)
-        after = _int_param(request.query_params, "after", minimum=0)
-        limit = _int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
+        after = int_param(request.query_params, "after", minimum=0)
+        limit = int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
         items = selectors.session_events_after(session.pk, after, limit=limit)
         return Response(
             {
@@ -563,16 +574,16 @@ def parse_approval_params(params):
     repository = (params.get("repository") or "").strip() or None
     if repository is not None and len(repository) > rules.REPOSITORY_MAX:
         raise ValidationFailed(field="repository", rule=f"must be at most {rules.REPOSITORY_MAX} characters")
-    page_size = _int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
+    page_size = int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
     if page_size > selectors.PAGE_SIZE_MAX:
         raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
     filters = selectors.ApprovalFilters(
-        session_id=_int_param(params, "session", minimum=1),
+        session_id=id_param(params, "session"),
         permission=permission,
-        agent_id=_int_param(params, "agent", minimum=1),
+        agent_id=id_param(params, "agent"),
         repository=repository,
     )
-    return filters, _int_param(params, "cursor", minimum=1), page_size
+    return filters, id_param(params, "cursor"), page_size
 
 
 class ApprovalSerializer(PermissionRequestSerializer):

@@ -26,11 +26,11 @@ from collections import OrderedDict
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
-from channels.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import path
 
 from orchestrator import broadcaster, events
-from orchestrator.consumers import DirectDispatchMixin
+from orchestrator.consumers import DirectDispatchMixin, JsonFramesConsumer
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
 from sessions import monitor, selectors, services
@@ -65,7 +65,7 @@ def _backlog(session_id, after_id, reference):
     ]
 
 
-class SessionEventsConsumer(DirectDispatchMixin, AsyncJsonWebsocketConsumer):
+class SessionEventsConsumer(DirectDispatchMixin, JsonFramesConsumer):
     """Events of one session (with `session_id` in the route) or of all sessions."""
 
     groups_joined = ()

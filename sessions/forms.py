@@ -13,7 +13,9 @@ from pathlib import Path
 from django import forms
 from django.conf import settings
 
-from sessions import rules
+from orchestrator.errors import ValidationFailed
+from orchestrator.inputs import ASCII_INTEGER
+from sessions import repositories, rules
 
 PRIORITY_CHOICES = [(number, name.title()) for number, name in sorted(rules.PRIORITY_NAMES.items())]
 DECISION_CHOICES = [("", "OpenCode's default")] + [(decision, decision) for decision in rules.PERMISSION_DECISIONS]
@@ -45,6 +47,15 @@ def default_repository():
     return repositories[0] if repositories else ""
 
 
+class AsciiIntegerField(forms.IntegerField):
+    """Digits 0-9 only: Python's int() also reads "١٢٠" (Arabic-Indic) or "１２０" (full width)."""
+
+    def to_python(self, value):
+        if isinstance(value, str) and value.strip() and not ASCII_INTEGER.fullmatch(value.strip()):
+            raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        return super().to_python(value)
+
+
 class SessionCreateForm(forms.Form):
     title = forms.CharField(required=False, strip=False)
     initial_prompt = forms.CharField(
@@ -54,15 +65,15 @@ class SessionCreateForm(forms.Form):
     repository = forms.CharField(label="…or a path", required=False, help_text="under an allowed root")
     session_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, initial="execution", required=False)
     priority = forms.TypedChoiceField(choices=PRIORITY_CHOICES, coerce=int, initial=rules.PRIORITY_DEFAULT)
-    task_concurrency = forms.IntegerField(
+    task_concurrency = AsciiIntegerField(
         label="Tasks at once", required=False, min_value=1, max_value=TASK_CONCURRENCY_MAX,
         help_text=f"1-{TASK_CONCURRENCY_MAX}; empty: the server's default",
     )
-    max_duration_seconds = forms.IntegerField(
+    max_duration_seconds = AsciiIntegerField(
         label="Time budget (seconds)", initial=rules.DURATION_DEFAULT, required=False
     )
-    token_budget_soft = forms.IntegerField(label="Token budget, soft (pauses)", required=False)
-    token_budget_hard = forms.IntegerField(label="Token budget, hard (stops)", required=False)
+    token_budget_soft = AsciiIntegerField(label="Token budget, soft (pauses)", required=False)
+    token_budget_hard = AsciiIntegerField(label="Token budget, hard (stops)", required=False)
     cost_budget_soft = forms.DecimalField(label="Cost budget, soft", required=False, max_digits=12, decimal_places=4)
     cost_budget_hard = forms.DecimalField(label="Cost budget, hard", required=False, max_digits=12, decimal_places=4)
     bash_permission = forms.ChoiceField(label="Bash", choices=DECISION_CHOICES, required=False)
@@ -76,6 +87,20 @@ class SessionCreateForm(forms.Form):
         self.fields["repository_choice"].choices = [("", "— a path below —")] + [(r, r) for r in repositories]
         if not self.is_bound and repositories:
             self.initial.setdefault("repository_choice", repositories[0])
+
+    def clean(self):
+        """Check the repository the session would get (the path typed, else the one chosen) with the
+        same rule as the API (sessions.repositories), so a bad path is an inline error, not a session
+        that fails when it runs."""
+        cleaned = super().clean()
+        value = (cleaned.get("repository") or "").strip() or cleaned.get("repository_choice") or ""
+        if value:  # empty: session_create reports it as required, with the other missing fields
+            field = "repository" if (cleaned.get("repository") or "").strip() else "repository_choice"
+            try:
+                repositories.repository_validate(path=value)
+            except ValidationFailed as exc:
+                self.add_error(field, exc.errors["repository"])
+        return cleaned
 
     def service_arguments(self):
         """Keyword arguments for `session_create` from cleaned data (call after is_valid())."""

@@ -19,6 +19,10 @@ RETRIES_MAX = 10
 REPOSITORY_MAX = 1_000
 TAGS_MAX = 20
 TAG_MAX = 50
+TOKEN_BUDGET_MAX = 10**12
+# metadata is returned in every list row: kept small and shallow.
+METADATA_MAX_BYTES = 16_384
+METADATA_MAX_DEPTH = 8
 
 FORBIDDEN_TITLES = frozenset(
     {"test session", "new session", "untitled", "coding task", "development session"}
@@ -43,7 +47,7 @@ def parse_priority(value):
         raise ValueError("must be one of CRITICAL, HIGH, MEDIUM, LOW, DEFERRED or 0-4")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().isdigit():
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
         number = int(value.strip())
     elif isinstance(value, str) and value.strip().upper() in PRIORITIES:
         return PRIORITIES[value.strip().upper()]

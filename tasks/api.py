@@ -1,24 +1,32 @@
 """/api/v1/tasks: serializers validate input, services do the work, transitions are POST commands."""
 
 from django.apps import apps
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from orchestrator.api import api_router
 from orchestrator.errors import NotFound
+from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, id_param, int_param
+from orchestrator.schema import page_of
 from tasks import selectors, services
 from tasks.decomposition import CAPABILITIES, DEFAULT_DEPTH, MAX_DEPTH, MIN_DEPTH, TEMPLATE_NAMES
 from tasks.models import DependencyType, Task, TaskPriority, TaskStatus
 
 CAPABILITY_CHOICES = sorted(CAPABILITIES)
+HOURS_MAX = 100_000.0  # ~11 years of work for one task
+TOKENS_MAX = 10**12
+ORDER_MAX = 1_000_000
+LIST_OFFSET_MAX = 10**9
 
 
 class TaskSerializer(serializers.ModelSerializer):
     session = serializers.PrimaryKeyRelatedField(read_only=True)
-    parent = serializers.PrimaryKeyRelatedField(read_only=True)
-    assigned_agent = serializers.PrimaryKeyRelatedField(read_only=True)
-    assigned_agent_name = serializers.CharField(source="assigned_agent.name", read_only=True, default=None)
+    parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    assigned_agent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
+    assigned_agent_name = serializers.CharField(source="assigned_agent.name", read_only=True, default=None, allow_null=True)
     has_subtasks = serializers.SerializerMethodField()
     allowed_actions = serializers.SerializerMethodField()
 
@@ -33,37 +41,38 @@ class TaskSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    def get_has_subtasks(self, task):
+    def get_has_subtasks(self, task) -> bool:
         value = getattr(task, "has_subtasks", None)
         return value if value is not None else task.subtasks.exists()
 
-    def get_allowed_actions(self, task):
+    def get_allowed_actions(self, task) -> list[str]:
         return task.allowed_actions()
 
 
 class EstimateFieldsMixin(serializers.Serializer):
-    priority = serializers.ChoiceField(choices=TaskPriority.values, required=False)
+    priority = serializers.ChoiceField(choices=TaskPriority.choices, required=False)
     required_capabilities = serializers.ListField(
         child=serializers.ChoiceField(choices=CAPABILITY_CHOICES), required=False, max_length=len(CAPABILITY_CHOICES)
     )
-    optimistic_hours = serializers.FloatField(min_value=0, required=False)
-    likely_hours = serializers.FloatField(min_value=0, required=False)
-    pessimistic_hours = serializers.FloatField(min_value=0, required=False)
-    estimated_tokens = serializers.IntegerField(min_value=0, required=False)
+    # Bounded so that PERT figures ((O + 4M + P) / 6, sums along the critical path) stay finite.
+    optimistic_hours = serializers.FloatField(min_value=0, max_value=HOURS_MAX, required=False)
+    likely_hours = serializers.FloatField(min_value=0, max_value=HOURS_MAX, required=False)
+    pessimistic_hours = serializers.FloatField(min_value=0, max_value=HOURS_MAX, required=False)
+    estimated_tokens = BoundedIntegerField(min_value=0, max_value=TOKENS_MAX, required=False)
     estimated_cost = serializers.DecimalField(max_digits=12, decimal_places=6, min_value=0, required=False)
-    order = serializers.IntegerField(min_value=0, required=False)
+    order = BoundedIntegerField(min_value=0, max_value=ORDER_MAX, required=False)
 
 
 class TaskCreateSerializer(EstimateFieldsMixin):
-    session = serializers.IntegerField()
-    parent = serializers.IntegerField(required=False, allow_null=True)
+    session = IdField()
+    parent = IdField(required=False, allow_null=True)
     title = serializers.CharField(max_length=200)
-    description = serializers.CharField(required=False, allow_blank=True, default="")
+    description = serializers.CharField(required=False, allow_blank=True, default="", max_length=100_000)
 
 
 class TaskUpdateSerializer(EstimateFieldsMixin):
     title = serializers.CharField(max_length=200, required=False)
-    description = serializers.CharField(required=False, allow_blank=True)
+    description = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
 
     def validate(self, attrs):
         unknown = sorted(set(self.initial_data) - set(self.fields))
@@ -84,7 +93,7 @@ class DecomposeSerializer(serializers.Serializer):
 class DependencyCreateSerializer(serializers.Serializer):
     """POST /tasks/{id}/dependencies: `prerequisite` is the task this one waits for."""
 
-    prerequisite = serializers.IntegerField()
+    prerequisite = IdField()
     type = serializers.ChoiceField(choices=DependencyType.values, default=DependencyType.FINISH_TO_START)
     is_required = serializers.BooleanField(default=True)
 
@@ -97,21 +106,21 @@ class DependencySerializer(serializers.Serializer):
     is_required = serializers.BooleanField()
 
 
-class CompleteSerializer(serializers.Serializer):
-    result = serializers.JSONField(required=False, default=dict)
-    output = serializers.CharField(required=False, allow_blank=True, default="")
+class TaskCompleteSerializer(serializers.Serializer):
+    result = BoundedJSONField(required=False, default=dict)
+    output = serializers.CharField(required=False, allow_blank=True, default="", max_length=1_000_000)
 
 
-class FailSerializer(serializers.Serializer):
-    error = serializers.JSONField()
+class TaskFailSerializer(serializers.Serializer):
+    error = BoundedJSONField()
 
 
-class ReasonSerializer(serializers.Serializer):
-    reason = serializers.CharField(required=False, allow_blank=True, default="")
+class TaskReasonSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=2000)
 
 
 class AssignSerializer(serializers.Serializer):
-    agent = serializers.IntegerField()
+    agent = IdField()
 
 
 def _session(session_id):
@@ -125,6 +134,22 @@ def _session(session_id):
     return session
 
 
+_no_body = extend_schema(request=None, responses=TaskSerializer)
+
+
+@extend_schema_view(
+    create=extend_schema(request=TaskCreateSerializer, responses={201: TaskSerializer}),
+    partial_update=extend_schema(request=TaskUpdateSerializer, responses=TaskSerializer),
+    decompose=extend_schema(request=DecomposeSerializer, responses={201: OpenApiTypes.OBJECT}),
+    remove_dependency=extend_schema(request=None, responses={204: None}),
+    ready=_no_body, start=_no_body, pause=_no_body, resume=_no_body,
+    assign=extend_schema(request=AssignSerializer, responses=TaskSerializer),
+    complete=extend_schema(request=TaskCompleteSerializer, responses=TaskSerializer),
+    fail=extend_schema(request=TaskFailSerializer, responses=TaskSerializer),
+    block=extend_schema(request=TaskReasonSerializer, responses=TaskSerializer),
+    cancel=extend_schema(request=TaskReasonSerializer, responses=TaskSerializer),
+    skip=extend_schema(request=TaskReasonSerializer, responses=TaskSerializer),
+)
 class TaskViewSet(viewsets.GenericViewSet):
     serializer_class = TaskSerializer
     queryset = Task.objects.none()
@@ -140,25 +165,28 @@ class TaskViewSet(viewsets.GenericViewSet):
     def _answer(self, task, code=status.HTTP_200_OK):
         return Response(TaskSerializer(task).data, status=code)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("session", int), OpenApiParameter("parent", int),
+            OpenApiParameter("status", enum=TaskStatus.values),
+            OpenApiParameter("limit", int, description="1-1000, default 200"), OpenApiParameter("offset", int),
+        ],
+        responses=page_of("TaskPage", {"count": serializers.IntegerField(), "results": TaskSerializer(many=True)}),
+    )
     def list(self, request):
         """GET /tasks?session=&status=&parent=: tasks in plan order, paginated by `limit` and `offset`."""
         params = {}
         for name, key in (("session", "session_id"), ("parent", "parent_id")):
-            value = request.query_params.get(name)
+            value = id_param(request.query_params, name)
             if value is not None:
-                if not value.isdigit():
-                    raise serializers.ValidationError({name: ["must be an integer id"]})
-                params[key] = int(value)
+                params[key] = value
         status_filter = request.query_params.get("status")
         if status_filter is not None:
             if status_filter not in TaskStatus.values:
                 raise serializers.ValidationError({"status": [f"must be one of {', '.join(TaskStatus.values)}"]})
             params["status"] = status_filter
-        try:
-            limit = min(1000, max(1, int(request.query_params.get("limit", 200))))
-            offset = max(0, int(request.query_params.get("offset", 0)))
-        except ValueError:
-            raise serializers.ValidationError({"limit": ["limit and offset must be integers"]}) from None
+        limit = min(1000, max(1, int_param(request.query_params, "limit", default=200)))
+        offset = int_param(request.query_params, "offset", minimum=0, maximum=LIST_OFFSET_MAX, default=0)
         queryset = selectors.task_list(**params)
         page = list(queryset[offset : offset + limit])
         return Response({"count": queryset.count(), "results": TaskSerializer(page, many=True).data})
@@ -195,6 +223,8 @@ class TaskViewSet(viewsets.GenericViewSet):
             status=status.HTTP_201_CREATED,
         )
 
+    @extend_schema(methods=["GET"], request=None, responses=OpenApiTypes.OBJECT)
+    @extend_schema(methods=["POST"], request=DependencyCreateSerializer, responses={201: DependencySerializer})
     @action(detail=True, methods=["get", "post"], url_path="dependencies")
     def dependencies(self, request, pk=None):
         task = self._task()
@@ -233,17 +263,17 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     @action(detail=True, methods=["post"])
     def complete(self, request, pk=None):
-        data = self._input(CompleteSerializer)
+        data = self._input(TaskCompleteSerializer)
         return self._answer(services.task_complete(task=self._task(), result=data["result"], output=data["output"]))
 
     @action(detail=True, methods=["post"])
     def fail(self, request, pk=None):
-        data = self._input(FailSerializer)
+        data = self._input(TaskFailSerializer)
         return self._answer(services.task_fail(task=self._task(), error=data["error"]))
 
     @action(detail=True, methods=["post"])
     def block(self, request, pk=None):
-        data = self._input(ReasonSerializer)
+        data = self._input(TaskReasonSerializer)
         return self._answer(services.task_block(task=self._task(), reason=data["reason"]))
 
     @action(detail=True, methods=["post"])
@@ -256,12 +286,12 @@ class TaskViewSet(viewsets.GenericViewSet):
 
     @action(detail=True, methods=["post"])
     def cancel(self, request, pk=None):
-        data = self._input(ReasonSerializer)
+        data = self._input(TaskReasonSerializer)
         return self._answer(services.task_cancel(task=self._task(), reason=data["reason"]))
 
     @action(detail=True, methods=["post"])
     def skip(self, request, pk=None):
-        data = self._input(ReasonSerializer)
+        data = self._input(TaskReasonSerializer)
         return self._answer(services.task_skip(task=self._task(), reason=data["reason"]))
 
 

@@ -1,7 +1,7 @@
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 
@@ -46,7 +46,7 @@ def test_websocket_refuses_anonymous_clients():
 
 @pytest.mark.django_db(transaction=True)
 def test_websocket_accepts_a_token_and_refuses_a_wrong_one(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     assert async_to_sync(_connect)("/ws/system", [(b"authorization", f"Token {token.key}".encode())])[0] is True
     assert async_to_sync(_connect)(f"/ws/system?token={token.key}")[0] is True
     assert async_to_sync(_connect)("/ws/system?token=wrong")[0] is False
@@ -54,6 +54,6 @@ def test_websocket_accepts_a_token_and_refuses_a_wrong_one(viewer_user):
 
 @pytest.mark.django_db(transaction=True)
 def test_websocket_refuses_a_foreign_browser_origin(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     headers = [(b"origin", b"https://evil.example"), (b"authorization", f"Token {token.key}".encode())]
     assert async_to_sync(_connect)("/ws/system", headers)[0] is False

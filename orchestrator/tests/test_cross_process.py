@@ -10,7 +10,7 @@ import uuid
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from orchestrator.jobs import ping
@@ -20,7 +20,7 @@ from orchestrator.testing import running_worker
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_job_runs_in_worker_process_and_its_event_reaches_a_websocket_client(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     marker = uuid.uuid4().hex
 
     async def exchange():

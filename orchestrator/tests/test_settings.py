@@ -83,11 +83,55 @@ def test_start_up_fails_naming_a_malformed_variable():
     assert "ImproperlyConfigured: DATABASE_URL must start with" in result.stderr
 
 
-def test_secret_key_is_required_when_debug_is_off():
-    result = _start_django(DEBUG="false")
+def _settings_value(code, **env):
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")}
+    environment.update(env)
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); from django.conf import settings; print({code})"],
+        cwd=settings.BASE_DIR, env=environment, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_debug_is_off_unless_turned_on(tmp_path):
+    assert _settings_value("settings.DEBUG", ORCHESTRATOR_VAR_DIR=str(tmp_path)) == "False"
+    assert _settings_value("settings.DEBUG", ORCHESTRATOR_VAR_DIR=str(tmp_path), DEBUG="true") == "True"
+
+
+def test_without_secret_key_one_is_generated_once_and_kept_under_var(tmp_path):
+    first = _settings_value("settings.SECRET_KEY", ORCHESTRATOR_VAR_DIR=str(tmp_path))
+    assert len(first) >= 50 and (tmp_path / "secret_key").read_text().strip() == first
+    assert oct((tmp_path / "secret_key").stat().st_mode & 0o777) == "0o600"
+    assert _settings_value("settings.SECRET_KEY", ORCHESTRATOR_VAR_DIR=str(tmp_path)) == first
+    assert _settings_value("settings.SECRET_KEY", ORCHESTRATOR_VAR_DIR=str(tmp_path), SECRET_KEY="k" * 60) == "k" * 60
+
+
+def test_a_malformed_throttle_rate_stops_start_up_naming_it():
+    result = _start_django(API_THROTTLE_WRITE="lots")
     assert result.returncode != 0
-    assert "SECRET_KEY must be set when DEBUG is off" in result.stderr
-    assert "started" in _start_django(DEBUG="false", SECRET_KEY="x" * 50).stdout
+    assert "API_THROTTLE_WRITE must look like 120/minute" in result.stderr
+
+
+PRODUCTION = {
+    "SECRET_KEY": "production-" + "s3cr3t-" * 8,
+    "ALLOWED_HOSTS": "orchestrator.example.com",
+    "SECURE_SSL_REDIRECT": "true",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_PRELOAD": "true",
+    "SECURE_PROXY_SSL_HEADER": "true",
+}
+
+
+def test_check_deploy_is_clean_with_production_settings(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DEBUG")}
+    environment.update(PRODUCTION, ORCHESTRATOR_VAR_DIR=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=settings.BASE_DIR, env=environment, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
 
 
 def _database_entry(**env):

@@ -20,7 +20,7 @@ from django_fsm import can_proceed
 from agents.models import Agent
 from orchestrator import events
 from orchestrator.errors import NotFound, TransitionRefused, ValidationFailed
-from sessions import rules
+from sessions import admission, rules
 from sessions.jobs import execute_session
 from sessions.models import WORKER_STATES, Checkpoint, CodingSession, SessionStatus, SessionTransition
 from sessions.services.common import Actor, actor_payload, as_actor, lock_session
@@ -79,6 +79,7 @@ def session_create(
     if errors:
         raise ValidationFailed(errors=errors)
     actor = as_actor(actor)
+    admission.session_cap_check(user=actor.user)
     session = CodingSession(
         title=title.strip(),
         initial_prompt=initial_prompt,

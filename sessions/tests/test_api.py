@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+from django.conf import settings
 from django.urls import reverse
 
 from agents.tests.factories import AgentFactory
@@ -8,11 +11,21 @@ from sessions.tests.factories import CodingSessionFactory
 
 pytestmark = pytest.mark.django_db
 
+REPOSITORY = Path(settings.REPOSITORY_ROOTS[0]) / "app"
 VALID = {
     "title": "Move settings to environment variables",
     "initial_prompt": "Read every setting from the environment with a default.",
-    "repository": "/srv/repos/app",
+    "repository": str(REPOSITORY),
 }
+
+
+@pytest.fixture(autouse=True)
+def app_repository():
+    """Create checks the repository (sessions.repositories): it must be a real one."""
+    from orchestrator.testing import make_git_repository
+
+    if not (REPOSITORY / ".git").exists():
+        make_git_repository(REPOSITORY)
 
 
 def url(name, *args):

@@ -2,14 +2,17 @@
 the detail page's panels and the HTML WebSocket feed."""
 
 
+from pathlib import Path
+
 import pytest
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.db import connections
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from sessions import permissions, services, views
@@ -18,6 +21,16 @@ from sessions.tests.factories import CodingSessionFactory
 from tasks.tests.factories import TaskFactory
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
+CONSOLE_REPOSITORY = Path(settings.REPOSITORY_ROOTS[0]) / "api"
+
+
+@pytest.fixture(autouse=True)
+def console_repository():
+    """The form checks the repository (sessions.repositories): it must be a real one."""
+    from orchestrator.testing import make_git_repository
+
+    if not (CONSOLE_REPOSITORY / ".git").exists():
+        make_git_repository(CONSOLE_REPOSITORY)
 TIMEOUT = 15
 
 
@@ -25,7 +38,7 @@ def form_data(**changes):
     data = {
         "title": "Add a health endpoint to the API",
         "initial_prompt": "Add GET /health returning {\"ok\": true}; cover it with a test.",
-        "repository": "/srv/repos/api",
+        "repository": str(CONSOLE_REPOSITORY),
         "priority": "1",
         "max_duration_seconds": "1800",
         "bash_permission": "ask",
@@ -312,7 +325,7 @@ def run(scenario):
 
 @pytest.mark.django_db(transaction=True)
 def test_console_socket_pushes_the_event_partial_and_the_header_on_transitions(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
 
     async def scenario():
@@ -340,7 +353,7 @@ def test_console_socket_pushes_the_event_partial_and_the_header_on_transitions(o
 
 @pytest.mark.django_db(transaction=True)
 def test_console_socket_replays_what_the_page_missed(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session = CodingSessionFactory(status="running")
     seen = record(session, "assistant.text", text="rendered with the page")
     missed = record(session, "assistant.text", text="written before the socket opened")
@@ -363,7 +376,7 @@ def test_console_socket_replays_what_the_page_missed(viewer_user):
 
 @pytest.mark.django_db(transaction=True)
 def test_console_socket_refuses_anonymous_users_and_unknown_sessions(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory()
 
     def connect(path):

@@ -9,7 +9,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connections, transaction
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from orchestrator.broadcaster import unpack
@@ -133,7 +133,7 @@ def connect(path):
 
 
 def test_consumer_replays_missed_events_then_delivers_live_ones_once(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
     seen = record(session, "step", n=1)
     missed = [record(session, "step", n=2), record(session, "step", n=3)]
@@ -162,7 +162,7 @@ def test_consumer_replays_missed_events_then_delivers_live_ones_once(operator_us
 
 
 def test_all_sessions_feed_delivers_every_session(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     first, second = CodingSessionFactory(status="running"), CodingSessionFactory(status="running")
 
     async def scenario():
@@ -185,7 +185,7 @@ def test_unauthenticated_socket_is_closed_with_4401():
 
 
 def test_unknown_or_deleted_session_socket_is_closed_with_4404(operator_user):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     deleted = CodingSessionFactory(status="failed", deleted_at=timezone.now())
     assert connect(f"/ws/sessions/999999?token={token.key}") == (False, 4404)
     assert connect(f"/ws/sessions/{deleted.pk}?token={token.key}") == (False, 4404)
@@ -219,7 +219,7 @@ def test_events_are_delivered_without_a_database_check_per_message(operator_user
         return await original()
 
     monkeypatch.setattr(channels.consumer, "aclose_old_connections", counted)
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
 
     async def scenario():
@@ -238,7 +238,7 @@ def test_events_are_delivered_without_a_database_check_per_message(operator_user
 
 @pytest.mark.parametrize("path", ["/ws/sessions/{id}", "/ws/console/sessions/{id}"])
 def test_a_batch_of_events_reaches_a_client_in_order(operator_user, path):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
     entries = [("tool.started", {"n": 1}), ("tool.completed", {"n": 2}), ("opencode.step", {"n": 3})]
 
