@@ -48,14 +48,13 @@ def _summary(label, values_ms):
 
 def _operator():
     from django.contrib.auth.models import Group, User
-    from rest_framework.authtoken.models import Token
-
     from orchestrator.roles import OPERATORS, ensure_role_groups
+    from orchestrator.tokens import token_issue
 
     ensure_role_groups()
     user = User.objects.create_user("bench-operator", password="unused-password")
     user.groups.add(Group.objects.get(name=OPERATORS))
-    return user, Token.objects.create(user=user).key
+    return user, token_issue(user=user)[1]
 
 
 def _session_with_events(count):

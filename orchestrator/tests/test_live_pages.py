@@ -7,7 +7,7 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connections
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator import events
 from orchestrator.asgi import application
@@ -40,7 +40,7 @@ def record(session, type, **payload):
 
 
 def token_for(user):
-    return Token.objects.create(user=user).key
+    return api_token(user).key
 
 
 async def drain(communicator, quiet=0.8):

@@ -9,7 +9,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from sessions import monitor, services
@@ -111,7 +111,7 @@ def test_a_session_without_tasks_says_so(client, viewer_user):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_graph_socket_pushes_the_redrawn_graph_on_task_events_only(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session, tasks = planned_session()
     seen = record(session, "assistant.text", text="before the page")
 
@@ -137,7 +137,7 @@ def test_the_graph_socket_pushes_the_redrawn_graph_on_task_events_only(viewer_us
 
 @pytest.mark.django_db(transaction=True)
 def test_the_graph_socket_replays_a_missed_task_event_once(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session, tasks = planned_session()
     seen = record(session, "assistant.text", text="rendered with the page")
     Task.objects.filter(pk=tasks["api"].pk).update(status="completed")
@@ -160,7 +160,7 @@ def test_the_graph_socket_replays_a_missed_task_event_once(viewer_user):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_graph_socket_refuses_anonymous_users_and_unknown_sessions(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session = CodingSessionFactory()
 
     def connect(path):
@@ -179,7 +179,7 @@ def test_the_graph_socket_refuses_anonymous_users_and_unknown_sessions(viewer_us
 
 @pytest.mark.django_db(transaction=True)
 def test_watchers_of_a_session_share_one_render_per_event(operator_user, monkeypatch):
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
     rendered = []
     real = monitor.live_fragment
@@ -208,7 +208,7 @@ def test_watchers_of_a_session_share_one_render_per_event(operator_user, monkeyp
 
 @pytest.mark.django_db(transaction=True)
 def test_the_console_socket_replays_without_gap_or_duplicate_and_pushes_timeline_and_transitions(viewer_user):
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session = CodingSessionFactory(status="running")
     seen = record(session, "assistant.text", text="rendered with the page")
     missed = [record(session, "assistant.text", text=f"missed {n}") for n in range(3)]
@@ -240,7 +240,7 @@ def test_broadcasts_sent_together_reach_a_watcher_as_one_frame_in_order(viewer_u
     from orchestrator import broadcaster, events
     from sessions.models import SessionEvent
 
-    token = Token.objects.create(user=viewer_user)
+    token = api_token(viewer_user)
     session = CodingSessionFactory(status="running")
     # Rows written without their own broadcasts; the test sends them as one batch, as
     # orchestrator.events does with whatever waits for a group when its turn comes.
@@ -268,7 +268,7 @@ def test_broadcasts_sent_together_reach_a_watcher_as_one_frame_in_order(viewer_u
 def test_a_watcher_leaving_keeps_the_others_fed_and_the_last_one_ends_the_subscription(operator_user):
     from sessions import consumers
 
-    token = Token.objects.create(user=operator_user)
+    token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
 
     async def scenario():
