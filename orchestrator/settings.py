@@ -6,20 +6,24 @@ runs the whole system without PostgreSQL or Redis. DATABASE_URL and REDIS_URL
 switch to the real services; production differs only by environment.
 """
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
 from orchestrator.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
+    env_networks,
     env_str,
     parse_database_url,
     parse_http_url,
     parse_redis_url,
 )
+from orchestrator.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ORCHESTRATOR_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -68,6 +72,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
+# First, so the request id and the timing cover everything below them.
+MIDDLEWARE[:0] = ["orchestrator.logs.RequestIdMiddleware", "orchestrator.metrics.RequestMetricsMiddleware"]
 
 ROOT_URLCONF = "orchestrator.urls"
 ASGI_APPLICATION = "orchestrator.asgi.application"
@@ -313,14 +319,15 @@ REPOSITORY_ROOTS = [Path(p).resolve() for p in env_list("REPOSITORY_ROOTS", [str
 
 WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1, maximum=256)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.db.backends": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
-    },
-}
+# --- Observability (orchestrator.metrics, orchestrator.logs; docs/configuration.md) ----------------
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+# prometheus-client's multi-process mode reads the folder from the environment when it is imported.
+PROMETHEUS_MULTIPROC_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))).resolve()
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+WORKER_METRICS_ADDRESS = env_str("WORKER_METRICS_ADDRESS", "127.0.0.1")
+LOG_FORMAT = env_choice("LOG_FORMAT", "plain", ["plain", "json"])
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)

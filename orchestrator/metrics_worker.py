@@ -1,0 +1,176 @@
+"""What a Celery worker contributes to metrics and logs, through Celery's signals (connected when
+this module is imported, by OrchestratorConfig.ready):
+
+- each job's outcome and run time (`orchestrator_celery_jobs_total`, `..._job_duration_seconds`);
+- the job's id and the session it works on, in the log context (orchestrator.logs);
+- its OpenCode servers, sampled from /proc every OPENCODE_SAMPLE_SECONDS by a thread started when
+  the worker is ready: the servers are child processes of the worker, so their number, their
+  replacements and the inotify instances they hold (one per open directory) are read from the
+  kernel without reaching into the execution engine;
+- optionally (WORKER_METRICS_PORT) an HTTP endpoint serving this host's multi-process metrics, for
+  deployments where the worker does not share PROMETHEUS_MULTIPROC_DIR with a web process.
+"""
+
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from celery import signals
+from django.conf import settings
+
+from orchestrator import logs, metrics
+
+logger = logging.getLogger(__name__)
+
+OPENCODE_SAMPLE_SECONDS = 5.0
+OPENCODE_PROCESS_NAMES = ("opencode", ".opencode")
+_started = {}  # Celery task id -> perf_counter at prerun
+_context_tokens = {}  # Celery task id -> context variable tokens to reset at postrun
+_sampler = {"thread": None, "stop": threading.Event()}
+
+
+def _session_reference(session_id):
+    """IND-000042 for id 42 (the same rule as CodingSession.reference, computed without a query)."""
+    try:
+        number = int(session_id)
+    except (TypeError, ValueError):
+        return ""
+    return f"IND-{number:06d}"
+
+
+@signals.task_prerun.connect
+def job_started(task_id=None, task=None, args=None, kwargs=None, **_):
+    _started[task_id] = time.perf_counter()
+    arguments = dict(kwargs or {})
+    session_id = arguments.get("session_id", args[0] if args and task.name == "sessions.execute_session" else None)
+    tokens = [(logs.job_id_var, logs.job_id_var.set(task_id or ""))]
+    if session_id is not None:
+        tokens.append((logs.session_var, logs.session_var.set(_session_reference(session_id))))
+    if arguments.get("task_id") is not None:
+        tokens.append((logs.task_id_var, logs.task_id_var.set(str(arguments["task_id"]))))
+    _context_tokens[task_id] = tokens
+
+
+@signals.task_postrun.connect
+def job_finished(task_id=None, task=None, state=None, **_):
+    started = _started.pop(task_id, None)
+    name = getattr(task, "name", "unknown")
+    if started is not None:
+        metrics.JOB_DURATION.labels(job=name).observe(time.perf_counter() - started)
+    metrics.JOBS.labels(job=name, outcome=(state or "unknown").lower()).inc()
+    for variable, token in reversed(_context_tokens.pop(task_id, [])):
+        try:
+            variable.reset(token)
+        except ValueError:  # set in another context (a pool that switched threads): clear instead
+            variable.set("")
+
+
+@signals.task_revoked.connect
+def job_revoked(request=None, **_):
+    metrics.JOBS.labels(job=getattr(request, "task", None) or "unknown", outcome="revoked").inc()
+
+
+@signals.task_rejected.connect
+def job_rejected(message=None, **_):
+    name = (getattr(message, "headers", None) or {}).get("task", "unknown")
+    metrics.JOBS.labels(job=name, outcome="rejected").inc()
+
+
+# --- OpenCode servers -------------------------------------------------------------------------
+
+
+def opencode_children(parent_pid: int) -> list[int]:
+    """PIDs of the OpenCode server processes started by `parent_pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing parenthesis.
+        comm = stat[stat.index("(") + 1:stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[1]) == parent_pid and comm.startswith(OPENCODE_PROCESS_NAMES):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def inotify_instances(pid: int) -> int:
+    count = 0
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) == "anon_inode:inotify":
+                    count += 1
+            except OSError:
+                continue
+    except OSError:
+        return 0
+    return count
+
+
+class OpenCodeSampler:
+    """Samples this worker's OpenCode servers into the gauges; counts a restart each time a server
+    process appears after another one has been seen (the worker starts at most one at a time)."""
+
+    def __init__(self, parent_pid: int):
+        self.parent_pid = parent_pid
+        self.seen = set()
+
+    def sample(self):
+        pids = opencode_children(self.parent_pid)
+        new = [pid for pid in pids if pid not in self.seen]
+        if self.seen and new:
+            metrics.OPENCODE_RESTARTS.inc(len(new))
+        self.seen.update(new)
+        metrics.OPENCODE_SERVERS_UP.set(len(pids))
+        metrics.OPENCODE_DIRECTORIES_OPEN.set(sum(inotify_instances(pid) for pid in pids))
+
+
+def _sample_forever(sampler, stop):
+    while not stop.wait(OPENCODE_SAMPLE_SECONDS):
+        try:
+            sampler.sample()
+        except (OSError, ValueError, IndexError) as error:  # /proc raced a process's end: next round
+            logger.debug("OpenCode sample skipped: %s", error)
+
+
+def forget_dead_processes():
+    """Drop the live-gauge files of processes of this host that no longer run (a worker killed
+    with -9 never marks itself dead), so `livesum` gauges count only live processes."""
+    from prometheus_client import multiprocess
+
+    for path in metrics.multiprocess_dir().glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            multiprocess.mark_process_dead(int(pid), path=str(metrics.multiprocess_dir()))
+
+
+@signals.worker_ready.connect
+def start_sampling(**_):
+    forget_dead_processes()
+    sampler = OpenCodeSampler(os.getpid())
+    sampler.sample()
+    _sampler["stop"].clear()
+    thread = threading.Thread(target=_sample_forever, args=(sampler, _sampler["stop"]),
+                              name="opencode-metrics", daemon=True)
+    thread.start()
+    _sampler["thread"] = thread
+    if settings.WORKER_METRICS_PORT:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.WORKER_METRICS_PORT, addr=settings.WORKER_METRICS_ADDRESS,
+                          registry=metrics.registry(with_database=False))
+        logger.info("worker metrics on %s:%s", settings.WORKER_METRICS_ADDRESS, settings.WORKER_METRICS_PORT)
+
+
+@signals.worker_shutdown.connect
+def stop_sampling(**_):
+    from prometheus_client import multiprocess
+
+    _sampler["stop"].set()
+    multiprocess.mark_process_dead(os.getpid(), path=str(metrics.multiprocess_dir()))
