@@ -199,10 +199,10 @@ class RequestIdMiddleware:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else new_request_id()
         request.request_id = request_id
-        token = request_id_var.set(request_id)
-        try:
-            response = self.get_response(request)
-        finally:
-            request_id_var.reset(token)
+        # Not reset on the way out: Django logs a 4xx/5xx ("Not Found: ...") after the middleware
+        # chain has returned, and that line belongs to this request. The next request on this
+        # thread or task sets its own id.
+        request_id_var.set(request_id)
+        response = self.get_response(request)
         response[REQUEST_ID_HEADER] = request_id
         return response

@@ -48,13 +48,13 @@ HTTP_LATENCY = Histogram(
 )
 JOBS = Counter(
     f"{PREFIX}_celery_jobs",
-    "Celery jobs finished, by job name and outcome (success, failure, retry, revoked, rejected).",
-    ["job", "outcome"],
+    "Celery jobs finished, by job name (label `name`: `job` is the scrape job's) and outcome (success, failure, retry, revoked, rejected).",
+    ["name", "outcome"],
 )
 JOB_DURATION = Histogram(
     f"{PREFIX}_celery_job_duration_seconds",
     "Run time of Celery jobs, by job name.",
-    ["job"],
+    ["name"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0),
 )
 OPENCODE_SERVERS_UP = Gauge(

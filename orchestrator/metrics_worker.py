@@ -58,8 +58,8 @@ def job_finished(task_id=None, task=None, state=None, **_):
     started = _started.pop(task_id, None)
     name = getattr(task, "name", "unknown")
     if started is not None:
-        metrics.JOB_DURATION.labels(job=name).observe(time.perf_counter() - started)
-    metrics.JOBS.labels(job=name, outcome=(state or "unknown").lower()).inc()
+        metrics.JOB_DURATION.labels(name=name).observe(time.perf_counter() - started)
+    metrics.JOBS.labels(name=name, outcome=(state or "unknown").lower()).inc()
     for variable, token in reversed(_context_tokens.pop(task_id, [])):
         try:
             variable.reset(token)
@@ -69,13 +69,13 @@ def job_finished(task_id=None, task=None, state=None, **_):
 
 @signals.task_revoked.connect
 def job_revoked(request=None, **_):
-    metrics.JOBS.labels(job=getattr(request, "task", None) or "unknown", outcome="revoked").inc()
+    metrics.JOBS.labels(name=getattr(request, "task", None) or "unknown", outcome="revoked").inc()
 
 
 @signals.task_rejected.connect
 def job_rejected(message=None, **_):
     name = (getattr(message, "headers", None) or {}).get("task", "unknown")
-    metrics.JOBS.labels(job=name, outcome="rejected").inc()
+    metrics.JOBS.labels(name=name, outcome="rejected").inc()
 
 
 # --- OpenCode servers -------------------------------------------------------------------------
