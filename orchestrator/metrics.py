@@ -72,6 +72,11 @@ OPENCODE_RESTARTS = Counter(
     "Times a worker's OpenCode server was replaced by a new process (crash, failed health check or retirement).",
 )
 
+EVENT_LAG = Histogram(
+    f"{PREFIX}_event_lag_seconds",
+    "From OpenCode completing a step (its clock) to the step's event stored (orchestrator.event_lag).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
 
 
 def multiprocess_dir() -> Path:

@@ -7,6 +7,7 @@ this module is imported, by OrchestratorConfig.ready):
   the worker is ready: the servers are child processes of the worker, so their number, their
   replacements and the inotify instances they hold (one per open directory) are read from the
   kernel without reaching into the execution engine;
+- the event lag (orchestrator.event_lag), matched in the same thread;
 - optionally (WORKER_METRICS_PORT) an HTTP endpoint serving this host's multi-process metrics, for
   deployments where the worker does not share PROMETHEUS_MULTIPROC_DIR with a web process.
 """
@@ -19,8 +20,9 @@ from pathlib import Path
 
 from celery import signals
 from django.conf import settings
+from django.db import DatabaseError, connection
 
-from orchestrator import logs, metrics
+from orchestrator import event_lag, logs, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -133,28 +135,38 @@ class OpenCodeSampler:
 
 def _sample_forever(sampler, stop):
     while not stop.wait(OPENCODE_SAMPLE_SECONDS):
-        try:
-            sampler.sample()
-        except (OSError, ValueError, IndexError) as error:  # /proc raced a process's end: next round
-            logger.debug("OpenCode sample skipped: %s", error)
+        sample_once(sampler)
+
+
+def sample_once(sampler):
+    try:
+        sampler.sample()
+    except (OSError, ValueError, IndexError) as error:  # /proc raced a process's end: next round
+        logger.debug("OpenCode sample skipped: %s", error)
+    try:
+        event_lag.observe_stored()
+    except DatabaseError as error:  # the database is away: the next round catches up
+        logger.info("event lag not measured this round: %s", error)
+    finally:
+        connection.close()  # this thread sleeps between rounds: hand the connection back
 
 
 def forget_dead_processes():
-    """Drop the live-gauge files of processes of this host that no longer run (a worker killed
-    with -9 never marks itself dead), so `livesum` gauges count only live processes."""
-    from prometheus_client import multiprocess
-
-    for path in metrics.multiprocess_dir().glob("gauge_live*_*.db"):
+    """Remove the metric files of processes of this host that no longer run: live gauges must
+    count live processes only (a worker killed with -9 never marks itself dead), and without this
+    the folder grows by a few files per process ever started. Their counters go with them, which
+    Prometheus reads as a counter reset (rate() and increase() handle it)."""
+    for path in metrics.multiprocess_dir().glob("*_*.db"):
         pid = path.stem.rsplit("_", 1)[-1]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            multiprocess.mark_process_dead(int(pid), path=str(metrics.multiprocess_dir()))
+        if pid.isdigit() and int(pid) != os.getpid() and not Path(f"/proc/{pid}").exists():
+            path.unlink(missing_ok=True)
 
 
 @signals.worker_ready.connect
 def start_sampling(**_):
     forget_dead_processes()
     sampler = OpenCodeSampler(os.getpid())
-    sampler.sample()
+    sample_once(sampler)
     _sampler["stop"].clear()
     thread = threading.Thread(target=_sample_forever, args=(sampler, _sampler["stop"]),
                               name="opencode-metrics", daemon=True)

@@ -139,3 +139,43 @@ def test_an_unmatched_path_is_one_series(client, db):
     text = client.get("/metrics").content.decode()
     assert count(text) == before + 2
     assert "page-1" not in text
+
+
+def test_event_lag_is_opencode_completion_to_stored_event(db):
+    from datetime import timedelta
+
+    from orchestrator import event_lag
+    from sessions.models import SessionEvent
+    from sessions.opencode.events import Event
+
+    def observed():
+        from prometheus_client import generate_latest
+
+        text = generate_latest(metrics.registry(with_database=False)).decode()
+        return (value(text, "orchestrator_event_lag_seconds_sum") or 0,
+                value(text, "orchestrator_event_lag_seconds_count") or 0)
+
+    session = CodingSessionFactory(status="running")
+    SessionEvent.objects.create(session=session, type="opencode.step", payload={"message_id": "msg_before"})
+    event_lag.reset()
+    event_lag.observe_stored()  # starts after what is stored now
+    stored = SessionEvent.objects.create(session=session, type="opencode.step", payload={"message_id": "msg_a"})
+    SessionEvent.objects.create(session=session, type="opencode.step", payload={"message_id": "msg_unnoted"})
+    completed = stored.created_at - timedelta(seconds=1.5)
+
+    def message(message_id, role="assistant", completed_ms=None):
+        info = {"id": message_id, "role": role, "time": {"created": 1, **({"completed": completed_ms} if completed_ms else {})}}
+        return Event(id=None, type="message.updated", properties={"info": info})
+
+    event_lag.note_opencode_event(message("msg_a", completed_ms=completed.timestamp() * 1000))
+    event_lag.note_opencode_event(message("msg_user", role="user", completed_ms=completed.timestamp() * 1000))
+    event_lag.note_opencode_event(message("msg_running"))  # not completed yet: nothing to measure
+    event_lag.note_opencode_event(Event(id=None, type="session.idle", properties={}))
+    sum_before, count_before = observed()
+
+    assert event_lag.observe_stored() == 1
+    sum_after, count_after = observed()
+    assert count_after == count_before + 1
+    assert sum_after - sum_before == pytest.approx(1.5, abs=0.01)
+    assert event_lag.observe_stored() == 0  # each stored step is observed once
+    event_lag.reset()

@@ -192,9 +192,11 @@ def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, prome
     url = prometheus(target_port=stack["port"], token=stack["token"])
 
     def scraped():
-        return query(url, 'orchestrator_celery_jobs_total{name="sessions.execute_session"}')
+        # The worker matches stored steps with OpenCode's completion times every few seconds.
+        lag = query(url, "orchestrator_event_lag_seconds_count")
+        return query(url, 'orchestrator_celery_jobs_total{name="sessions.execute_session"}') and lag and lag[0][1] >= 2
 
-    wait_until(scraped, timeout=60, interval=0.5, message="Prometheus to scrape the orchestrator")
+    wait_until(scraped, timeout=60, interval=0.5, message="Prometheus to scrape the jobs and the event lag")
 
     def one(promql):
         result = query(url, promql)
@@ -214,6 +216,10 @@ def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, prome
     assert one("count(orchestrator_cost_total)") >= 1
     assert one('orchestrator_celery_jobs_total{name="sessions.execute_session",outcome="success"}') == 1
     assert one('orchestrator_celery_job_duration_seconds_count{name="sessions.execute_session"}') == 1
+    # Both steps' events were stored after OpenCode completed them, within a few seconds.
+    assert one("orchestrator_event_lag_seconds_count") == 2
+    assert 0 < one("orchestrator_event_lag_seconds_sum") < 10
+    assert one('orchestrator_event_lag_seconds_bucket{le="+Inf"}') == 2
     assert one("orchestrator_opencode_servers_up") == 1  # the worker's server still runs
     assert one("orchestrator_opencode_server_restarts_total") == 0
     assert one("orchestrator_opencode_directories_open") >= 0
