@@ -134,6 +134,7 @@ class OpenCodeSampler:
 
 
 def _sample_forever(sampler, stop):
+    sample_once(sampler)
     while not stop.wait(OPENCODE_SAMPLE_SECONDS):
         sample_once(sampler)
 
@@ -166,7 +167,6 @@ def forget_dead_processes():
 def start_sampling(**_):
     forget_dead_processes()
     sampler = OpenCodeSampler(os.getpid())
-    sample_once(sampler)
     _sampler["stop"].clear()
     thread = threading.Thread(target=_sample_forever, args=(sampler, _sampler["stop"]),
                               name="opencode-metrics", daemon=True)

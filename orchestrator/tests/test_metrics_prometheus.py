@@ -89,6 +89,7 @@ def stack(transactional_db, roster, scripted_llm, tmp_path):
         "METRICS_TOKEN": token,
         "METRICS_ALLOWED_NETWORKS": "",
         "OPENCODE_SCRIPTED_LLM_URL": scripted_llm.base_url,
+        "LOG_FORMAT": "json",
     }
     (tmp_path / "multiproc").mkdir()
     port = free_port()
@@ -178,6 +179,21 @@ def create_session(stack, repository):
     return CodingSession.objects.get(pk=created["id"])
 
 
+def assert_worker_logged_json_with_context(log_path, session):
+    """The worker ran with LOG_FORMAT=json: its records are JSON lines, and those of the session's
+    job carry the session reference and the job id."""
+    def lines():
+        return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
+
+    def job_finished():
+        return [entry for entry in lines() if entry["logger"] == "celery.app.trace"
+                and "sessions.execute_session" in entry["message"]]
+
+    [finished] = wait_until(job_finished, timeout=30, message="the worker to log the job's end")
+    assert finished["session"] == session.reference and finished["job_id"] in finished["message"]
+    assert any(entry.get("session") == session.reference and entry["logger"] == "httpx" for entry in lines())
+
+
 def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, prometheus):
     repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"metrics-{uuid.uuid4().hex[:8]}")
     session = create_session(stack, repository)
@@ -188,6 +204,7 @@ def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, prome
 
     wait_until(ended, timeout=120, interval=0.2, message=f"{session.reference} to finish")
     assert session.status == "completed", session.error
+    assert_worker_logged_json_with_context(stack["worker"].log_path, session)
 
     url = prometheus(target_port=stack["port"], token=stack["token"])
 
