@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET
 
 _ = settings.PROMETHEUS_MULTIPROC_DIR  # load settings (and so the environment) before prometheus_client
 
-from prometheus_client import (  # noqa: E402
+from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,

@@ -93,7 +93,7 @@ def stack(transactional_db, roster, scripted_llm, tmp_path):
     }
     (tmp_path / "multiproc").mkdir()
     port = free_port()
-    web_log = open(tmp_path / "daphne.log", "wb")
+    web_log = open(tmp_path / "daphne.log", "wb")  # noqa: SIM115 - daphne writes to it until the fixture ends
     web = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"],
         cwd=settings.BASE_DIR, env=subprocess_env(**env), stdout=web_log, stderr=subprocess.STDOUT,
@@ -130,7 +130,7 @@ def prometheus(tmp_path):
             }],
         }))
         port = free_port()
-        log = open(tmp_path / "prometheus.log", "wb")
+        log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 - Prometheus writes to it until stopped
         process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{port}", "--web.enable-lifecycle"],
@@ -158,8 +158,9 @@ def query(prometheus_url, promql):
 
 
 def create_session(stack, repository):
-    from orchestrator.tests.factories import UserFactory
     from rest_framework.authtoken.models import Token
+
+    from orchestrator.tests.factories import UserFactory
 
     user = UserFactory(role="operators")
     key = Token.objects.create(user=user).key
@@ -250,5 +251,6 @@ def test_promtool_accepts_the_exposition(stack):
     promtool = tool("promtool")
     status, text = http_get(f"{stack['base']}/metrics", token=stack["token"])
     assert status == 200 and "orchestrator_sessions{" in text
-    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60)
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+                             check=False)
     assert checked.returncode == 0, checked.stdout + checked.stderr
