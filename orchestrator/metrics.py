@@ -64,7 +64,7 @@ OPENCODE_SERVERS_UP = Gauge(
 )
 OPENCODE_DIRECTORIES_OPEN = Gauge(
     f"{PREFIX}_opencode_directories_open",
-    "Directories (worktrees) the managed OpenCode servers hold open (one inotify instance each).",
+    "Directories (worktrees) the OpenCode servers of the workers hold open (requested, not yet disposed).",
     multiprocess_mode="livesum",
 )
 OPENCODE_RESTARTS = Counter(

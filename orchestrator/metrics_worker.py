@@ -4,9 +4,9 @@ this module is imported, by OrchestratorConfig.ready):
 - each job's outcome and run time (`orchestrator_celery_jobs_total`, `..._job_duration_seconds`);
 - the job's id and the session it works on, in the log context (orchestrator.logs);
 - its OpenCode servers, sampled from /proc every OPENCODE_SAMPLE_SECONDS by a thread started when
-  the worker is ready: the servers are child processes of the worker, so their number, their
-  replacements and the inotify instances they hold (one per open directory) are read from the
-  kernel without reaching into the execution engine;
+  the worker is ready: the servers are child processes of the worker, so their number and their
+  replacements are read from the kernel without reaching into the execution engine; the directories
+  they hold open come from the worker's own requests (orchestrator.opencode_directories);
 - the event lag (orchestrator.event_lag), matched in the same thread;
 - optionally (WORKER_METRICS_PORT) an HTTP endpoint serving this host's multi-process metrics, for
   deployments where the worker does not share PROMETHEUS_MULTIPROC_DIR with a web process.
@@ -22,7 +22,7 @@ from celery import signals
 from django.conf import settings
 from django.db import DatabaseError, connection
 
-from orchestrator import event_lag, logs, metrics
+from orchestrator import event_lag, logs, metrics, opencode_directories
 
 logger = logging.getLogger(__name__)
 
@@ -101,18 +101,30 @@ def opencode_children(parent_pid: int) -> list[int]:
     return sorted(found)
 
 
-def inotify_instances(pid: int) -> int:
-    count = 0
-    try:
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd) == "anon_inode:inotify":
-                    count += 1
-            except OSError:
-                continue
-    except OSError:
-        return 0
-    return count
+def listening_ports(pid: int) -> set[int]:
+    """TCP ports process `pid` listens on (its sockets matched with the kernel's socket tables)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if fields[3] == TCP_LISTEN and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+TCP_LISTEN = "0A"
 
 
 class OpenCodeSampler:
@@ -130,7 +142,8 @@ class OpenCodeSampler:
             metrics.OPENCODE_RESTARTS.inc(len(new))
         self.seen.update(new)
         metrics.OPENCODE_SERVERS_UP.set(len(pids))
-        metrics.OPENCODE_DIRECTORIES_OPEN.set(sum(inotify_instances(pid) for pid in pids))
+        ports = set().union(*(listening_ports(pid) for pid in pids))
+        metrics.OPENCODE_DIRECTORIES_OPEN.set(opencode_directories.open_directories(live_ports=ports))
 
 
 def _sample_forever(sampler, stop):

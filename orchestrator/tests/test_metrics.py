@@ -179,3 +179,50 @@ def test_event_lag_is_opencode_completion_to_stored_event(db):
     assert sum_after - sum_before == pytest.approx(1.5, abs=0.01)
     assert event_lag.observe_stored() == 0  # each stored step is observed once
     event_lag.reset()
+
+
+def gauge_total(name):
+    from prometheus_client import generate_latest
+
+    return value(generate_latest(metrics.registry(with_database=False)).decode(), name)
+
+
+@pytest.mark.opencode
+def test_the_sampler_counts_opencode_servers_restarts_and_open_directories(tmp_path):
+    """With real `opencode serve` processes started by this process, as a worker starts them."""
+    import os
+
+    from orchestrator.metrics_worker import OpenCodeSampler
+    from orchestrator.testing import make_git_repository
+    from sessions.opencode.server import OpenCodeServer
+
+    repositories = [make_git_repository(tmp_path / f"repo{n}") for n in range(3)]
+    sampler = OpenCodeSampler(os.getpid())
+    sampler.sample()
+    restarts_before = gauge_total("orchestrator_opencode_server_restarts_total")
+    assert gauge_total("orchestrator_opencode_servers_up") == 0
+
+    first = OpenCodeServer(state_dir=tmp_path / "first")
+    first.start()
+    try:
+        for repository in repositories:
+            first.client(directory=str(repository)).status()
+        first.client(directory=str(repositories[0])).dispose_instance()
+        sampler.sample()
+        assert gauge_total("orchestrator_opencode_servers_up") == 1
+        assert gauge_total("orchestrator_opencode_directories_open") == 2
+        assert gauge_total("orchestrator_opencode_server_restarts_total") == restarts_before  # a first server
+    finally:
+        first.stop()
+    second = OpenCodeServer(state_dir=tmp_path / "second")
+    second.start()
+    try:
+        sampler.sample()
+        assert gauge_total("orchestrator_opencode_servers_up") == 1
+        assert gauge_total("orchestrator_opencode_server_restarts_total") == restarts_before + 1
+        # The stopped server's directories closed with it.
+        assert gauge_total("orchestrator_opencode_directories_open") == 0
+    finally:
+        second.stop()
+    sampler.sample()
+    assert gauge_total("orchestrator_opencode_servers_up") == 0
