@@ -61,6 +61,7 @@ def answers(url):
 
 @pytest.fixture
 def roster(transactional_db):
+    """The default agent roster (transactional tests flush the rows its data migration made)."""
     from agents.models import Agent
     from agents.roster import DEFAULT_ROSTER
     from agents.services import agent_register
@@ -70,7 +71,7 @@ def roster(transactional_db):
             agent_register(**entry)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def scripted_llm():
     from sessions.opencode.scripted_llm import ScriptedLLM
 
@@ -80,20 +81,22 @@ def scripted_llm():
     llm.stop()
 
 
-@pytest.fixture
-def stack(transactional_db, roster, scripted_llm, tmp_path):
-    """daphne + a worker sharing a fresh multi-process folder; metrics readable with a token only."""
+@pytest.fixture(scope="module")
+def stack(django_db_setup, django_db_blocker, scripted_llm, tmp_path_factory):
+    """daphne + a worker sharing a fresh multi-process folder; metrics readable with a token only.
+    The worker logs JSON lines (LOG_FORMAT=json)."""
+    folder = tmp_path_factory.mktemp("metrics-stack")
     token = secrets.token_hex(16)
     env = {
-        "PROMETHEUS_MULTIPROC_DIR": tmp_path / "multiproc",
+        "PROMETHEUS_MULTIPROC_DIR": folder / "multiproc",
         "METRICS_TOKEN": token,
         "METRICS_ALLOWED_NETWORKS": "",
         "OPENCODE_SCRIPTED_LLM_URL": scripted_llm.base_url,
         "LOG_FORMAT": "json",
     }
-    (tmp_path / "multiproc").mkdir()
+    (folder / "multiproc").mkdir()
     port = free_port()
-    web_log = open(tmp_path / "daphne.log", "wb")  # noqa: SIM115 - daphne writes to it until the fixture ends
+    web_log = open(folder / "daphne.log", "wb")  # noqa: SIM115 - daphne writes to it until the fixture ends
     web = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "orchestrator.asgi:application"],
         cwd=settings.BASE_DIR, env=subprocess_env(**env), stdout=web_log, stderr=subprocess.STDOUT,
@@ -104,12 +107,25 @@ def stack(transactional_db, roster, scripted_llm, tmp_path):
             base = f"http://127.0.0.1:{port}"
             wait_until(lambda: answers(f"{base}/live") or web.poll() is not None, timeout=60,
                        message="daphne to answer /live")
-            assert web.poll() is None, (tmp_path / "daphne.log").read_text(errors="replace")[-3000:]
+            assert web.poll() is None, (folder / "daphne.log").read_text(errors="replace")[-3000:]
             yield {"base": base, "port": port, "token": token, "worker": worker}
-            wait_for_idle_worker(worker)
     finally:
         stop_process(web)
         web_log.close()
+
+
+@pytest.fixture(autouse=True)
+def idle_worker_before_flush(request):
+    """The test database is flushed after each test: wait until the worker's jobs have ended first
+    (a job writing during PostgreSQL's TRUNCATE deadlocks it). Set up before the test's own
+    fixtures, so the flush (their teardown) comes after this wait."""
+    stack = None
+    if "stack" in request.fixturenames:
+        request.getfixturevalue("transactional_db")
+        stack = request.getfixturevalue("stack")
+    yield
+    if stack is not None:
+        wait_for_idle_worker(stack["worker"])
 
 
 @pytest.fixture
@@ -195,7 +211,7 @@ def assert_worker_logged_json_with_context(log_path, session):
     assert any(entry.get("session") == session.reference and entry["logger"] == "httpx" for entry in lines())
 
 
-def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, prometheus):
+def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, roster, prometheus):
     repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"metrics-{uuid.uuid4().hex[:8]}")
     session = create_session(stack, repository)
 
