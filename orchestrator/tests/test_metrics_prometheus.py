@@ -93,6 +93,7 @@ def stack(django_db_setup, django_db_blocker, scripted_llm, tmp_path_factory):
         "METRICS_ALLOWED_NETWORKS": "",
         "OPENCODE_SCRIPTED_LLM_URL": scripted_llm.base_url,
         "LOG_FORMAT": "json",
+        "WORKER_METRICS_PORT": free_port(),
     }
     (folder / "multiproc").mkdir()
     port = free_port()
@@ -108,7 +109,8 @@ def stack(django_db_setup, django_db_blocker, scripted_llm, tmp_path_factory):
             wait_until(lambda: answers(f"{base}/live") or web.poll() is not None, timeout=60,
                        message="daphne to answer /live")
             assert web.poll() is None, (folder / "daphne.log").read_text(errors="replace")[-3000:]
-            yield {"base": base, "port": port, "token": token, "worker": worker}
+            yield {"base": base, "port": port, "token": token, "worker": worker,
+                   "worker_metrics": f"http://127.0.0.1:{env['WORKER_METRICS_PORT']}/metrics"}
     finally:
         stop_process(web)
         web_log.close()
@@ -263,10 +265,15 @@ def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, roste
                'method="GET",status="200"})') == 1
 
 
-def test_promtool_accepts_the_exposition(stack):
+def test_promtool_accepts_the_exposition_of_web_and_worker(stack):
     promtool = tool("promtool")
     status, text = http_get(f"{stack['base']}/metrics", token=stack["token"])
     assert status == 200 and "orchestrator_sessions{" in text
-    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
-                             check=False)
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # WORKER_METRICS_PORT: the worker serves its host's process metrics itself (no database series).
+    worker_status, worker_text = http_get(stack["worker_metrics"])
+    assert worker_status == 200 and "orchestrator_opencode_servers_up" in worker_text
+    assert "orchestrator_sessions{" not in worker_text
+    for exposition in (text, worker_text):
+        checked = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, text=True,
+                                 timeout=60, check=False)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
