@@ -83,9 +83,21 @@ def multiprocess_dir() -> Path:
     return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or settings.PROMETHEUS_MULTIPROC_DIR)
 
 
+def forget_dead_live_gauges() -> None:
+    """`livesum` gauges must add up live processes only, and prometheus-client sums every file:
+    drop those of processes of this host that ended without marking themselves dead (killed, or a
+    test process that stopped early)."""
+    folder = multiprocess_dir()
+    for path in folder.glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            multiprocess.mark_process_dead(int(pid), path=str(folder))
+
+
 def registry(*, with_database: bool) -> CollectorRegistry:
     """A registry of every process's values in the multi-process folder, plus (for /metrics on a
     web process) the database-backed series."""
+    forget_dead_live_gauges()
     collected = CollectorRegistry()
     multiprocess.MultiProcessCollector(collected, path=str(multiprocess_dir()))
     if with_database:

@@ -127,6 +127,15 @@ def listening_ports(pid: int) -> set[int]:
 TCP_LISTEN = "0A"
 
 
+def process_started_at(pid: int) -> float:
+    """When process `pid` started, in seconds since the epoch: its age on the kernel's boot clock
+    (start tick against /proc/uptime, both unaffected by wall-clock steps) taken from now."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    started_ticks = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22, starttime
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return time.time() - (uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 class OpenCodeSampler:
     """Samples this worker's OpenCode servers into the gauges; counts a restart each time a server
     process appears after another one has been seen (the worker starts at most one at a time)."""
@@ -142,8 +151,8 @@ class OpenCodeSampler:
             metrics.OPENCODE_RESTARTS.inc(len(new))
         self.seen.update(new)
         metrics.OPENCODE_SERVERS_UP.set(len(pids))
-        ports = set().union(*(listening_ports(pid) for pid in pids))
-        metrics.OPENCODE_DIRECTORIES_OPEN.set(opencode_directories.open_directories(live_ports=ports))
+        live_servers = {port: process_started_at(pid) for pid in pids for port in listening_ports(pid)}
+        metrics.OPENCODE_DIRECTORIES_OPEN.set(opencode_directories.open_directories(live_servers=live_servers))
 
 
 def _sample_forever(sampler, stop):

@@ -226,3 +226,24 @@ def test_the_sampler_counts_opencode_servers_restarts_and_open_directories(tmp_p
         second.stop()
     sampler.sample()
     assert gauge_total("orchestrator_opencode_servers_up") == 0
+
+
+def test_open_directories_follow_requests_disposals_and_server_lifetimes():
+    import time
+
+    from orchestrator import opencode_directories as directories
+
+    url = "http://127.0.0.1:4096"
+    started = time.time() - 60
+    directories.open_directories(live_servers={})  # forget what other tests' servers left
+    directories.note_opencode_request(url, "GET", "/session/status", "/w/a")
+    directories.note_opencode_request(url, "POST", "/session", "/w/b")
+    directories.note_opencode_request(url, "GET", "/session/status", None)  # no directory: nothing opened
+    directories.note_opencode_request(url, "POST", "/instance/dispose", "/w/a")
+    assert directories.open_directories(live_servers={4096: started}) == 1
+    # A replacement server on the same port (OpenCode tries 4096 first) starts with none open.
+    assert directories.open_directories(live_servers={4096: time.time() + 1}) == 0
+    directories.note_opencode_request(url, "POST", "/session", "/w/c")
+    assert directories.open_directories(live_servers={4096: started}) == 1
+    # The server is gone: so are its directories.
+    assert directories.open_directories(live_servers={}) == 0
