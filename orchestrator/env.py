@@ -4,6 +4,7 @@ Every reader names the variable in the error it raises, so a malformed value
 stops start-up with a message that says which variable to fix.
 """
 
+import ipaddress
 import os
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -95,6 +96,28 @@ def env_list(name, default=()):
     if raw is None:
         return list(default)
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_choice(name, default, choices):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip()
+    matches = [choice for choice in choices if choice.lower() == value.lower()]
+    if not matches:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return matches[0]
+
+
+def env_networks(name, default=()):
+    """A comma-separated list of networks in CIDR form (`10.0.0.0/8,::1/128`); a bare address is one host."""
+    networks = []
+    for item in env_list(name, default):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must list networks such as 10.0.0.0/8, got {item!r}") from None
+    return networks
 
 
 def parse_database_url(name, url):

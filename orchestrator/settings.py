@@ -6,22 +6,26 @@ runs the whole system without PostgreSQL or Redis. DATABASE_URL and REDIS_URL
 switch to the real services; production differs only by environment.
 """
 
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
 from orchestrator.env import (
     env_bool,
+    env_choice,
     env_float,
     env_int,
     env_list,
     env_rate,
+    env_networks,
     env_str,
     parse_database_url,
     parse_http_url,
     parse_redis_url,
     read_or_create_secret_key,
 )
+from orchestrator.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("ORCHESTRATOR_VAR_DIR", str(BASE_DIR / "var"))).resolve()
@@ -88,6 +92,8 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "orchestrator.middleware.DomainErrorPagesMiddleware",
 ]
+# First, so the request id and the timing cover everything below them.
+MIDDLEWARE[:0] = ["orchestrator.logs.RequestIdMiddleware", "orchestrator.metrics.RequestMetricsMiddleware"]
 
 ROOT_URLCONF = "orchestrator.urls"
 ASGI_APPLICATION = "orchestrator.asgi.application"
@@ -380,14 +386,15 @@ WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1, maximum=256)
 CELERY_WORKER_POOL = "threads"
 CELERY_WORKER_CONCURRENCY = WORKER_CONCURRENCY
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-    "loggers": {
-        "django.db.backends": {"level": "WARNING"},
-        "daphne": {"level": "WARNING"},
-    },
-}
+# --- Observability (orchestrator.metrics, orchestrator.logs; docs/configuration.md) ----------------
+METRICS_TOKEN = env_str("METRICS_TOKEN")
+METRICS_ALLOWED_NETWORKS = env_networks("METRICS_ALLOWED_NETWORKS", ["127.0.0.0/8", "::1/128"])
+# prometheus-client's multi-process mode reads the folder from the environment when it is imported.
+PROMETHEUS_MULTIPROC_DIR = Path(env_str("PROMETHEUS_MULTIPROC_DIR", str(VAR_DIR / "prometheus"))).resolve()
+PROMETHEUS_MULTIPROC_DIR.mkdir(parents=True, exist_ok=True)
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(PROMETHEUS_MULTIPROC_DIR)
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 0, minimum=0, maximum=65535)
+WORKER_METRICS_ADDRESS = env_str("WORKER_METRICS_ADDRESS", "127.0.0.1")
+LOG_FORMAT = env_choice("LOG_FORMAT", "plain", ["plain", "json"])
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"])
+LOGGING = logging_config(log_format=LOG_FORMAT, level=LOG_LEVEL)

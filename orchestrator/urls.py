@@ -3,7 +3,7 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from orchestrator import api, auth, health, views
+from orchestrator import api, auth, health, metrics, views
 from sessions.urls import approval_urlpatterns
 
 urlpatterns = [
@@ -14,6 +14,7 @@ urlpatterns = [
     path("live", health.live, name="live"),
     path("ready", health.ready, name="ready"),
     path("health", health.health, name="health"),
+    path("metrics", metrics.metrics_view, name="metrics"),
     path("api/v1/", include("orchestrator.api_urls")),
     # Without its slash the root answers too: APPEND_SLASH cannot redirect a POST, and with DEBUG
     # on that was a 500 debug page listing the settings.

@@ -17,6 +17,8 @@ import json
 
 import httpx
 
+from orchestrator.opencode_directories import note_opencode_request
+
 from .errors import OpenCodeError, Unreachable, UnexpectedResponse, error_for_status
 
 USERNAME = "opencode"
@@ -131,6 +133,7 @@ class OpenCodeClient:
             raise Unreachable(f"timed out: {error}", method=method, path=path) from error
         except (httpx.TransportError, OSError) as error:
             raise Unreachable(f"no answer: {error}", method=method, path=path) from error
+        note_opencode_request(self.base_url, method, path, query.get("directory"))  # metrics: directories open
         return self._decode(response, method, path, expect)
 
     def _decode(self, response, method, path, expect):

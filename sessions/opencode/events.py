@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from orchestrator.event_lag import note_opencode_event
+
 from .client import OpenCodeClient, tls_context
 from .errors import OpenCodeError, Unreachable, error_for_status
 
@@ -171,6 +173,7 @@ class EventStream:
                                     self.on_reconnect(self)
                                 yield Event(id=None, type=RECONNECTED, properties={"reconnects": self.reconnects})
                             first = False
+                        note_opencode_event(event)  # metrics: when OpenCode completed a step
                         yield event
                 except (httpx.TransportError, OSError, Unreachable) as error:
                     if self._stopping.is_set():
