@@ -79,7 +79,9 @@ def _list_context(request):
 @login_required
 @require_GET
 def session_list(request):
-    return render(request, LIST, _list_context(request))
+    context = _list_context(request)
+    # Bad filters show the message above the unfiltered list, with a 400 so clients can tell.
+    return render(request, LIST, context, status=400 if context["error"] else 200)
 
 
 # --- new session -----------------------------------------------------------------------------
