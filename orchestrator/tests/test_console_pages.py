@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from contexts import documents
 from contexts.services import context_create, context_set
+from orchestrator.testing import make_git_repository
 from sessions import permissions, services
 from sessions.models import CodingSession, PermissionRequest
 from sessions.tests.factories import CodingSessionFactory
@@ -108,7 +109,7 @@ def test_list_pages_with_a_cursor_and_keeps_the_filters(client, viewer_user):
 def test_list_shows_a_bad_filter_as_an_error_not_a_500(client, viewer_user):
     client.force_login(viewer_user)
     response = client.get(reverse("sessions:list"), {"status": "sleeping"})
-    assert response.status_code == 200 and "unknown status sleeping" in response.content.decode()
+    assert response.status_code == 400 and "unknown status sleeping" in response.content.decode()
 
 
 # --- new session --------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def test_list_shows_a_bad_filter_as_an_error_not_a_500(client, viewer_user):
 
 def test_new_session_takes_budgets_concurrency_and_a_policy_per_tool(client, operator_user, tmp_path, settings):
     settings.REPOSITORY_ROOTS = [tmp_path]
-    (tmp_path / "demo").mkdir()
+    make_git_repository(tmp_path / "demo")
     client.force_login(operator_user)
     response = client.post(reverse("sessions:create"), {
         "title": "Add a changelog", "initial_prompt": "Write CHANGELOG.md", "repository_choice": str(tmp_path / "demo"),
@@ -147,7 +148,7 @@ def test_new_session_shows_each_error_next_to_its_field(client, operator_user, t
     assert not CodingSession.objects.exists()
     # The service's own rules come back next to their fields too.
     response = client.post(reverse("sessions:create"), {
-        "title": "Add a changelog", "initial_prompt": "Write it", "repository": "/srv/repos/x",
+        "title": "Add a changelog", "initial_prompt": "Write it", "repository": str(make_git_repository(tmp_path / "x")),
         "token_budget_soft": "9", "token_budget_hard": "5", "priority": "2",
     }, **HTMX)
     body = response.content.decode()
