@@ -25,7 +25,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
-from sessions import checkpoints, diffs, followups, graph_layout, rendering, selectors, services
+from sessions import checkpoints, diffs, followups, graph_layout, plan_review, rendering, selectors, services
 from sessions.models import CLOCK_STATES, CodingSession, PermissionRequestStatus, SessionEvent
 from tasks import selectors as task_selectors
 from tasks.models import Task, TaskStatus
@@ -185,17 +185,19 @@ def session_detail(request, session_id):
     is_operator = user_is_operator(request.user)
     events, older = events_window(session)
     transitions = selectors.session_transitions(session)
+    tasks = _tasks(session)
     context = {
         **header_context(session, is_operator=is_operator, transitions=transitions),
         "events": events,
         "older_before": older,
         "last_event_id": events[-1]["id"] if events else 0,
         "permission_requests": _pending_permissions(session),
-        "tasks": _tasks(session),
+        "tasks": tasks,
         **timeline_context(session),
         "transitions": transitions,
         "children": list(session.children.filter(deleted_at__isnull=True).order_by("pk")[:20]),
         "message_max": followups.MESSAGE_MAX,
+        "plan_panel": plan_review.plan_panel(request, session, is_operator=is_operator, tasks=tasks),
     }
     return render(request, DETAIL, context)
 
@@ -382,7 +384,7 @@ def session_graph(request, session_id):
 def fragment_reads_database(kind):
     """Whether the push for an event of this type reads the database (it re-renders a panel)."""
     return (kind in HEADER_EVENTS or kind.startswith("task.") or kind.startswith("permission.")
-            or kind in TIMELINE_EVENTS or kind == "session.diff")
+            or kind in TIMELINE_EVENTS or kind == "session.diff" or kind.startswith("plan."))
 
 
 def live_fragment(*, session_id, event, is_operator):
@@ -420,6 +422,9 @@ def live_fragment(*, session_id, event, is_operator):
             context["push_timeline"] = True
         if kind == "session.diff":
             context["push_diff"] = True
+        if kind.startswith("plan."):
+            # The plan panel (plan_review.html#plan) is rendered here and pushed out of band.
+            context["plan_panel"] = plan_review.plan_fragment(session=session, is_operator=is_operator)
     return render_to_string(f"{DETAIL}#live", context)
 
 
