@@ -5,7 +5,6 @@ Domain errors become `{"error": {"code", "message", "details"}}` through
 orchestrator.api.exception_handler (400, 404, 409).
 """
 
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -23,6 +22,7 @@ from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.roles import user_can_view
 from sessions import permissions, rules, selectors, services
+from sessions.filters import int_param, parse_list_params
 from sessions.planning import services as planning_services
 from sessions.models import (
     Checkpoint,
@@ -31,7 +31,6 @@ from sessions.models import (
     PermissionRequest,
     PermissionRequestStatus,
     SessionEvent,
-    SessionStatus,
     SessionTransition,
 )
 from sessions.services import Actor
@@ -253,72 +252,6 @@ class MessageOutcomeSerializer(serializers.Serializer):
     follow_up_session = serializers.DictField(allow_null=True)
 
 
-def _csv(params, name):
-    values = []
-    for raw in params.getlist(name):
-        values.extend(part.strip() for part in raw.split(",") if part.strip())
-    return values
-
-
-def _int_param(params, name, *, minimum=None):
-    raw = params.get(name)
-    if raw in (None, ""):
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(field=name, rule="must be an integer") from None
-    if minimum is not None and value < minimum:
-        raise ValidationFailed(field=name, rule=f"must be at least {minimum}")
-    return value
-
-
-def _datetime_param(params, name):
-    raw = params.get(name)
-    if not raw:
-        return None
-    value = parse_datetime(raw)
-    if value is None:
-        raise ValidationFailed(field=name, rule="must be an ISO 8601 date-time")
-    return value
-
-
-def parse_list_params(params):
-    """Query parameters -> (SessionFilters, cursor, page_size); ValidationFailed names the parameter."""
-    errors = {}
-    statuses = _csv(params, "status")
-    bad = [value for value in statuses if value not in SessionStatus.values]
-    if bad:
-        errors["status"] = [f"unknown status {', '.join(bad)}; one of {', '.join(SessionStatus.values)}"]
-    types = _csv(params, "session_type") or _csv(params, "type")
-    if any(value not in rules.SESSION_TYPES for value in types):
-        errors["session_type"] = [f"must be one of {', '.join(rules.SESSION_TYPES)}"]
-    priorities = []
-    for value in _csv(params, "priority"):
-        try:
-            priorities.append(rules.parse_priority(value))
-        except ValueError as exc:
-            errors["priority"] = [str(exc)]
-    if errors:
-        raise ValidationFailed(errors=errors)
-    page_size = _int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
-    if page_size > selectors.PAGE_SIZE_MAX:
-        raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
-    filters = selectors.SessionFilters(
-        status=tuple(statuses),
-        session_type=tuple(types),
-        priority=tuple(priorities),
-        agent_id=_int_param(params, "agent"),
-        repository=params.get("repository") or None,
-        tag=params.get("tag") or None,
-        search=(params.get("search") or params.get("q") or "").strip() or None,
-        created_after=_datetime_param(params, "created_after"),
-        created_before=_datetime_param(params, "created_before"),
-        parent_id=_int_param(params, "parent"),
-    )
-    return filters, _int_param(params, "cursor", minimum=1), page_size
-
-
 # --- endpoints -------------------------------------------------------------------------
 
 LIST_PARAMETERS = [
@@ -511,8 +444,8 @@ class SessionViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["get"])
     def events(self, request, pk=None):
         session = self._get(pk)
-        after = _int_param(request.query_params, "after", minimum=0)
-        limit = _int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
+        after = int_param(request.query_params, "after", minimum=0)
+        limit = int_param(request.query_params, "limit", minimum=1) or selectors.EVENTS_LIMIT_MAX
         items = selectors.session_events_after(session.pk, after, limit=limit)
         return Response(
             {

@@ -23,7 +23,7 @@ from sessions import permissions, selectors, services
 # The monitor (detail page, its parts and pushes) lives in sessions.monitor; these names stay here
 # for the URLconf and the action views below.
 from sessions.monitor import ACTIONS, event_item, header_context, live_fragment, session_detail  # noqa: F401
-from sessions.api import parse_list_params
+from sessions.filters import parse_list_params
 from sessions.forms import SessionCreateForm
 from sessions.models import PermissionReply, PermissionRequestStatus, SessionStatus
 

@@ -14,12 +14,12 @@ from tasks.models import PlanStatus, SessionPlan, TaskDependency
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HTTP_HX_REQUEST": "true"}
+POINTS = ("optimistic", "likely", "pessimistic")
 
 
 def task(key, *, after=(), files=(), capabilities=("code_generation",), hours=(0.5, 1, 2), **extra):
-    optimistic, likely, pessimistic = hours
     return {"key": key, "title": f"Do {key}", "prompt": f"Implement {key}.", "capabilities": list(capabilities),
-            "files": list(files), "estimate_hours": dict(zip(("optimistic", "likely", "pessimistic"), hours)),
+            "files": list(files), "estimate_hours": dict(zip(POINTS, hours, strict=True)),
             "after": list(after), **extra}
 
 
@@ -52,7 +52,7 @@ def form_of(plan, *, version, extra_row=None, remove=()):
             prefix + "prompt": row.get("prompt", ""), prefix + "acceptance": row.get("acceptance", ""),
             prefix + "capabilities": ", ".join(row.get("capabilities") or []),
             prefix + "files": "\n".join(row.get("files") or []), prefix + "after": ", ".join(row.get("after") or []),
-            **{f"{prefix}estimate-{point}": str(estimate.get(point, "")) for point in ("optimistic", "likely", "pessimistic")},
+            **{f"{prefix}estimate-{point}": str(estimate.get(point, "")) for point in POINTS},
         })
         if row.get("key") in remove:
             data[prefix + "remove"] = "1"
@@ -218,3 +218,33 @@ def test_the_forms_on_the_monitor_work_without_javascript_under_csrf_checks(oper
     response = browser.post(url("plan-approve", session), {"csrfmiddlewaretoken": token})
     assert response.status_code == 302
     assert SessionPlan.objects.get(session=session).status == PlanStatus.APPROVED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_plan_saved_elsewhere_is_pushed_to_the_monitors_watchers(operator_user, viewer_user):
+    from channels.db import database_sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from rest_framework.authtoken.models import Token
+
+    from orchestrator.asgi import application
+    from sessions.tests.test_monitor_live import TIMEOUT, run
+
+    session = in_review(operator_user)
+    token = Token.objects.create(user=viewer_user)
+    edited = {"summary": "Pushed summary", "tasks": BOOKS["tasks"][:2]}
+
+    async def scenario():
+        watcher = WebsocketCommunicator(application, f"/ws/console/sessions/{session.pk}?token={token.key}")
+        assert (await watcher.connect(timeout=TIMEOUT))[0]
+        await database_sync_to_async(planning.plan_replace)(session=session, plan=edited,
+                                                             actor=Actor.of_user(operator_user))
+        frames = []
+        while not any('id="session-plan"' in frame for frame in frames):
+            frames.append(await watcher.receive_from(timeout=TIMEOUT))
+        await watcher.disconnect()
+        return "".join(frames)
+
+    pushed = run(scenario)
+    panel = pushed[pushed.index('id="session-plan"') - 40:]
+    assert 'hx-swap-oob="outerHTML"' in panel and "Pushed summary" in panel and "version 2" in panel
+    assert url("plan-edit", session) not in panel  # pushed to a viewer: no form

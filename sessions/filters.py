@@ -1,0 +1,80 @@
+"""The sessions list's query parameters, read the same way by the API (sessions/api.py) and the
+console's list page (sessions/views.py): status, type, priority, agent, repository, tag, text,
+creation dates, parent, keyset cursor and page size. A bad value raises ValidationFailed naming
+the parameter and its rule (400 in the API, a notice on the page).
+"""
+
+from django.utils.dateparse import parse_datetime
+
+from orchestrator.errors import ValidationFailed
+from sessions import rules, selectors
+from sessions.models import SessionStatus
+
+
+def csv_param(params, name: str) -> list[str]:
+    """The comma-separated values of a parameter given once or more."""
+    values = []
+    for raw in params.getlist(name):
+        values.extend(part.strip() for part in raw.split(",") if part.strip())
+    return values
+
+
+def int_param(params, name: str, *, minimum: int | None = None) -> int | None:
+    """An integer parameter (None when absent), at least `minimum`."""
+    raw = params.get(name)
+    if raw in (None, ""):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(field=name, rule="must be an integer") from None
+    if minimum is not None and value < minimum:
+        raise ValidationFailed(field=name, rule=f"must be at least {minimum}")
+    return value
+
+
+def datetime_param(params, name: str):
+    """An ISO 8601 date-time parameter, or None when absent."""
+    raw = params.get(name)
+    if not raw:
+        return None
+    value = parse_datetime(raw)
+    if value is None:
+        raise ValidationFailed(field=name, rule="must be an ISO 8601 date-time")
+    return value
+
+
+def parse_list_params(params) -> tuple[selectors.SessionFilters, int | None, int]:
+    """Query parameters -> (SessionFilters, cursor, page_size); ValidationFailed names the parameter."""
+    errors = {}
+    statuses = csv_param(params, "status")
+    bad = [value for value in statuses if value not in SessionStatus.values]
+    if bad:
+        errors["status"] = [f"unknown status {', '.join(bad)}; one of {', '.join(SessionStatus.values)}"]
+    types = csv_param(params, "session_type") or csv_param(params, "type")
+    if any(value not in rules.SESSION_TYPES for value in types):
+        errors["session_type"] = [f"must be one of {', '.join(rules.SESSION_TYPES)}"]
+    priorities = []
+    for value in csv_param(params, "priority"):
+        try:
+            priorities.append(rules.parse_priority(value))
+        except ValueError as exc:
+            errors["priority"] = [str(exc)]
+    if errors:
+        raise ValidationFailed(errors=errors)
+    page_size = int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
+    if page_size > selectors.PAGE_SIZE_MAX:
+        raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
+    filters = selectors.SessionFilters(
+        status=tuple(statuses),
+        session_type=tuple(types),
+        priority=tuple(priorities),
+        agent_id=int_param(params, "agent"),
+        repository=params.get("repository") or None,
+        tag=params.get("tag") or None,
+        search=(params.get("search") or params.get("q") or "").strip() or None,
+        created_after=datetime_param(params, "created_after"),
+        created_before=datetime_param(params, "created_before"),
+        parent_id=int_param(params, "parent"),
+    )
+    return filters, int_param(params, "cursor", minimum=1), page_size
