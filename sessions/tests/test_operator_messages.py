@@ -15,7 +15,7 @@ from sessions.execution.operator_messages import DELIVERED, SENDING, id_line
 from sessions.followups import OPERATOR_MESSAGE, pending_operator_messages, session_send_message
 from sessions.models import SessionEvent
 from sessions.opencode.scripted_llm import parse_script
-from sessions.services import Actor, session_create, session_start
+from sessions.services import Actor, session_create, session_record_event, session_start
 from tasks.models import Task, TaskStatus
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
@@ -94,3 +94,38 @@ def test_a_message_to_a_running_task_is_its_next_turn_answered_once(worker, rost
     assert (session.tokens_input, session.tokens_output, session.api_calls) == (200, 40, 2)
     assert session.checkpoint_count == 2
     assert session.result["final_text"] == "Goodbye from the follow-up."
+
+
+def test_a_message_a_stopped_run_marked_sending_but_never_prompted_is_sent_once(worker, roster, operator_user,
+                                                                                scripted_llm, tmp_path):
+    """A run that died between the sending record and the prompt: the task's OpenCode session holds
+    no user message with the id line, so the message is sent (once) and then marked delivered."""
+    repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"repo-{uuid.uuid4().hex[:8]}")
+    gate = tmp_path / "first-turn-may-end"
+    actor = Actor.of_user(operator_user)
+    session = session_create(title="Crash before the prompt", repository=str(repository), actor=actor,
+                             initial_prompt=f"@@wait {gate} 120\n@@final First.")
+    session_start(session=session, actor=actor)
+    wait_until(lambda: SessionEvent.objects.filter(session=session, type="task.prompted").exists(),
+               timeout=120, interval=0.2, message="the task's first turn to start")
+    outcome = session_send_message(session=session, actor=actor, text="Again?\n@@final Answered once.")
+    task = outcome.task
+    # What the stopped run left: its sending record, and nothing in OpenCode.
+    session_record_event(session=session, type=SENDING, payload={
+        "message_event_id": outcome.event.pk, "task_id": task.pk, "opencode_session_id": task.opencode_session_id})
+    gate.touch()
+
+    def finished():
+        session.refresh_from_db()
+        return session.status in TERMINAL
+
+    wait_until(finished, timeout=120, interval=0.2, message=f"{session.reference} to finish")
+    assert session.status == "completed", session.error
+    delivered = SessionEvent.objects.filter(session=session, type=DELIVERED)
+    assert [event.payload["message_event_id"] for event in delivered] == [outcome.event.pk]
+    assert "recovered" not in delivered[0].payload
+    assert SessionEvent.objects.filter(session=session, type=SENDING).count() == 2
+    requests = [entry["directive"] for entry in scripted_llm.requests_for(task.opencode_session_id)
+                if entry["kind"] != "title"]
+    assert requests == ["@@final First.", "@@final Answered once."]
+
