@@ -125,7 +125,8 @@ def session_restore(request, session_id, sequence):
     session = visible_session_or_404(request.user, session_id)
     notice, level = None, "error"
     try:
-        session = checkpoints.checkpoint_restore(session=session, sequence=sequence, actor=services.Actor.of_user(request.user))
+        session = checkpoints.checkpoint_restore(session=session, sequence=sequence,
+                                                 actor=services.Actor.of_user(request.user))
         notice, level = f"Checkpoint {sequence} restored; the next run resumes from it", "success"
     except (Conflict, ValidationFailed, NotFound) as refused:
         notice = refused.message
