@@ -6,6 +6,22 @@ from orchestrator.broadcaster import unpack
 SYSTEM_GROUP = "system"
 
 
+async def replay_after(*, after: int, fetch, send, batch: int) -> None:
+    """Send a reconnecting client what it missed: `await fetch(after_id)` gives at most `batch`
+    events with ids above `after_id`, oldest first; each goes to `await send(event)`; batches
+    follow until a short one says the log is caught up. The consumer has joined its group before
+    calling this, so live events wait in its channel meanwhile; `send` drops what it has sent."""
+    cursor = after
+    while True:
+        backlog = await fetch(cursor)
+        for event in backlog:
+            await send(event)
+        if backlog:
+            cursor = max(cursor, backlog[-1]["id"])
+        if len(backlog) < batch:
+            return
+
+
 class DirectDispatchMixin:
     """Dispatch each message straight to its handler.
 

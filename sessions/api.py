@@ -19,10 +19,11 @@ from rest_framework.response import Response
 from agents.models import Agent
 from orchestrator.api import api_router
 from orchestrator.errors import PermissionRefused, ValidationFailed
-from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, datetime_param, id_param, int_param
+from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, int_param
 from orchestrator.roles import user_can_view
 from orchestrator.schema import page_of
 from sessions import permissions, repositories, rules, selectors, services
+from sessions.filters import parse_approval_params, parse_list_params
 from sessions.planning import services as planning_services
 from sessions.models import (
     Checkpoint,
@@ -31,7 +32,6 @@ from sessions.models import (
     PermissionRequest,
     PermissionRequestStatus,
     SessionEvent,
-    SessionStatus,
     SessionTransition,
 )
 from sessions.services import Actor
@@ -273,49 +273,6 @@ class MessageOutcomeSerializer(serializers.Serializer):
     event_id = serializers.IntegerField()
     task_id = serializers.IntegerField(allow_null=True)
     follow_up_session = serializers.DictField(allow_null=True)
-
-
-def _csv(params, name):
-    values = []
-    for raw in params.getlist(name):
-        values.extend(part.strip() for part in raw.split(",") if part.strip())
-    return values
-
-
-def parse_list_params(params):
-    """Query parameters -> (SessionFilters, cursor, page_size); ValidationFailed names the parameter."""
-    errors = {}
-    statuses = _csv(params, "status")
-    bad = [value for value in statuses if value not in SessionStatus.values]
-    if bad:
-        errors["status"] = [f"unknown status {', '.join(bad)}; one of {', '.join(SessionStatus.values)}"]
-    types = _csv(params, "session_type") or _csv(params, "type")
-    if any(value not in rules.SESSION_TYPES for value in types):
-        errors["session_type"] = [f"must be one of {', '.join(rules.SESSION_TYPES)}"]
-    priorities = []
-    for value in _csv(params, "priority"):
-        try:
-            priorities.append(rules.parse_priority(value))
-        except ValueError as exc:
-            errors["priority"] = [str(exc)]
-    if errors:
-        raise ValidationFailed(errors=errors)
-    page_size = int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
-    if page_size > selectors.PAGE_SIZE_MAX:
-        raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
-    filters = selectors.SessionFilters(
-        status=tuple(statuses),
-        session_type=tuple(types),
-        priority=tuple(priorities),
-        agent_id=id_param(params, "agent"),
-        repository=params.get("repository") or None,
-        tag=params.get("tag") or None,
-        search=(params.get("search") or params.get("q") or "").strip() or None,
-        created_after=datetime_param(params, "created_after"),
-        created_before=datetime_param(params, "created_before"),
-        parent_id=id_param(params, "parent"),
-    )
-    return filters, int_param(params, "cursor", minimum=1), page_size
 
 
 # --- endpoints -------------------------------------------------------------------------
@@ -564,26 +521,6 @@ urlpatterns = router.urls
 
 
 # --- approvals across sessions ----------------------------------------------------------------
-
-
-def parse_approval_params(params):
-    """Query parameters of the approvals inbox -> (ApprovalFilters, cursor, page_size)."""
-    permission = (params.get("permission") or "").strip() or None
-    if permission is not None and not rules.TOOL_NAME.match(permission):
-        raise ValidationFailed(field="permission", rule="must be a tool name (letters, digits, _ . * -, 1-100)")
-    repository = (params.get("repository") or "").strip() or None
-    if repository is not None and len(repository) > rules.REPOSITORY_MAX:
-        raise ValidationFailed(field="repository", rule=f"must be at most {rules.REPOSITORY_MAX} characters")
-    page_size = int_param(params, "page_size", minimum=1) or selectors.PAGE_SIZE_DEFAULT
-    if page_size > selectors.PAGE_SIZE_MAX:
-        raise ValidationFailed(field="page_size", rule=f"must be at most {selectors.PAGE_SIZE_MAX}")
-    filters = selectors.ApprovalFilters(
-        session_id=id_param(params, "session"),
-        permission=permission,
-        agent_id=id_param(params, "agent"),
-        repository=repository,
-    )
-    return filters, id_param(params, "cursor"), page_size
 
 
 class ApprovalSerializer(PermissionRequestSerializer):

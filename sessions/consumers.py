@@ -8,9 +8,9 @@
 /ws/console/sessions/<id>   the same feed for the console's detail page, as
                        rendered HTML (htmx ws extension): each event appended
                        to #event-log, and the panels it changes replaced
-                       out of band (see sessions.monitor.live_fragment)
+                       out of band (see sessions.panels.live_fragment)
 /ws/console/sessions/<id>/graph   the task graph page: its SVG partial again
-                       whenever a task event arrives (sessions.monitor.graph_fragment)
+                       whenever a task event arrives (sessions.panels.graph_fragment)
 
 Each message is the "event" part of the published message: {"id",
 "session_id", "reference", "type", "payload", "created_at"}. The consumer joins
@@ -30,10 +30,10 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.urls import path
 
 from orchestrator import broadcaster, events
-from orchestrator.consumers import DirectDispatchMixin, JsonFramesConsumer
+from orchestrator.consumers import DirectDispatchMixin, JsonFramesConsumer, replay_after
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
-from sessions import monitor, selectors, services
+from sessions import panels, selectors, services
 from sessions.models import SessionEvent
 
 REPLAY_BATCH = selectors.EVENTS_LIMIT_MAX
@@ -94,13 +94,8 @@ class SessionEventsConsumer(DirectDispatchMixin, JsonFramesConsumer):
             await self._replay(session.pk, after, session.reference)
 
     async def _replay(self, session_id, after, reference):
-        # Batches until caught up; live messages queue in the channel meanwhile.
-        while True:
-            backlog = await _backlog(session_id, max(after, self.last_sent_id), reference)
-            for event in backlog:
-                await self._send_once(event)
-            if len(backlog) < REPLAY_BATCH:
-                return
+        await replay_after(after=max(after, self.last_sent_id), send=self._send_once, batch=REPLAY_BATCH,
+                           fetch=lambda after_id: _backlog(session_id, after_id, reference))
 
     async def _send_once(self, event):
         if self.single_session:
@@ -121,15 +116,15 @@ async def _fragment(session_id, event, is_operator):
     """The console push for `event`. Most events (text, tools, steps of OpenCode) only render their
     own partial: that is done on the event loop, sparing each a hop to the database thread, which
     every render used to wait its turn for; the others read the database there."""
-    if monitor.fragment_reads_database(event["type"]):
-        return await database_sync_to_async(monitor.live_fragment)(
+    if panels.fragment_reads_database(event["type"]):
+        return await database_sync_to_async(panels.live_fragment)(
             session_id=session_id, event=event, is_operator=is_operator)
-    return monitor.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
+    return panels.live_fragment(session_id=session_id, event=event, is_operator=is_operator)
 
 
 @database_sync_to_async
 def _graph_fragment(session_id):
-    return monitor.graph_fragment(session_id=session_id)
+    return panels.graph_fragment(session_id=session_id)
 
 
 # Every client watching a session gets the same fragment for an event (one for operators, one for
@@ -265,18 +260,17 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
         after = _after_from_scope(self.scope)
         try:
             if after is not None:
-                while True:
-                    backlog = await _backlog(session.pk, max(after, self.last_sent_id), session.reference)
-                    for event in backlog:
-                        html = await self._render_once(event)
-                        if html is not None:
-                            await self.send(text_data=html)
-                    if len(backlog) < REPLAY_BATCH:
-                        break
+                await replay_after(after=max(after, self.last_sent_id), send=self._send_rendered, batch=REPLAY_BATCH,
+                                   fetch=lambda after_id: _backlog(session.pk, after_id, session.reference))
         finally:
             self._replaying = False
         if self._inbox and self._writer is None:
             self._writer = asyncio.ensure_future(self._write())
+
+    async def _send_rendered(self, event):
+        html = await self._render_once(event)
+        if html is not None:
+            await self.send(text_data=html)
 
     async def _render_once(self, event):
         """The event's fragment, or None when it was sent already."""

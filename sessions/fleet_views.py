@@ -22,7 +22,7 @@ from orchestrator import selectors as fleet_selectors
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
 from sessions import permissions, rules, selectors, services
-from sessions.api import parse_approval_params, parse_list_params
+from sessions.filters import parse_approval_params, parse_list_params
 from sessions.forms import SessionCreateForm
 from sessions.models import CodingSession, PermissionReply, PermissionRequest, SessionStatus
 

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from sessions import fleet_views, monitor, views
+from sessions import fleet_views, monitor, plan_review, views
 
 app_name = "sessions"
 
@@ -14,6 +14,10 @@ urlpatterns = [
     path("<int:session_id>/diff", monitor.session_diff, name="diff"),
     path("<int:session_id>/graph", monitor.session_graph, name="graph"),
     path("<int:session_id>/messages", monitor.session_message, name="message"),
+    path("<int:session_id>/plan", plan_review.session_plan, name="plan"),
+    path("<int:session_id>/plan/edit", plan_review.session_plan_edit, name="plan-edit"),
+    path("<int:session_id>/plan/approve", plan_review.session_plan_approve, name="plan-approve"),
+    path("<int:session_id>/plan/revise", plan_review.session_plan_revise, name="plan-revise"),
     path("<int:session_id>/checkpoints/<int:sequence>/restore", monitor.session_restore, name="restore"),
     path(
         "<int:session_id>/permissions/<int:request_id>/reply",

@@ -34,7 +34,7 @@ from contexts.services import context_for_session, context_prompt_block, context
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from orchestrator.fsm import reloaded
 from sessions import services as session_services
-from sessions.execution import control, servers, spares, workspace
+from sessions.execution import control, operator_messages, servers, spares, workspace
 from sessions.execution.checkpointer import StepCheckpointer
 from sessions.execution.run_guard import RunGuard, SessionEnded
 from sessions.execution.task_turn import CONTROL_INTERVAL, TaskTurn, TurnEvents, TurnOutcome
@@ -434,6 +434,7 @@ class SessionRun:
             task = self._begin_task(task, agent)
             self.record(routed)  # after the start: one statement, not a savepoint in its transaction
             outcome = turn.run(task, resume=resume)
+            outcome = operator_messages.deliver_pending(turn=turn, task=task, outcome=outcome)
         except SessionEnded as ended:
             self._end_task_early(task, ended)
             raise

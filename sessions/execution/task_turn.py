@@ -123,13 +123,41 @@ class TaskTurn:
             })])
             return self.follow(self.events.queue)
         except SessionEnded as ended:
-            if self.opencode_session_id:
-                abort_turn(self.client, self.opencode_session_id)
-            if ended.status == S.PAUSED:
-                session_run.checkpointer.take_now(
-                    task=task, message_id=self.translator.last_message_id if self.translator else "",
-                    task_step=self.task_step, reason="pause")
+            self._ended(task, ended)
             raise
+
+    def run_next(self, task: Task, *, prompt: str, note: dict) -> TurnOutcome:
+        """Another turn of `task` on the OpenCode session its last turn ran on (an operator's
+        message, execution/operator_messages.py), followed like the first: events, step
+        checkpoints, usage. `note` is added to its "task.prompted" record."""
+        session_run = self.session_run
+        self.task = task
+        try:
+            self.translator = self.translator.next_turn()
+            self.events.start()
+            model = session_run.session.model_identifier or self.agent.model_identifier
+            self.client.prompt_async(
+                self.opencode_session_id, text=prompt, agent=self.agent.opencode_agent or None,
+                model=model_ref(model) if model else None, system=self.agent.system_prompt or None,
+            )
+            session_run.record([("task.prompted", {
+                "task_id": task.pk, "opencode_session_id": self.opencode_session_id, "agent": self.agent.name,
+                "opencode_agent": self.agent.opencode_agent, "model": model or "default", "how": "next_turn",
+                "steps_done": self.task_step, **note,
+            })])
+            return self.follow(self.events.queue)
+        except SessionEnded as ended:
+            self._ended(task, ended)
+            raise
+
+    def _ended(self, task: Task, ended: SessionEnded) -> None:
+        """The run must stop: abort the turn, and checkpoint where it stood when it pauses."""
+        if self.opencode_session_id:
+            abort_turn(self.client, self.opencode_session_id)
+        if ended.status == S.PAUSED:
+            self.session_run.checkpointer.take_now(
+                task=task, message_id=self.translator.last_message_id if self.translator else "",
+                task_step=self.task_step, reason="pause")
 
     def _choose_start(self, resume: bool) -> tuple[str, str]:
         """("new" | "continue" | "reattach" | "resume", prompt): how this turn begins.

@@ -77,6 +77,21 @@ class TurnTranslator:
     _files: set = field(default_factory=set)
     _user_messages: set = field(default_factory=set)
     _tool_messages: set = field(default_factory=set)  # assistant messages (steps) with a tool part
+    # Steps completed in earlier turns on the same OpenCode session (see next_turn).
+    _earlier_messages: frozenset = frozenset()
+
+    def next_turn(self) -> "TurnTranslator":
+        """A translator for the next prompt on the same OpenCode session (an operator's message).
+
+        What this one recorded stays recorded: a late event of the ended turn, or a rebuild from the
+        session's messages (which lists every turn), records no step, text or tool twice. Its own
+        end is its own: it finishes on an idle seen after its busy, like any first turn."""
+        return TurnTranslator(
+            self.opencode_session_id,
+            _earlier_messages=self._earlier_messages | frozenset(self._completed_messages),
+            _texts_recorded=set(self._texts_recorded), _tool_status=dict(self._tool_status),
+            _user_messages=set(self._user_messages), _tool_messages=set(self._tool_messages),
+        )
 
     @property
     def turn_started(self):
@@ -148,7 +163,7 @@ class TurnTranslator:
         info = properties.get("info") or {}
         if info.get("role") == "user":
             self._user_messages.add(info.get("id"))
-        if info.get("role") != "assistant":
+        if info.get("role") != "assistant" or info.get("id") in self._earlier_messages:
             return []
         self.last_message_id = info.get("id", self.last_message_id)
         completed = (info.get("time") or {}).get("completed")

@@ -13,6 +13,9 @@ decides each answer from directives in the latest user message, one per line, pr
                                 says `@@resume n` after n earlier turns: repair, revision, replan)
     @@text <text>               text streamed before the next step (in the same response)
     @@sleep <seconds>           delay before the next step's response
+    @@wait <path> [seconds]     hold the next step's response until the file <path> exists (at most
+                                `seconds`, default 60, then answer anyway): a test decides when the
+                                model goes on, without guessing a delay
     @@usage <input> <output>    token figures reported from the next step on
     @@fail <status> [times=N]   answer the next step with that HTTP status and an OpenAI-style error
                                 body; with times=N only the first N requests of that step fail
@@ -22,8 +25,8 @@ decides each answer from directives in the latest user message, one per line, pr
 
 The script is read from the latest user message that has directives, so a later plain message
 ("continue") carries on where the script stopped: the step is the number of tool results since
-that message (plus any @@resume count). `write`, `bash` and `final` each close a step; `text`, `sleep`, `usage` and `fail` modify the step
-that follows them (trailing modifiers make a last step that answers "Done."). The server is
+that message (plus any @@resume count). `write`, `bash` and `final` each close a step; `text`,
+`sleep`, `wait`, `usage` and `fail` modify the step that follows them (trailing modifiers make a last step that answers "Done."). The server is
 stateless apart from the `times=` counters: the step of a request is the number of tool results
 that follow the last user message, so each request maps to exactly one step, and a retried request
 maps to the same step again. A request without tools (OpenCode's title generation) is answered with
@@ -67,7 +70,9 @@ DEFAULT_PERMISSION = {"edit": "allow", "bash": "allow", "webfetch": "deny"}
 
 ACTIONS = ("write", "bash", "final", "plan")
 PLAN_PREAMBLE = "Here is the plan."
-MODIFIERS = ("text", "sleep", "usage", "fail")
+MODIFIERS = ("text", "sleep", "wait", "usage", "fail")
+WAIT_DEFAULT = 60.0
+WAIT_MAX = 600.0
 
 
 class ScriptError(ValueError):
@@ -83,6 +88,7 @@ class Step:
     arguments: dict = field(default_factory=dict)
     text: str = ""
     sleep: float = 0.0
+    wait_for: tuple | None = None  # (path, seconds) from @@wait
     usage: tuple | None = None
     fail_status: int | None = None
     fail_times: int | None = None
@@ -108,7 +114,7 @@ def unescape(value):
 def parse_script(text):
     """The steps scripted by the `@@` lines of `text` (empty when there are none)."""
     steps = []
-    pending = {"text": [], "sleep": 0.0, "usage": None, "fail": None}
+    pending = {"text": [], "sleep": 0.0, "wait": None, "usage": None, "fail": None}
     usage = None
     found = False
     for raw_line in (text or "").splitlines():
@@ -128,6 +134,8 @@ def parse_script(text):
                 pending["sleep"] += float(rest)
             except ValueError as error:
                 raise ScriptError(f"@@sleep needs seconds, got {rest!r}") from error
+        elif name == "wait":
+            pending["wait"] = _parse_wait(rest)
         elif name == "usage":
             try:
                 input_tokens, output_tokens = (int(part) for part in rest.split())
@@ -138,12 +146,27 @@ def parse_script(text):
             pending["fail"] = _parse_fail(rest)
         else:
             steps.append(_make_step(name, rest, line, pending, usage))
-            pending = {"text": [], "sleep": 0.0, "usage": None, "fail": None}
-    if pending["text"] or pending["sleep"] or pending["fail"]:
+            pending = {"text": [], "sleep": 0.0, "wait": None, "usage": None, "fail": None}
+    if pending["text"] or pending["sleep"] or pending["wait"] or pending["fail"]:
         steps.append(_make_step("final", DEFAULT_FINAL, "@@final " + DEFAULT_FINAL, pending, usage))
     if not found:
         return []
     return steps
+
+
+def _parse_wait(rest):
+    parts = rest.split()
+    if not parts or len(parts) > 2:
+        raise ScriptError(f"@@wait needs a path and optional seconds, got {rest!r}")
+    seconds = WAIT_DEFAULT
+    if len(parts) == 2:
+        try:
+            seconds = float(parts[1])
+        except ValueError as error:
+            raise ScriptError(f"@@wait seconds must be a number, got {parts[1]!r}") from error
+        if not 0 < seconds <= WAIT_MAX:
+            raise ScriptError(f"@@wait seconds must be in (0, {WAIT_MAX:.0f}], got {seconds}")
+    return (parts[0], seconds)
 
 
 def _parse_fail(rest):
@@ -189,7 +212,7 @@ def _make_step(kind, rest, line, pending, usage):
     fail_status, fail_times = pending["fail"] or (None, None)
     return Step(
         kind=kind, directive=line, arguments=arguments, text="".join(pending["text"]),
-        sleep=pending["sleep"], usage=usage, fail_status=fail_status, fail_times=fail_times,
+        sleep=pending["sleep"], wait_for=pending["wait"], usage=usage, fail_status=fail_status, fail_times=fail_times,
     )
 
 
@@ -470,6 +493,9 @@ class ScriptedLLM:
             }}, close=True)
             return
         self._record({**entry, "kind": step.kind, "directive": step.directive})
+        if step.wait_for and self._wait_for(*step.wait_for, handler.connection):
+            self._abandon(key, index)
+            return
         if self._pause(step.sleep, handler.connection):
             self._abandon(key, index)
             return
@@ -502,6 +528,14 @@ class ScriptedLLM:
                 return False
             self._fail_counts[(key, index)] = done + 1
             return True
+
+    def _wait_for(self, path, seconds, connection=None):
+        """Hold until `path` exists (at most `seconds`); True when the response should be dropped (see _pause)."""
+        deadline = time.monotonic() + seconds
+        while not Path(path).exists() and time.monotonic() < deadline:
+            if self._pause(0.05, connection):
+                return True
+        return False
 
     def _pause(self, seconds, connection=None):
         """Sleep `seconds`; True when the response should be dropped: the server is stopping, or

@@ -12,7 +12,7 @@ from django.urls import reverse
 from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
-from sessions import monitor, services
+from sessions import panels, services
 from sessions.tests.factories import CodingSessionFactory
 from tasks.models import Task
 from tasks.tests.factories import AgentFactory, TaskDependencyFactory, TaskFactory
@@ -182,13 +182,13 @@ def test_watchers_of_a_session_share_one_render_per_event(operator_user, monkeyp
     token = api_token(operator_user)
     session = CodingSessionFactory(status="running")
     rendered = []
-    real = monitor.live_fragment
+    real = panels.live_fragment
 
     def counting(**kwargs):
         rendered.append(kwargs["event"]["id"])
         return real(**kwargs)
 
-    monkeypatch.setattr(monitor, "live_fragment", counting)
+    monkeypatch.setattr(panels, "live_fragment", counting)  # what the console consumer calls
 
     async def scenario():
         watchers = [WebsocketCommunicator(application, f"/ws/console/sessions/{session.pk}?token={token.key}")
