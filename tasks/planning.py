@@ -102,7 +102,8 @@ def plan_add_planning_task(*, session, kind: str, title: str, prompt: str,
     with transaction.atomic():
         root = task_services.task_root_for_session(session=session)
         root = Task.objects.select_for_update().get(pk=root.pk)
-        below = list(Task.objects.filter(session_id=root.session_id).exclude(pk=root.pk).values_list("order", flat=True))
+        below = list(Task.objects.filter(session_id=root.session_id).exclude(pk=root.pk)
+                     .values_list("order", flat=True))
         if not below and root.status not in NOT_STARTED:
             raise Conflict(
                 f"The session's task '{root.title}' is {root.status}: it ran as a single task and cannot be planned",

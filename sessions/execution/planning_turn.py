@@ -37,11 +37,20 @@ from sessions.execution.task_turn import TaskTurn, TurnEvents, TurnOutcome
 from sessions.models import SessionStatus as S
 from sessions.planning.options import options_of
 from sessions.planning.selectors import (
-    plan_current, plan_outcome_excluded, plan_planning_tasks, plan_replans_used, plan_turns_taken,
+    plan_current,
+    plan_outcome_excluded,
+    plan_planning_tasks,
+    plan_replans_used,
+    plan_turns_taken,
 )
 from sessions.planning.services import (
-    PLAN_REVIEW, plan_await_review, plan_propose, plan_record_refused, plan_revision_taken,
+    PLAN_REVIEW,
+    plan_await_review,
+    plan_propose,
+    plan_record_refused,
+    plan_revision_taken,
 )
+from sessions.recovery import session_retry_automatically
 from tasks import services as task_services
 from tasks.models import PlanStatus, Task, TaskStatus
 from tasks.planner import planner_prompt, template_plan
@@ -244,6 +253,8 @@ def _fail(run, task: Task, agent: Agent, error: dict) -> None:
     task_services.task_fail(task=task, error=error)
     run.record([("task.failed", {"task_id": task.pk, "title": task.title, "agent": agent.name, "error": error})])
     run.fail_session(error_type=error["type"], message=error["message"], context=error["context"])
+    if error["context"].get("retryable"):  # a provider's passing failure, as for any task (SessionRun.finish)
+        session_retry_automatically(session_id=run.session_id, reason=f"automatic retry: {error['message']}")
     raise SessionEnded(S.FAILED, error["type"])
 
 

@@ -146,7 +146,8 @@ def test_planner_plan_is_reviewed_sent_back_edited_approved_and_run_in_dependenc
     assert session.status == "completed", session.error
     tasks = by_key(session)
     assert [tasks[k].status for k in ("one", "two", "three")] == ["completed"] * 3
-    assert tasks["one"].completed_at <= tasks["two"].started_at and tasks["two"].completed_at <= tasks["three"].started_at
+    assert tasks["one"].completed_at <= tasks["two"].started_at
+    assert tasks["two"].completed_at <= tasks["three"].started_at
     worktree = settings.WORKSPACE_ROOT / session.reference
     assert [(worktree / f"{k}.txt").read_text() for k in ("one", "two", "three")] == ["first\n", "second\n", "third\n"]
     assert session.result["tasks"]["total"] == 3  # the planning tasks do not count in the outcome
