@@ -97,8 +97,11 @@ def plan_before_graph(run) -> None:
     """Plan the session if it needs it (see the module). Returns when its graph may run; raises
     SessionEnded when the run ends here (paused for review, or failed)."""
     session = run.session
-    _drop_unfinished_planning(run)
     current = plan_current(session=session)
+    options = options_of(session.metadata)
+    if current is None and options.mode == "single":
+        return  # as before planning existed (planning tasks exist only in planned sessions): one query
+    _drop_unfinished_planning(run)
     if current is not None and current.status == PlanStatus.PROPOSED:
         # Not reviewed yet. A plain resume of a session in plan_review lands here too: it pauses
         # again for review (paused_reason set again) instead of running an unapproved plan.
@@ -112,7 +115,6 @@ def plan_before_graph(run) -> None:
         return
     if current is not None:
         return  # approved: its graph runs (a later run of a session paused or retried mid-graph too)
-    options = options_of(session.metadata)
     if options.mode == "template":
         row = plan_propose(session=session, plan=template_plan(
             title=session.title, work=session.initial_prompt, template=options.template,
