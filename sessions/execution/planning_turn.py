@@ -111,7 +111,14 @@ def plan_before_graph(run) -> None:
         if current.revision_requested:
             plan_revision_taken(plan=current)
         # Still sent back without the flag: the revision turn started but its run was cut short.
-        _planning_turns(run, kind="revision", previous_plan=current.submitted, comment=current.comment)
+        completed, failure = (), None
+        if current.source == "replan":  # a revised replan still plans the remaining work only
+            replans = [t for t in plan_planning_tasks(session=session)
+                       if t.plan_key.startswith("@replan-") and t.status == TaskStatus.COMPLETED]
+            failure = (replans[-1].result or {}).get("failure") if replans else None
+            completed = _completed_keys(session, plan_outcome_excluded(session=session))
+        _planning_turns(run, kind="revision", previous_plan=current.submitted, comment=current.comment,
+                        completed=completed, failure=failure)
         return
     if current is not None:
         return  # approved: its graph runs (a later run of a session paused or retried mid-graph too)
@@ -149,9 +156,7 @@ def replan_after_failure(run) -> bool:
                 and state.statuses[pk] in (TaskStatus.FAILED, TaskStatus.SKIPPED)]
     rows = {row.pk: row for row in Task.objects.filter(pk__in=replaces)}
     first = rows[failed[0]]
-    completed = sorted(row_key for pk, row_key in Task.objects.filter(
-        session=session, status=TaskStatus.COMPLETED).exclude(plan_key="").values_list("id", "plan_key")
-        if pk not in excluded)
+    completed = _completed_keys(session, excluded)
     failure = {"task": first.plan_key or first.title, "error": (first.error or {}).get("message", "failed"),
                "output": first.output or ""}
     run.record([("plan.replan", {
@@ -162,6 +167,11 @@ def replan_after_failure(run) -> bool:
     _planning_turns(run, kind="replan", previous_plan=current.submitted, completed=completed, failure=failure,
                     replaces=replaces)
     return True
+
+
+def _completed_keys(session, excluded: set) -> list:
+    return sorted(key for pk, key in Task.objects.filter(session=session, status=TaskStatus.COMPLETED)
+                  .exclude(plan_key="").values_list("id", "plan_key") if pk not in excluded)
 
 
 def outcome_summary(run) -> dict:
@@ -237,7 +247,7 @@ def _planning_turns(run, *, kind: str, previous_plan: dict | None = None, commen
         _fail(run, task, agent, error)
     task_services.task_complete(task=task, output=outcome.text, result={
         "text": outcome.text, "opencode_session_id": outcome.opencode_session_id, "agent": agent.name,
-        "plan_version": row.version, "replaces": list(replaces),
+        "plan_version": row.version, "replaces": list(replaces), "failure": failure,
     })
     run.record([("task.completed", {"task_id": task.pk, "title": task.title, "agent": agent.name,
                                     "plan_version": row.version})])

@@ -13,7 +13,7 @@ from django.conf import settings
 from orchestrator.testing import make_git_repository, running_worker, wait_until
 from sessions.models import CodingSession, SessionEvent
 from sessions.planning.selectors import plan_replans_used
-from sessions.planning.services import plan_revise, session_create_planned
+from sessions.planning.services import plan_approve, plan_revise, session_create_planned
 from sessions.services import Actor, session_resume, session_start
 from tasks.models import PlanStatus, SessionPlan, Task
 
@@ -268,3 +268,37 @@ def test_a_plan_supplied_at_creation_waits_for_review_before_it_runs(
     run_to_end(session)
     assert session.status == "completed", session.error
     assert by_key(session)["only"].status == "completed"
+
+
+def test_a_replan_waits_for_review_and_its_revision_still_plans_the_remaining_work(
+    worker, roster, repository, operator_user, scripted_llm
+):
+    first = plan(task("broken", "@@fail 400\n@@final never"), task("fine", "@@final fine done."))
+    remaining = plan(task("mended", "@@final mended."), summary="The rest")
+    revised = plan(task("mended-better", "@@write better.txt better\\n\n@@final better."), summary="The rest, better")
+    session = create(repository, operator_user, work(first, remaining, revised), mode="planner",
+                     plan_approval="required", replan_limit=1)
+    actor = Actor.of_user(operator_user)
+
+    wait_for(session, in_review, "to pause for the first plan's review")
+    plan_approve(session=CodingSession(pk=session.pk), actor=actor)
+    wait_for(session, lambda s: in_review(s) and SessionPlan.objects.filter(session=s).count() == 2,
+             "to pause for the replan's review")
+    v2 = SessionPlan.objects.get(session=session, version=2)
+    assert (v2.source, v2.status) == ("replan", PlanStatus.PROPOSED)
+    assert by_key(session)["mended"].status in ("pending", "ready")
+
+    plan_revise(session=CodingSession(pk=session.pk), comment="Write a file as well.", actor=actor)
+    wait_for(session, lambda s: in_review(s) and SessionPlan.objects.filter(session=s).count() == 3,
+             "to pause for the revised replan's review")
+    revision = planning_tasks(session)[-1]
+    prompt = planner_prompts(scripted_llm, revision)[0]
+    assert "Write a file as well." in prompt and "Completed tasks: fine." in prompt and "Task broken failed" in prompt
+    plan_approve(session=CodingSession(pk=session.pk), actor=actor)
+    run_to_end(session)
+
+    assert session.status == "completed", session.error
+    tasks = by_key(session)
+    assert "mended" not in tasks and tasks["mended-better"].status == "completed"
+    assert (settings.WORKSPACE_ROOT / session.reference / "better.txt").read_text() == "better\n"
+    assert plan_replans_used(session=session) == 1 and len(events(session, "plan.replan")) == 1
