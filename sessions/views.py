@@ -13,9 +13,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseClientRedirect
 
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
@@ -23,7 +21,7 @@ from sessions import permissions, selectors, services
 # The monitor (detail page, its parts and pushes) lives in sessions.monitor; these names stay here
 # for the URLconf and the action views below.
 from sessions.monitor import ACTIONS, event_item, header_context, live_fragment, session_detail  # noqa: F401
-from sessions.models import PermissionReply, PermissionRequestStatus, SessionStatus
+from sessions.models import PermissionReply, PermissionRequestStatus
 
 DETAIL = "sessions/detail.html"
 

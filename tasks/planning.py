@@ -84,3 +84,37 @@ def plan_record_version(*, session, submitted, checked: CheckedPlan, source: str
         adjustments=[adjustment.as_dict() for adjustment in checked.adjustments],
         status=status, created_by=actor_label,
     )
+
+
+# Planning turns are tasks of the session too (their agent, turns and answer are shown like any task's),
+# keyed `@<kind>-<n>`: `@` is not in a plan's slug keys, so a plan never collides with them, and the
+# engine leaves them out of the session's outcome (sessions.planning.selectors.plan_outcome_excluded).
+PLANNING_KEY_PREFIX = "@"
+
+
+def plan_add_planning_task(*, session, kind: str, title: str, prompt: str,
+                           capabilities: tuple = ("task_decomposition",)) -> Task:
+    """A new planning task under the session's root (kind: plan, revision, replan), after every task
+    it has; refused with Conflict when the root ran as a single task (it cannot take subtasks).
+
+    The root may be a finished container here (a replan after the graph ran out of work): like
+    plan_store_graph, this adds below it anyway, and the readiness refresh moves it back."""
+    with transaction.atomic():
+        root = task_services.task_root_for_session(session=session)
+        root = Task.objects.select_for_update().get(pk=root.pk)
+        below = list(Task.objects.filter(session_id=root.session_id).exclude(pk=root.pk)
+                     .values_list("order", flat=True))
+        if not below and root.status not in NOT_STARTED:
+            raise Conflict(
+                f"The session's task '{root.title}' is {root.status}: it ran as a single task and cannot be planned",
+                details={"current": root.status, "allowed_states": list(NOT_STARTED)},
+            )
+        number = 1 + Task.objects.filter(session_id=root.session_id,
+                                         plan_key__startswith=f"{PLANNING_KEY_PREFIX}{kind}-").count()
+        row = Task.objects.create(
+            session_id=root.session_id, parent=root, title=title[:200], description=prompt,
+            priority=root.priority, required_capabilities=list(capabilities),
+            order=1 + max(below, default=-1), plan_key=f"{PLANNING_KEY_PREFIX}{kind}-{number}",
+        )
+        task_services.task_refresh_readiness(session=session)
+    return row

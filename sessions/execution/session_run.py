@@ -34,7 +34,7 @@ from contexts.services import context_for_session, context_prompt_block, context
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from orchestrator.fsm import reloaded
 from sessions import services as session_services
-from sessions.execution import control, operator_messages, servers, spares, workspace
+from sessions.execution import control, operator_messages, planning_turn, servers, spares, workspace
 from sessions.execution.checkpointer import StepCheckpointer
 from sessions.execution.run_guard import RunGuard, SessionEnded
 from sessions.execution.task_turn import CONTROL_INTERVAL, TaskTurn, TurnEvents, TurnOutcome
@@ -122,6 +122,7 @@ class SessionRun:
         control.watch(self.session_id, worker_id=self.worker_id)  # control reads and heartbeats
         try:
             self.prepare()
+            planning_turn.plan_before_graph(self)  # planning (issue 22): may pause for review, or fail
             self.execute_plan()
             self.finish()
         except SessionEnded as ended:
@@ -241,6 +242,9 @@ class SessionRun:
                         running[pool.submit(self._run_task_in_thread, task_id)] = task_id
                     if not running:
                         if not deferred:
+                            if planning_turn.replan_after_failure(self):  # replanning (issue 22)
+                                replan = True
+                                continue
                             return
                         self.guard.ending.wait(CONTROL_INTERVAL)  # every ready task waits for an agent
                         continue
@@ -296,7 +300,7 @@ class SessionRun:
         complete partially or fail (retrying automatically when the error is retryable)."""
         # The plan loop ended on a refresh that found nothing ready and nothing running: its
         # statuses are the plan's final ones.
-        summary = self.plan.summary()
+        summary = planning_turn.outcome_summary(self)  # planning tasks and replaced ones left out (issue 22)
         # One task at a time: every turn has ended, so the last one's diff is the session's.
         diff = self.last_diff if self.last_diff is not None and self.task_limit == 1 else \
             workspace.workspace_diff(path=self.worktree.path, base_commit=self.worktree.base_commit)

@@ -77,6 +77,9 @@ class TaskTurn:
         self.session_run = session_run
         self.task = task
         self.agent = agent
+        # The OpenCode agent prompted: the agent's own, unless the turn needs another (a planning
+        # turn always runs on the read-only `plan` agent, whichever agent took it).
+        self.opencode_agent = agent.opencode_agent
         self.events = events
         self.client = session_run.server.client(directory=str(session_run.worktree.path))
         self.opencode_session_id = ""
@@ -113,12 +116,12 @@ class TaskTurn:
                     self.rebuild_after_reconnect()
             else:
                 self.client.prompt_async(
-                    self.opencode_session_id, text=prompt, agent=self.agent.opencode_agent or None,
+                    self.opencode_session_id, text=prompt, agent=self.opencode_agent or None,
                     model=model_ref(model) if model else None, system=self.agent.system_prompt or None,
                 )
             session_run.record([("task.prompted", {
                 "task_id": task.pk, "opencode_session_id": self.opencode_session_id, "agent": self.agent.name,
-                "opencode_agent": self.agent.opencode_agent, "model": model or "default", "how": how,
+                "opencode_agent": self.opencode_agent, "model": model or "default", "how": how,
                 "steps_done": self.task_step,
             })])
             return self.follow(self.events.queue)

@@ -1,9 +1,10 @@
 """Reads of a session's plan: the current version, a pending revision, and the view the API shows."""
 
-from sessions.models import CodingSession
+from sessions.models import CodingSession, SessionEvent
 from sessions.planning.options import options_of
 from sessions.planning.services import PAUSED_REASON, waits_in_review
 from tasks.models import PlanStatus, SessionPlan, Task
+from tasks.planning import PLANNING_KEY_PREFIX
 from tasks.selectors import task_graph
 
 VERSIONS_SHOWN = 50
@@ -65,3 +66,35 @@ def plan_view(*, session: CodingSession) -> dict:
         "versions": versions,
         "graph": graph,
     }
+
+
+# --- the engine's reads --------------------------------------------------------------------------
+
+
+def plan_planning_tasks(*, session: CodingSession) -> list[Task]:
+    """The session's planning tasks (tasks.planning.plan_add_planning_task), oldest first."""
+    return list(Task.objects.filter(session=session, plan_key__startswith=PLANNING_KEY_PREFIX).order_by("id"))
+
+
+def plan_turns_taken(*, session: CodingSession) -> int:
+    """How many planning turns the session has prompted (`plan.turn` events): the scripted demo model's
+    `@@resume n` count for the next one."""
+    return SessionEvent.objects.filter(session=session, type="plan.turn").count()
+
+
+def plan_replans_used(*, session: CodingSession) -> int:
+    """Replans the session has started (its `@replan-n` planning tasks, but for one a pause cut short
+    and the next run cancelled): the durable count `replan_limit` bounds."""
+    return (Task.objects.filter(session=session, plan_key__startswith=f"{PLANNING_KEY_PREFIX}replan-")
+            .exclude(status="cancelled").count())
+
+
+def plan_outcome_excluded(*, session: CodingSession) -> set[int]:
+    """Task ids that do not count in the session's outcome: its planning tasks, and the failed or
+    skipped tasks a replan took over (kept in the replan task's result as `replaces`)."""
+    excluded = set()
+    for pk, result in Task.objects.filter(session=session, plan_key__startswith=PLANNING_KEY_PREFIX).values_list(
+            "id", "result"):
+        excluded.add(pk)
+        excluded.update((result or {}).get("replaces") or [])
+    return excluded
