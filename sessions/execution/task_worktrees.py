@@ -28,7 +28,7 @@ from django.db import transaction
 from agents.models import Agent
 from agents.services import NoAgentAvailable, agent_record_result, agent_release, agent_route
 from orchestrator.errors import DomainError
-from sessions.execution import merges, servers, workspace
+from sessions.execution import merges, servers, spares, workspace
 from sessions.execution.acceptance import AcceptanceResult, retry_prompt, run_acceptance
 from sessions.execution.checkpointer import StepCheckpointer
 from sessions.execution.run_guard import SessionEnded
@@ -116,18 +116,48 @@ class TaskWorktrees:
             return self.session_place()
         reference = run.session.reference
         branch = task_branch(reference, task.pk)
-        path = task_worktree_path(reference, task.pk)
+        # Where a previous run of the task left its worktree (made here, or a spare it adopted), if anywhere.
+        path = workspace.worktree_of_branch(repository=run.worktree.repository, branch=branch) \
+            or task_worktree_path(reference, task.pk)
         existed = (path / ".git").exists()
+        made_at = time.monotonic()
         start = workspace.git("rev-parse", f"refs/heads/{run.worktree.branch}", cwd=run.worktree.path).strip()
-        worktree = workspace.task_worktree(repository=run.worktree.repository, path=path, branch=branch, start=start)
+        worktree = None if existed else self._from_spare(branch, start)
+        if worktree is None:
+            worktree = workspace.task_worktree(repository=run.worktree.repository, path=path, branch=branch,
+                                               start=start)
         if existed and run.restored_checkpoint is not None:
             self._restore(task, worktree, up_to=run.restored_checkpoint.sequence)
         checkpointer = StepCheckpointer(session=run.session, actor=run.actor)
         checkpointer.worktree = worktree
         checkpointer.data_extra = {"worktree": branch}
         if not existed:
-            run.record([("task.worktree", {"task_id": task.pk, "path": str(path), "branch": branch, "start": start})])
+            run.record([("task.worktree", {
+                "task_id": task.pk, "path": str(worktree.path), "branch": branch, "start": start,
+                "spare": worktree.path != path, "seconds": round(time.monotonic() - made_at, 3)})])
         return TaskPlace(worktree=worktree, checkpointer=checkpointer, own=True)
+
+    def _from_spare(self, branch: str, start: str) -> workspace.Workspace | None:
+        """A spare worktree of the repository, already opened by this run's OpenCode server, as the
+        task's worktree (OpenCode's first prompt in a directory it has not opened waits ~1 s: see
+        spares), or None. Taking one has the spares thread make the missing ones."""
+        run = self.session_run
+        repository = run.worktree.repository
+        spare = spares.take(repository)
+        if spare is None:
+            return None
+        if spare.server is not run.server:
+            spares.discard(spare)
+            return None
+        try:
+            worktree = workspace.adopt_spare_for_task(repository=repository, path=spare.path, branch=branch,
+                                                      start=start)
+        except workspace.GitError as error:
+            logger.info("%s: spare worktree not used for %s (%s)", run.session.reference, branch, error)
+            spares.discard(spare)
+            return None
+        spares.note_run(repository)
+        return worktree
 
     def release(self, place: TaskPlace, task: Task, *, ended: bool) -> None:
         """After the task's thread: its checkpointer stopped; its own worktree closed in OpenCode and,
@@ -182,7 +212,8 @@ class TaskWorktrees:
     def _merge(self, task: Task, outcome: TurnOutcome, place: TaskPlace) -> TurnOutcome:
         run = self.session_run
         started = time.monotonic()
-        merges.commit_task_work(path=place.worktree.path, message=f"{run.session.reference} task {task.pk}: {task.title}")
+        merges.commit_task_work(path=place.worktree.path,
+                                message=f"{run.session.reference} task {task.pk}: {task.title}")
         message = f"Merge task {task.pk}: {task.title}"
         with self.merge_lock:
             result = merges.merge_branch(path=run.worktree.path, branch=place.worktree.branch, message=message)
@@ -201,7 +232,8 @@ class TaskWorktrees:
         the merge lock); resolved, the merge is concluded; else aborted and recorded, and the task fails."""
         run = self.session_run
         path = run.worktree.path
-        prompt = _integration_prompt(task, place.worktree.branch, files, merges.conflict_excerpt(path=path, files=files))
+        excerpt = merges.conflict_excerpt(path=path, files=files)
+        prompt = _integration_prompt(task, place.worktree.branch, files, excerpt)
         integration, agent, why = self._start_integration(task, prompt, files)
         remaining, acceptance, integration_outcome = list(files), None, None
         if integration is not None:
@@ -225,8 +257,12 @@ class TaskWorktrees:
             agent_record_result(agent=agent, outcome="completed" if resolved else "failed",
                                 quality=1.0 if resolved else 0.0, duration=time.monotonic() - started,
                                 tokens=integration_outcome.tokens, cost=integration_outcome.cost, release=True)
-            why = ("conflict markers remain" if remaining else "its acceptance failed" if acceptance and not acceptance.passed
-                   else (integration_outcome.error or {}).get("message", "") if not resolved else "")
+            if remaining:
+                why = "conflict markers remain"
+            elif acceptance is not None and not acceptance.passed:
+                why = "its acceptance failed"
+            elif not resolved:
+                why = (integration_outcome.error or {}).get("message", "the integration task failed")
             if resolved:
                 commit = merges.conclude_merge(path=path, message=message)
                 task_services.task_complete(task=integration, output=integration_outcome.text, result={
@@ -282,8 +318,9 @@ class TaskWorktrees:
             sequence__lte=up_to).order_by("-sequence").first()
         if checkpoint is not None and checkpoint.git_ref:
             workspace.restore_checkpoint(path=worktree.path, commit=checkpoint.git_ref)
-            self.session_run.record([("workspace.restored", {"task_id": task.pk, "sequence": checkpoint.sequence,
-                                                             "git_ref": checkpoint.git_ref, "path": str(worktree.path)})])
+            self.session_run.record([("workspace.restored", {
+                "task_id": task.pk, "sequence": checkpoint.sequence, "git_ref": checkpoint.git_ref,
+                "path": str(worktree.path)})])
 
 
 def _ended(result: AcceptanceResult) -> str:

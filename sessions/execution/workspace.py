@@ -398,3 +398,23 @@ def task_worktree(*, repository, path, branch, start):
     _write_base(path, start)
     head = git("rev-parse", "HEAD", cwd=path).strip()
     return Workspace(repository, path, branch, start, head)
+
+
+def adopt_spare_for_task(*, repository, path, branch, start):
+    """Make the spare worktree at `path` (already opened in OpenCode) a task's worktree: branch `branch`
+    at commit `start`, checked out there (one `git checkout`: the spare sits at the repository's HEAD,
+    which `start` is or is near). GitError when the branch exists (the task ran before)."""
+    git("checkout", "-q", "-b", branch, start, cwd=path)
+    _write_base(path, start)
+    return Workspace(Path(repository), Path(path), branch, start, start)
+
+
+def worktree_of_branch(*, repository, branch):
+    """The path of the worktree that has `branch` checked out, or None."""
+    current = None
+    for line in git("worktree", "list", "--porcelain", cwd=repository).splitlines():
+        if line.startswith("worktree "):
+            current = Path(line[len("worktree "):])
+        elif line == f"branch refs/heads/{branch}" and current is not None and current.exists():
+            return current
+    return None

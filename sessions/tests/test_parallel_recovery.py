@@ -73,7 +73,8 @@ def test_a_parallel_phase_killed_mid_way_recovers_with_every_task_once_and_the_m
         for key, task in tasks.items():
             task.refresh_from_db()
             assert task.status == "completed"
-            assert SessionEvent.objects.filter(session=session, type="task.completed", payload__task_id=task.pk).count() == 1
+            completed = SessionEvent.objects.filter(session=session, type="task.completed", payload__task_id=task.pk)
+            assert completed.count() == 1
             merged = SessionEvent.objects.filter(session=session, type="merge.done", payload__task_id=task.pk)
             assert merged.count() == 1
             # The merge holds: the task's branch is in the session branch, with both of its files.

@@ -88,7 +88,8 @@ def test_independent_tasks_run_at_once_in_their_own_worktrees_and_merge_into_the
     completed = {e.payload["task_id"]: e.id for e in events(session, "task.completed")}
     alpha, beta, gamma = tasks["alpha"].pk, tasks["beta"].pk, tasks["gamma"].pk
     assert max(prompted[alpha], prompted[beta]) < min(completed[alpha], completed[beta])
-    assert tasks["alpha"].started_at < tasks["beta"].completed_at and tasks["beta"].started_at < tasks["alpha"].completed_at
+    assert tasks["alpha"].started_at < tasks["beta"].completed_at
+    assert tasks["beta"].started_at < tasks["alpha"].completed_at
 
     # Each in its own worktree and branch: alpha's checkpoints never held beta's file, and the reverse.
     made = {e.payload["task_id"]: e.payload for e in events(session, "task.worktree")}
