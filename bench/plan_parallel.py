@@ -22,6 +22,7 @@ import uuid
 from bench.common import bench_database, percentile
 
 STEP_SECONDS = 2
+TIMELINE = ("task.worktree", "task.prompted", "merge.done", "task.completed", "workspace.ready")
 ESTIMATE = {"optimistic": 0.5, "likely": 1, "pessimistic": 2}
 
 
@@ -41,6 +42,7 @@ def plan(pairs=4, *, sleep=STEP_SECONDS):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--timeline", action="store_true", help="print the 4-way sessions' task events")
     parser.add_argument("--starts", type=int, default=12, help="extra short 4-way sessions for the start latency")
     options = parser.parse_args()
     with bench_database():
@@ -84,6 +86,10 @@ def run(options):
         first_prompt = events.filter(type="task.prompted").order_by("id").first()
         worktree_seconds = [e.payload.get("seconds", 0) for e in events.filter(type="task.worktree")]
         merge_seconds = [e.payload.get("seconds", 0) for e in events.filter(type="merge.done")]
+        if options.timeline and concurrency > 1 and len(the_plan["tasks"]) > 2:
+            for event in events.filter(type__in=TIMELINE).order_by("id"):
+                print(f"  {event.created_at.timestamp() - started:7.2f} s {event.type:<16} "
+                      f"task {event.payload.get('task_id', '')}")
         return {"wall": ended - started, "first_prompt": first_prompt.created_at.timestamp() - started,
                 "worktree": worktree_seconds, "merge": merge_seconds}
 

@@ -142,6 +142,7 @@ class SessionRun:
             except Exception:  # the run has already ended one way or another; keep the first reason
                 logger.exception("%s: a step checkpoint failed while the run ended", self.session.reference)
             self.checkpointer.close()
+            self.task_worktrees.close()  # hook: finished task worktrees closed and removed
             if self.server is not None:
                 # Every turn has ended or been aborted: OpenCode can close the worktree (servers.close_directory).
                 servers.release_server(self.server, close=self.worktree.path)
@@ -302,6 +303,7 @@ class SessionRun:
         # The plan loop ended on a refresh that found nothing ready and nothing running: its
         # statuses are the plan's final ones.
         summary = self.plan.summary()
+        self.task_worktrees.close()  # hook: no task worktree outlives the session's end
         # One task at a time: every turn has ended, so the last one's diff is the session's.
         diff = self.last_diff if self.last_diff is not None and self.task_limit == 1 else \
             workspace.workspace_diff(path=self.worktree.path, base_commit=self.worktree.base_commit)

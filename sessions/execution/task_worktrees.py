@@ -19,6 +19,7 @@ merge lock is held; unresolved, the merge is aborted, the conflict is recorded a
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -79,6 +80,9 @@ class TaskWorktrees:
         self.session_run = session_run
         self.merge_lock = threading.Lock()
         self.conflicts: list[dict] = []
+        self._cleanup = None  # the thread closing and removing finished task worktrees, once needed
+        self._cleanups: list[Future] = []
+        self._cleanup_lock = threading.Lock()
 
     # --- hooks of the session run --------------------------------------------------------
 
@@ -168,9 +172,26 @@ class TaskWorktrees:
             place.checkpointer.wait()
         finally:
             place.checkpointer.close()
-        servers.close_directory(self.session_run.server, place.directory)
-        if ended:
-            workspace.remove_workspace(repository=place.worktree.repository, path=place.worktree.path)
+        # Off the task's thread: closing a directory in OpenCode and removing a worktree took ~2 s on a
+        # loaded host, and the task's dependents start only once its thread has returned.
+        server = self.session_run.server
+        with self._cleanup_lock:
+            if self._cleanup is None:
+                self._cleanup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-worktree-cleanup")
+            self._cleanups.append(self._cleanup.submit(_clean_up, server, place, ended))
+
+    def close(self) -> None:
+        """Wait for the worktrees being closed and removed (before the run releases its server)."""
+        with self._cleanup_lock:
+            pending, self._cleanups = self._cleanups, []
+            cleanup, self._cleanup = self._cleanup, None
+        for future in pending:
+            try:
+                future.result()
+            except (workspace.GitError, OSError) as error:  # a leftover worktree: the cleanup job removes it
+                logger.warning("%s: a task worktree was not removed: %s", self.session_run.session.reference, error)
+        if cleanup is not None:
+            cleanup.shutdown(wait=True)
 
     def after_turn(self, turn: TaskTurn, task: Task, outcome: TurnOutcome, place: TaskPlace) -> TurnOutcome:
         """The task's acceptance (a second turn when it fails), then its merge into the session branch."""
@@ -321,6 +342,13 @@ class TaskWorktrees:
             self.session_run.record([("workspace.restored", {
                 "task_id": task.pk, "sequence": checkpoint.sequence, "git_ref": checkpoint.git_ref,
                 "path": str(worktree.path)})])
+
+
+def _clean_up(server, place: TaskPlace, ended: bool) -> None:
+    """Close a task's worktree in OpenCode and, once its task has ended, remove it (its branch stays)."""
+    servers.close_directory(server, place.directory)
+    if ended:
+        workspace.remove_workspace(repository=place.worktree.repository, path=place.worktree.path)
 
 
 def _ended(result: AcceptanceResult) -> str:
