@@ -9,7 +9,9 @@ has claimed the session (queued -> running). It:
    (SESSION_TASK_CONCURRENCY, default 1: sequential). Each task is routed to an
    agent (capacity reserved), prompted in its own OpenCode session on the
    worktree, and followed on OpenCode's event stream until its turn ends
-   (task_turn.TaskTurn);
+   (task_turn.TaskTurn). In a parallel session each task works in a worktree of
+   its own, gated by its acceptance command and merged into the session branch
+   (task_worktrees.TaskWorktrees);
 3. records everything on the way as SessionEvents (published after commit),
    keeps token and cost figures in step, checkpoints after every completed
    assistant step (checkpointer.StepCheckpointer);
