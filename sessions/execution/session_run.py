@@ -437,6 +437,9 @@ class SessionRun:
         outcome = place = events = turn = None
         try:
             place = self.task_worktrees.place_for(task)  # hook: task_worktrees
+            if place.own and not resume:  # its OpenCode session made while the task starts (see above)
+                opencode_session_future = servers.call_pool().submit(
+                    self.create_opencode_session, task, directory=place.directory)
             events = TurnEvents(servers.events_of(self.server), place.directory)
             turn = TaskTurn(self, task, agent, events, opencode_session_future=opencode_session_future, place=place)
             task = self._begin_task(task, agent)
@@ -450,7 +453,8 @@ class SessionRun:
             if events is not None:
                 events.stop()
             # made, but the task never started
-            self._drop_opencode_session(turn.opencode_session_future if turn else opencode_session_future)
+            self._drop_opencode_session(turn.opencode_session_future if turn else opencode_session_future,
+                                        directory=place.directory if place is not None else None)
             if place is not None:  # hook: task_worktrees
                 self.task_worktrees.release(place, task, ended=outcome is not None)
             if outcome is None:
@@ -474,12 +478,12 @@ class SessionRun:
         )
         return created["id"]
 
-    def _drop_opencode_session(self, opencode_session_future: Future | None) -> None:
+    def _drop_opencode_session(self, opencode_session_future: Future | None, directory: str | None = None) -> None:
         """Delete an OpenCode session made for a task that did not take it (a Future, or None)."""
         if opencode_session_future is None:
             return
         try:
-            client = self.server.client(directory=str(self.worktree.path))
+            client = self.server.client(directory=directory or str(self.worktree.path))
             client.delete_session(opencode_session_future.result())
         except OpenCodeError as error:
             logger.info("%s: unused OpenCode session not deleted: %s", self.session.reference, error)

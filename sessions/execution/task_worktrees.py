@@ -36,7 +36,7 @@ from sessions.execution.run_guard import SessionEnded
 from sessions.execution.task_turn import TaskTurn, TurnEvents, TurnOutcome
 from sessions.models import Checkpoint
 from tasks import services as task_services
-from tasks.models import Task
+from tasks.models import Task, TaskStatus
 
 logger = logging.getLogger(__name__)
 
@@ -120,9 +120,11 @@ class TaskWorktrees:
             return self.session_place()
         reference = run.session.reference
         branch = task_branch(reference, task.pk)
-        # Where a previous run of the task left its worktree (made here, or a spare it adopted), if anywhere.
-        path = workspace.worktree_of_branch(repository=run.worktree.repository, branch=branch) \
-            or task_worktree_path(reference, task.pk)
+        path = task_worktree_path(reference, task.pk)
+        if task.status not in (TaskStatus.PENDING, TaskStatus.READY):
+            # Where a previous run of the task left its worktree (made here, or a spare it adopted), if
+            # anywhere. A task that never started has none: no git process on its way to the prompt.
+            path = workspace.worktree_of_branch(repository=run.worktree.repository, branch=branch) or path
         existed = (path / ".git").exists()
         made_at = time.monotonic()
         start = workspace.git("rev-parse", f"refs/heads/{run.worktree.branch}", cwd=run.worktree.path).strip()
