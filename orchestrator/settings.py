@@ -356,6 +356,8 @@ SESSION_PLAN_APPROVAL = env_str("SESSION_PLAN_APPROVAL", "required")
 if SESSION_PLAN_APPROVAL not in ("required", "auto"):
     raise ImproperlyConfigured(f"SESSION_PLAN_APPROVAL must be required or auto, got {SESSION_PLAN_APPROVAL!r}")
 SESSION_REPLAN_LIMIT = env_int("SESSION_REPLAN_LIMIT", 1, minimum=0, maximum=5)
+# A plan task's acceptance command (sessions.execution.acceptance): its time limit.
+ACCEPTANCE_TIMEOUT_SECONDS = min(env_float("ACCEPTANCE_TIMEOUT_SECONDS", 300.0, minimum=1.0), 3600.0)
 SESSION_STALL_SECONDS = env_float("SESSION_STALL_SECONDS", 120.0, minimum=1.0)
 SESSION_HEARTBEAT_SECONDS = env_float("SESSION_HEARTBEAT_SECONDS", 5.0, minimum=0.5)
 SESSION_WORKER_LOST_SECONDS = env_float("SESSION_WORKER_LOST_SECONDS", 30.0, minimum=2.0)

@@ -30,6 +30,7 @@ class StepCheckpointer:
         self.actor = actor
         self.worktree = None  # workspace.Workspace, once the run has prepared it
         self.shared_worktree = False
+        self.data_extra = {}  # added to each checkpoint's data (a task worktree's branch: task_worktrees)
         self.last_commit = None  # workspace.CheckpointCommit of the latest checkpoint
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{session.reference}-checkpoint")
         self._pending = []
@@ -74,7 +75,8 @@ class StepCheckpointer:
         try:
             session_services.session_add_checkpoint(
                 session=self.session, opencode_message_id=message_id or "", git_ref=made.commit,
-                data={"task_id": task.pk, "message_id": message_id, "task_step": task_step, "reason": reason},
+                data={"task_id": task.pk, "message_id": message_id, "task_step": task_step, "reason": reason,
+                      **self.data_extra},
                 actor=self.actor,
             )
         except Conflict:

@@ -9,7 +9,9 @@ has claimed the session (queued -> running). It:
    (SESSION_TASK_CONCURRENCY, default 1: sequential). Each task is routed to an
    agent (capacity reserved), prompted in its own OpenCode session on the
    worktree, and followed on OpenCode's event stream until its turn ends
-   (task_turn.TaskTurn);
+   (task_turn.TaskTurn). In a parallel session each task works in a worktree of
+   its own, gated by its acceptance command and merged into the session branch
+   (task_worktrees.TaskWorktrees);
 3. records everything on the way as SessionEvents (published after commit),
    keeps token and cost figures in step, checkpoints after every completed
    assistant step (checkpointer.StepCheckpointer);
@@ -38,6 +40,7 @@ from sessions.execution import control, operator_messages, planning_turn, server
 from sessions.execution.checkpointer import StepCheckpointer
 from sessions.execution.run_guard import RunGuard, SessionEnded
 from sessions.execution.task_turn import CONTROL_INTERVAL, TaskTurn, TurnEvents, TurnOutcome
+from sessions.execution.task_worktrees import TaskWorktrees
 from sessions.models import Checkpoint, CodingSession
 from sessions.models import SessionStatus as S
 from sessions.opencode.client import permission_rules
@@ -113,6 +116,7 @@ class SessionRun:
         self.guard = RunGuard(session=session, actor=self.actor)
         self.checkpointer = StepCheckpointer(session=session, actor=self.actor)
         self.checkpointer.shared_worktree = True  # until execute_plan knows how many tasks run at once
+        self.task_worktrees = TaskWorktrees(self)  # where each task runs; merges and acceptance
         # task id -> Future of an OpenCode session id, kept while the task waits for an agent
         self._waiting_sessions: dict[int, Future] = {}  # of OpenCode session ids
 
@@ -141,6 +145,7 @@ class SessionRun:
             except Exception:  # the run has already ended one way or another; keep the first reason
                 logger.exception("%s: a step checkpoint failed while the run ended", self.session.reference)
             self.checkpointer.close()
+            self.task_worktrees.close()  # hook: finished task worktrees closed and removed
             if self.server is not None:
                 # Every turn has ended or been aborted: OpenCode can close the worktree (servers.close_directory).
                 servers.release_server(self.server, close=self.worktree.path)
@@ -160,11 +165,14 @@ class SessionRun:
             )
         self.checkpointer.worktree = self.worktree
         spares.note_run(repository)
+        self.task_worktrees.prepare()  # hook: a merge a lost run left in progress is aborted
         restore = session.resume_checkpoint
         if restore is not None and restore.git_ref:
             # A retry or an operator's restore: the worktree goes back to that checkpoint, and
-            # interrupted tasks resume in new OpenCode sessions told how far they had got.
-            workspace.restore_checkpoint(path=self.worktree.path, commit=restore.git_ref)
+            # interrupted tasks resume in new OpenCode sessions told how far they had got. A task
+            # worktree's checkpoint is restored in that worktree when its task resumes (hook).
+            if self.task_worktrees.restores_session_worktree(restore):
+                workspace.restore_checkpoint(path=self.worktree.path, commit=restore.git_ref)
             self.restored_checkpoint = restore
             session_services.session_take_resume_point(session_id=self.session_id)
             self.record([("workspace.restored", {"sequence": restore.sequence, "git_ref": restore.git_ref})])
@@ -301,6 +309,7 @@ class SessionRun:
         # The plan loop ended on a refresh that found nothing ready and nothing running: its
         # statuses are the plan's final ones.
         summary = planning_turn.outcome_summary(self)  # planning tasks and replaced ones left out (issue 22)
+        self.task_worktrees.close()  # hook: no task worktree outlives the session's end
         # One task at a time: every turn has ended, so the last one's diff is the session's.
         diff = self.last_diff if self.last_diff is not None and self.task_limit == 1 else \
             workspace.workspace_diff(path=self.worktree.path, base_commit=self.worktree.base_commit)
@@ -314,6 +323,7 @@ class SessionRun:
             "tasks": summary,
             "branch": self.worktree.branch,
             "commit": commit,
+            **self.task_worktrees.result_extra(),  # hook: merge conflicts left unresolved
         }
         outcome = summary["outcome"]
         try:
@@ -401,18 +411,14 @@ class SessionRun:
         return task
 
     def run_task(self, task: Task, resume: bool = False) -> None:
-        """Run one task to its outcome on this thread (its turn's events subscribed meanwhile)."""
-        events = TurnEvents(servers.events_of(self.server), str(self.worktree.path))
-        try:
-            self._run_task(task, events, resume)
-        finally:
-            events.stop()
-
-    def _run_task(self, task: Task, events: TurnEvents, resume: bool) -> None:
+        """Run one task to its outcome on this thread (its turn's events subscribed meanwhile), in its
+        place (task_worktrees: its own worktree in a parallel session, else the session's)."""
         # A new task's OpenCode session is made while the task is routed and started (neither needs
         # the other): 10-20 ms off the way to the prompt. One made for an attempt that then waited
-        # for an agent is kept for the next attempt.
-        opencode_session_future = None if resume else (
+        # for an agent is kept for the next attempt. A task with a worktree of its own gets its
+        # session once the worktree exists (after routing: a task waiting for an agent makes none).
+        own_worktree = self.task_worktrees.wants_own(task)
+        opencode_session_future = None if resume or own_worktree else (
             self._waiting_sessions.pop(task.pk, None) or servers.call_pool().submit(self.create_opencode_session, task)
         )
         try:
@@ -432,18 +438,30 @@ class SessionRun:
                 return
             raise
         started = time.monotonic()
-        outcome = None
-        turn = TaskTurn(self, task, agent, events, opencode_session_future=opencode_session_future)
+        outcome = place = events = turn = None
         try:
+            place = self.task_worktrees.place_for(task)  # hook: task_worktrees
+            if place.own and not resume:  # its OpenCode session made while the task starts (see above)
+                opencode_session_future = servers.call_pool().submit(
+                    self.create_opencode_session, task, directory=place.directory)
+            events = TurnEvents(servers.events_of(self.server), place.directory)
+            turn = TaskTurn(self, task, agent, events, opencode_session_future=opencode_session_future, place=place)
             task = self._begin_task(task, agent)
             self.record(routed)  # after the start: one statement, not a savepoint in its transaction
             outcome = turn.run(task, resume=resume)
             outcome = operator_messages.deliver_pending(turn=turn, task=task, outcome=outcome)
+            outcome = self.task_worktrees.after_turn(turn, task, outcome, place)  # hook: acceptance, merge
         except SessionEnded as ended:
             self._end_task_early(task, ended)
             raise
         finally:
-            self._drop_opencode_session(turn.opencode_session_future)  # made, but the task never started
+            if events is not None:
+                events.stop()
+            # made, but the task never started
+            self._drop_opencode_session(turn.opencode_session_future if turn else opencode_session_future,
+                                        directory=place.directory if place is not None else None)
+            if place is not None:  # hook: task_worktrees
+                self.task_worktrees.release(place, task, ended=outcome is not None)
             if outcome is None:
                 agent_release(agent=agent)
             else:  # the track record and the release, in one transaction
@@ -454,22 +472,23 @@ class SessionRun:
                 )
         self._record_task_outcome(task, agent, outcome)
 
-    def create_opencode_session(self, task: Task) -> str:
-        """A new OpenCode session for `task` in the worktree (the session's permission policy applied)."""
+    def create_opencode_session(self, task: Task, directory: str | None = None) -> str:
+        """A new OpenCode session for `task` in the worktree (the session's, unless `directory` names
+        the task's own), the session's permission policy applied."""
         policy = self.session.permission_policy or {}
-        created = self.server.client(directory=str(self.worktree.path)).create_session(
+        created = self.server.client(directory=directory or str(self.worktree.path)).create_session(
             title=f"{self.session.reference} · {task.title}"[:120],
             permission=permission_rules(policy) if policy else None,
             timeout=max(OPEN_DIRECTORY_TIMEOUT, settings.OPENCODE_REQUEST_TIMEOUT),
         )
         return created["id"]
 
-    def _drop_opencode_session(self, opencode_session_future: Future | None) -> None:
+    def _drop_opencode_session(self, opencode_session_future: Future | None, directory: str | None = None) -> None:
         """Delete an OpenCode session made for a task that did not take it (a Future, or None)."""
         if opencode_session_future is None:
             return
         try:
-            client = self.server.client(directory=str(self.worktree.path))
+            client = self.server.client(directory=directory or str(self.worktree.path))
             client.delete_session(opencode_session_future.result())
         except OpenCodeError as error:
             logger.info("%s: unused OpenCode session not deleted: %s", self.session.reference, error)
@@ -495,7 +514,8 @@ class SessionRun:
             task_services.task_complete(
                 task=task, output=outcome.text,
                 result={"text": outcome.text, "diff": {k: outcome.diff.get(k) for k in ("files", "additions", "deletions")},
-                        "opencode_session_id": outcome.opencode_session_id, "agent": agent.name},
+                        "opencode_session_id": outcome.opencode_session_id, "agent": agent.name,
+                        **({"acceptance": outcome.acceptance} if outcome.acceptance else {})},
             )
         else:
             self.last_error = {

@@ -11,6 +11,7 @@ from django.conf import settings
 
 from agents.models import Agent
 from sessions import services as session_services
+from sessions.execution import workspace
 from sessions.execution.permission_watch import PermissionWatch
 from sessions.execution.run_guard import SessionEnded, abort_turn
 from sessions.execution.streams import ServerEvents
@@ -39,6 +40,7 @@ class TurnOutcome:
     cost: Decimal = Decimal("0")
     opencode_session_id: str = ""
     diff: dict = field(default_factory=dict)
+    acceptance: dict | None = None  # the last run of the task's acceptance command (task_worktrees)
 
 
 class TurnEvents:
@@ -73,7 +75,7 @@ class TaskTurn:
     """
 
     def __init__(self, session_run, task: Task, agent: Agent, events: TurnEvents, *,
-                 opencode_session_future: Future | None = None):
+                 opencode_session_future: Future | None = None, place=None):
         self.session_run = session_run
         self.task = task
         self.agent = agent
@@ -81,7 +83,11 @@ class TaskTurn:
         # turn always runs on the read-only `plan` agent, whichever agent took it).
         self.opencode_agent = agent.opencode_agent
         self.events = events
-        self.client = session_run.server.client(directory=str(session_run.worktree.path))
+        # The worktree and checkpointer the turn works with (task_worktrees.TaskPlace): the task's own
+        # in a parallel session, else the session's.
+        self.place = place or session_run.task_worktrees.session_place()
+        self.checkpointer = self.place.checkpointer
+        self.client = session_run.server.client(directory=self.place.directory)
         self.opencode_session_id = ""
         self.translator = None
         self.task_step = 0
@@ -158,7 +164,7 @@ class TaskTurn:
         if self.opencode_session_id:
             abort_turn(self.client, self.opencode_session_id)
         if ended.status == S.PAUSED:
-            self.session_run.checkpointer.take_now(
+            self.checkpointer.take_now(
                 task=task, message_id=self.translator.last_message_id if self.translator else "",
                 task_step=self.task_step, reason="pause")
 
@@ -191,7 +197,7 @@ class TaskTurn:
         if self.opencode_session_future is not None:
             self.opencode_session_id, self.opencode_session_future = self.opencode_session_future.result(), None
         else:
-            self.opencode_session_id = session_run.create_opencode_session(task)
+            self.opencode_session_id = session_run.create_opencode_session(task, directory=self.place.directory)
         if not resume:
             return "new", prompt
         self.task_step = session_run.steps_done(task, up_to_sequence=restored.sequence if restored else None)
@@ -200,6 +206,36 @@ class TaskTurn:
             f"changes are in the workspace. Continue from there; do not repeat them.\n@@resume {self.task_step}"
         )
         return "resume", prompt + "\n\n" + note
+
+    def continue_with(self, prompt: str, *, reason: str) -> TurnOutcome:
+        """One more turn on this task's OpenCode session after `run` (an acceptance command's
+        failure, with its output: task_worktrees). The events of the ended turn are dropped first:
+        the new translator must not take their end for this turn's."""
+        session_run, task = self.session_run, self.task
+        while True:
+            try:
+                self.events.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.translator = TurnTranslator(self.opencode_session_id)
+        model = session_run.session.model_identifier or self.agent.model_identifier
+        try:
+            self.client.prompt_async(
+                self.opencode_session_id, text=prompt, agent=self.agent.opencode_agent or None,
+                model=model_ref(model) if model else None, system=self.agent.system_prompt or None,
+            )
+            session_run.record([("task.prompted", {
+                "task_id": task.pk, "opencode_session_id": self.opencode_session_id, "agent": self.agent.name,
+                "opencode_agent": self.agent.opencode_agent, "model": model or "default", "how": reason,
+                "steps_done": self.task_step,
+            })])
+            return self.follow(self.events.queue)
+        except SessionEnded as ended:
+            abort_turn(self.client, self.opencode_session_id)
+            if ended.status == S.PAUSED:
+                self.checkpointer.take_now(task=task, message_id=self.translator.last_message_id,
+                                           task_step=self.task_step, reason="pause")
+            raise
 
     # --- following the turn ------------------------------------------------------------
 
@@ -300,9 +336,16 @@ class TaskTurn:
     def _outcome(self) -> TurnOutcome:
         """How the turn ended, once its step checkpoints are in (the task's outcome comes after them)."""
         session_run, translator = self.session_run, self.translator
-        session_run.checkpointer.wait()
-        diff = session_run.last_diff = session_run.turn_diff(after_step_checkpoint=(
-            self.steps_seen > 0 and translator.error is None and not translator.rejected_permissions))
+        self.checkpointer.wait()
+        after_step_checkpoint = self.steps_seen > 0 and translator.error is None and not translator.rejected_permissions
+        if self.place.own:  # the task's own worktree: its diff since the task started
+            last = self.checkpointer.last_commit
+            worktree = self.place.worktree
+            diff = workspace.diff_between(path=worktree.path, base_commit=worktree.base_commit, tree=last.tree) \
+                if after_step_checkpoint and last is not None else \
+                workspace.workspace_diff(path=worktree.path, base_commit=worktree.base_commit)
+        else:
+            diff = session_run.last_diff = session_run.turn_diff(after_step_checkpoint=after_step_checkpoint)
         outcome = TurnOutcome(
             completed=translator.error is None and not translator.rejected_permissions,
             text=translator.final_text, tokens=self.usage["tokens"],
@@ -359,7 +402,7 @@ class TaskTurn:
             tokens_reasoning=step.reasoning, tokens_cache_read=step.cache_read,
             tokens_cache_write=step.cache_write, cost=step.cost, api_calls=1,
         )
-        session_run.checkpointer.take_soon(task=self.task, message_id=step.message_id, task_step=self.task_step,
+        self.checkpointer.take_soon(task=self.task, message_id=step.message_id, task_step=self.task_step,
                                            unchanged=not step.ran_tools)
 
 

@@ -378,3 +378,43 @@ def init_repository(path, files):
     git("add", "-A", cwd=path)
     git("commit", "-qm", "initial commit", cwd=path)
     return path
+
+
+def task_worktree(*, repository, path, branch, start):
+    """A task's own worktree at `path` on branch `branch`, made from commit `start` (the session
+    branch's head when the task starts); reopened as it is when a previous run left it there
+    (the task is resumed). See sessions.execution.task_worktrees."""
+    repository, path = Path(repository), Path(path)
+    if (path / ".git").exists():
+        head = git("rev-parse", "HEAD", cwd=path).strip()
+        base = _read_base(path) or git("merge-base", start, head, cwd=path).strip()
+        return Workspace(repository, path, branch, base, head)
+    git("worktree", "prune", cwd=repository, check=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if git("rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=repository, check=False).strip():
+        git("worktree", "add", str(path), branch, cwd=repository)  # its worktree was removed, its branch kept
+    else:
+        git("worktree", "add", "-b", branch, str(path), start, cwd=repository)
+    _write_base(path, start)
+    head = git("rev-parse", "HEAD", cwd=path).strip()
+    return Workspace(repository, path, branch, start, head)
+
+
+def adopt_spare_for_task(*, repository, path, branch, start):
+    """Make the spare worktree at `path` (already opened in OpenCode) a task's worktree: branch `branch`
+    at commit `start`, checked out there (one `git checkout`: the spare sits at the repository's HEAD,
+    which `start` is or is near). GitError when the branch exists (the task ran before)."""
+    git("checkout", "-q", "-b", branch, start, cwd=path)
+    _write_base(path, start)
+    return Workspace(Path(repository), Path(path), branch, start, start)
+
+
+def worktree_of_branch(*, repository, branch):
+    """The path of the worktree that has `branch` checked out, or None."""
+    current = None
+    for line in git("worktree", "list", "--porcelain", cwd=repository).splitlines():
+        if line.startswith("worktree "):
+            current = Path(line[len("worktree "):])
+        elif line == f"branch refs/heads/{branch}" and current is not None and current.exists():
+            return current
+    return None
