@@ -285,6 +285,8 @@ SPECTACULAR_SETTINGS = {
         "SessionPriorityEnum": [(0, "Critical"), (1, "High"), (2, "Medium"), (3, "Low"), (4, "Deferred")],
         "CapabilityEnum": "agents.routing.CAPABILITIES",
         "AgentTypeEnum": "agents.models.AgentType",
+        "PermissionReplyEnum": "sessions.models.PermissionReply",
+        "PermissionRequestStatusEnum": "sessions.models.PermissionRequestStatus",
     },
     "COMPONENT_SPLIT_REQUEST": True,
 }

@@ -9,7 +9,7 @@ from channels.testing import WebsocketCommunicator
 from django.db import connections
 from orchestrator.testing import api_token
 
-from orchestrator import events
+from orchestrator import broadcaster, events
 from orchestrator.asgi import application
 from sessions import permissions, services
 from sessions.tests.factories import CodingSessionFactory
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def run(scenario):
     # Broadcasts an earlier test handed over would otherwise reach this test's sockets.
-    events.wait_for_broadcasts()
+    broadcaster.wait_for_broadcasts()
 
     async def wrapped():
         try:

@@ -176,12 +176,12 @@ def query(prometheus_url, promql):
 
 
 def create_session(stack, repository):
-    from rest_framework.authtoken.models import Token
+    from orchestrator.testing import api_token
 
     from orchestrator.tests.factories import UserFactory
 
     user = UserFactory(role="operators")
-    key = Token.objects.create(user=user).key
+    key = api_token(user).key
     body = json.dumps({
         "title": "Write the metrics note", "repository": str(repository), "start": True,
         "initial_prompt": "@@write notes/metrics.txt scraped\\n\n@@final Wrote notes/metrics.txt.",

@@ -2,7 +2,9 @@
 creation, a plan supplied at creation, the plan_review pause, replace / approve / revise, and the
 engine's hooks (plan_propose, plan_await_review)."""
 
+from pathlib import Path
 import pytest
+from django.conf import settings
 
 from agents.tests.factories import AgentFactory
 from orchestrator.errors import Conflict, ValidationFailed
@@ -17,11 +19,21 @@ from tasks.planning import plan_store_graph
 
 pytestmark = pytest.mark.django_db
 
+LIBRARY = Path(settings.REPOSITORY_ROOTS[0]) / "library"
 SESSION = {
     "title": "Add a books app with an API",
     "initial_prompt": "Add books: models, API and docs.",
-    "repository": "/srv/repos/library",
+    "repository": str(LIBRARY),
 }
+
+
+@pytest.fixture(autouse=True)
+def library_repository():
+    """Create checks the repository (sessions.repositories): it must be a real one."""
+    from orchestrator.testing import make_git_repository
+
+    if not (LIBRARY / ".git").exists():
+        make_git_repository(LIBRARY)
 
 
 def task(key, *, after=(), files=(), capabilities=("code_generation",), hours=(0.5, 1, 2), **extra):
