@@ -12,7 +12,6 @@ from agents.models import AgentStatus, AgentType, Tier
 from orchestrator.errors import NotFound, ValidationFailed
 from sessions import selectors as session_selectors
 
-
 AGENTS_SHOWN = 500
 CURRENT_TASKS_SHOWN = 3
 

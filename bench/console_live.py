@@ -48,6 +48,7 @@ def _summary(label, values_ms):
 
 def _operator():
     from django.contrib.auth.models import Group, User
+
     from orchestrator.roles import OPERATORS, ensure_role_groups
     from orchestrator.tokens import token_issue
 
@@ -97,7 +98,7 @@ def _session_with_tasks(waves, width):
             for n in range(width)
         ]
         TaskDependency.objects.bulk_create(
-            [TaskDependency(prerequisite=a, dependent=b) for a, b in zip(previous, current)])
+            [TaskDependency(prerequisite=a, dependent=b) for a, b in zip(previous, current, strict=False)])
         previous = current
     return session
 
@@ -127,9 +128,9 @@ def render_times(user, session, url_name, runs):
 
 
 def _start_web_server(log_path, profile=None):
-    from orchestrator.testing import free_port, subprocess_env, wait_until
-
     import httpx
+
+    from orchestrator.testing import free_port, subprocess_env, wait_until
 
     port = free_port()
     log = open(log_path, "wb")
@@ -169,7 +170,7 @@ def client_process(url, count, ready, results, expected):
             for attempt in range(CONNECT_ATTEMPTS):
                 try:
                     return await websockets.connect(url, max_size=2 ** 22, open_timeout=60, ping_interval=None)
-                except (OSError, websockets.InvalidHandshake, asyncio.TimeoutError):
+                except (TimeoutError, OSError, websockets.InvalidHandshake):
                     if attempt == CONNECT_ATTEMPTS - 1:
                         raise
                     await asyncio.sleep(0.5 * (attempt + 1))
@@ -183,7 +184,7 @@ def client_process(url, count, ready, results, expected):
                     now = time.time()
                     # A frame carries one event, or several when the server was busy.
                     received.extend((int(match.group(1)), now) for match in EVENT_ID.finditer(message))
-            except (asyncio.TimeoutError, websockets.ConnectionClosed):
+            except (TimeoutError, websockets.ConnectionClosed):
                 pass
 
     async def main():
@@ -296,7 +297,7 @@ def main():
             ids = [event_id for event_id, _ in received]
             lost += len(set(expected) - set(ids))
             duplicated += len(ids) - len(set(ids))
-            out_of_order += sum(1 for a, b in zip(ids, ids[1:]) if b <= a)
+            out_of_order += sum(1 for a, b in zip(ids, ids[1:], strict=False) if b <= a)
             latencies += [(at - published[event_id]) * 1000 for event_id, at in received if event_id in published]
         print(f"delivery: {args.clients} clients x {args.events} events at {args.rate:g}/s "
               f"({len(latencies)} receipts)")

@@ -37,12 +37,16 @@ def populate(connection):
                 '{{}}', '{{}}', '', '', '', '', 'host-' || (n %% 20) || ':' || (1000 + n %% 20)
             FROM generate_series(1, %s) AS n
         """, [statuses, SESSIONS])
-        cursor.execute(f"""
-            INSERT INTO {transitions} (session_id, from_status, to_status, action, actor_kind, actor_label, reason, created_at)
+        cursor.execute(
+            f"""
+            INSERT INTO {transitions}
+                (session_id, from_status, to_status, action, actor_kind, actor_label, reason, created_at)
             SELECT s.id, (ARRAY['pending','queued','running'])[1 + k], (ARRAY['queued','running','completed'])[1 + k],
                 'start', 'system', '', '', now()
             FROM {sessions} s CROSS JOIN generate_series(0, %s) AS k
-        """, [TRANSITIONS_PER_SESSION - 1])
+        """,
+            [TRANSITIONS_PER_SESSION - 1],
+        )
         cursor.execute(f"""
             INSERT INTO {requests} (session_id, opencode_id, opencode_session_id, permission, patterns, metadata,
                 status, reply, created_at)
@@ -59,8 +63,10 @@ def main():
     with bench_database() as connection:
         started = time.perf_counter()
         populate(connection)
-        print(f"populated in {time.perf_counter() - started:.1f} s: {SESSIONS} sessions, "
-              f"{SESSIONS * TRANSITIONS_PER_SESSION} transitions, {AGENTS} agents, {PENDING_APPROVALS} pending approvals")
+        print(
+            f"populated in {time.perf_counter() - started:.1f} s: {SESSIONS} sessions, "
+            f"{SESSIONS * TRANSITIONS_PER_SESSION} transitions, {AGENTS} agents, {PENDING_APPROVALS} pending approvals"
+        )
         from orchestrator.metrics import exposition
 
         exposition()  # warm: first query plans, imports

@@ -336,14 +336,23 @@ def main():
             measure_list(client, "list 50, no filter", [{"page_size": 50}]),
             measure_list(client, "list 50, status=running", [{"page_size": 50, "status": "running"}]),
             measure_list(
-                client, "list 50, status=failed&repository=..",
+                client,
+                "list 50, status=failed&repository=..",
                 [{"page_size": 50, "status": "failed", "repository": f"/srv/repos/service-{n:02d}"} for n in range(20)],
             ),
-            measure_list(client, "list 50, priority=CRITICAL&type=review", [{"page_size": 50, "priority": "CRITICAL", "type": "review"}]),
+            measure_list(
+                client,
+                "list 50, priority=CRITICAL&type=review",
+                [{"page_size": 50, "priority": "CRITICAL", "type": "review"}],
+            ),
             measure_list(client, "list 50, tag=security", [{"page_size": 50, "tag": "security"}]),
-            measure_list(client, "list 50, search=<rare word> (50 matches)", [{"page_size": 50, "search": w} for w in RARE_WORDS]),
+            measure_list(
+                client, "list 50, search=<rare word> (50 matches)", [{"page_size": 50, "search": w} for w in RARE_WORDS]
+            ),
             measure_list(client, "list 50, search=<common word>", [{"page_size": 50, "search": w} for w in WORDS[:20]]),
-            measure_list(client, "list 50, search=<absent word>", [{"page_size": 50, "search": f"qqxj{n}"} for n in range(20)]),
+            measure_list(
+                client, "list 50, search=<absent word>", [{"page_size": 50, "search": f"qqxj{n}"} for n in range(20)]
+            ),
         ]
         print(f"list p99 worst {max(p99s):.2f} ms (target <= 50 ms)")
         print()
@@ -365,9 +374,15 @@ def main():
         for count, per_client in [(1, 200), (8, 40)]:
             elapsed = run_clients(count, per_client, work_create_and_start_api, context)
             target = " (target >= 200/s)" if count == 8 else ""
-            print(f"create+start via API (1 POST, start=true), {count} thread(s): {count * per_client / elapsed:.0f} sessions/s{target}")
+            print(
+                f"create+start via API (1 POST, start=true), {count} thread(s): "
+                f"{count * per_client / elapsed:.0f} sessions/s{target}"
+            )
         elapsed = run_processes(8, 40, work_create_and_start_api, context)
-        print(f"create+start via API (1 POST, start=true), 8 processes: {8 * 40 / elapsed:.0f} sessions/s (target >= 200/s)")
+        print(
+            f"create+start via API (1 POST, start=true), 8 processes: {8 * 40 / elapsed:.0f} sessions/s "
+            "(target >= 200/s)"
+        )
 
         running = []
         for index in range(8):
@@ -378,7 +393,10 @@ def main():
 
         for count, per_client in [(1, 400), (8, 100)]:
             elapsed = run_clients(count, per_client, work_flip, context)
-            print(f"transitions (degrade/recover, each client its own session), {count} thread(s): {count * per_client / elapsed:.0f}/s")
+            print(
+                f"transitions (degrade/recover, each client its own session), {count} thread(s): "
+                f"{count * per_client / elapsed:.0f}/s"
+            )
         elapsed = run_processes(8, 100, work_flip, context)
         print(f"transitions (degrade/recover, each client its own session), 8 processes: {800 / elapsed:.0f}/s")
 

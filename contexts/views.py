@@ -6,10 +6,9 @@ import json
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import render
 
-from orchestrator.errors import ValidationFailed
-
 from contexts import documents, selectors
 from contexts.models import Scope
+from orchestrator.errors import ValidationFailed
 
 PAGE_SIZE = 100
 HISTORY_SIZE = 50

@@ -160,7 +160,7 @@ def parse_redis_url(name, url):
     if parsed.scheme not in ("redis", "rediss", "unix"):
         raise ImproperlyConfigured(f"{name} must start with redis://, rediss:// or unix://, got {url!r}")
     try:
-        parsed.port
+        _ = parsed.port  # urllib checks the port only when it is read
     except ValueError:
         raise ImproperlyConfigured(f"{name} has a malformed port: {url!r}") from None
     if parsed.scheme != "unix" and not parsed.hostname:
@@ -173,7 +173,7 @@ def parse_http_url(name, url):
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise ImproperlyConfigured(f"{name} must be an http(s) URL with a host, got {url!r}")
     try:
-        parsed.port
+        _ = parsed.port  # urllib checks the port only when it is read
     except ValueError:
         raise ImproperlyConfigured(f"{name} has a malformed port: {url!r}") from None
     return url.rstrip("/")

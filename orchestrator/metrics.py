@@ -27,7 +27,7 @@ from django.views.decorators.http import require_GET
 
 _ = settings.PROMETHEUS_MULTIPROC_DIR  # load settings (and so the environment) before prometheus_client
 
-from prometheus_client import (
+from prometheus_client import (  # noqa: E402  (after the settings, see above)
     CONTENT_TYPE_PLAIN_0_0_4,
     CollectorRegistry,
     Counter,
@@ -48,7 +48,8 @@ HTTP_LATENCY = Histogram(
 )
 JOBS = Counter(
     f"{PREFIX}_celery_jobs",
-    "Celery jobs finished, by job name (label `name`: `job` is the scrape job's) and outcome (success, failure, retry, revoked, rejected).",
+    "Celery jobs finished, by job name (label `name`: `job` is the scrape job's) and outcome "
+    "(success, failure, retry, revoked, rejected).",
     ["name", "outcome"],
 )
 JOB_DURATION = Histogram(

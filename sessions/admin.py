@@ -39,7 +39,15 @@ class CheckpointInline(ReadOnlyInline):
 
 class TransitionInline(ReadOnlyInline):
     model = SessionTransition
-    fields = readonly_fields = ["created_at", "from_status", "to_status", "action", "actor_kind", "actor_label", "reason"]
+    fields = readonly_fields = [
+        "created_at",
+        "from_status",
+        "to_status",
+        "action",
+        "actor_kind",
+        "actor_label",
+        "reason",
+    ]
     ordering = ["-id"]
 
 

@@ -22,9 +22,16 @@ from orchestrator.errors import PermissionRefused, ValidationFailed
 from orchestrator.inputs import BoundedIntegerField, BoundedJSONField, IdField, int_param
 from orchestrator.roles import user_can_view
 from orchestrator.schema import page_of
-from sessions import permissions, repositories, rules, selectors, services
+from sessions import (  # the monitor's restore and follow-up messages
+    checkpoints,
+    followups,
+    permissions,
+    repositories,
+    rules,
+    selectors,
+    services,
+)
 from sessions.filters import parse_approval_params, parse_list_params
-from sessions.planning import services as planning_services
 from sessions.models import (
     Checkpoint,
     CodingSession,
@@ -34,8 +41,8 @@ from sessions.models import (
     SessionEvent,
     SessionTransition,
 )
+from sessions.planning import services as planning_services
 from sessions.services import Actor
-from sessions import checkpoints, followups  # the monitor's restore and follow-up messages
 
 # --- output ----------------------------------------------------------------------------
 
@@ -151,10 +158,16 @@ class EventSerializer(serializers.ModelSerializer):
 
 
 @extend_schema_field(
-    {"oneOf": [
-        {"type": "integer", "minimum": 0, "maximum": 4},
-        {"type": "string", "enum": [*rules.PRIORITIES, *(n.lower() for n in rules.PRIORITIES), "0", "1", "2", "3", "4"]},
-    ], "description": "CRITICAL 0, HIGH 1, MEDIUM 2, LOW 3, DEFERRED 4 (name in any case, or the number)"}
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 0, "maximum": 4},
+            {
+                "type": "string",
+                "enum": [*rules.PRIORITIES, *(n.lower() for n in rules.PRIORITIES), "0", "1", "2", "3", "4"],
+            },
+        ],
+        "description": "CRITICAL 0, HIGH 1, MEDIUM 2, LOW 3, DEFERRED 4 (name in any case, or the number)",
+    }
 )
 class PriorityField(serializers.Field):
     """CRITICAL, HIGH, MEDIUM, LOW, DEFERRED (any case) or 0-4."""
@@ -375,7 +388,9 @@ class SessionViewSet(viewsets.ViewSet):
         if planning is None and plan is None:
             session = services.session_create(actor=self._actor(), **data)
         else:
-            session = planning_services.session_create_planned(actor=self._actor(), planning=planning, plan=plan, **data)
+            session = planning_services.session_create_planned(
+                actor=self._actor(), planning=planning, plan=plan, **data
+            )
         # The instance just inserted is complete (its creator and agent are the objects passed in):
         # no need to read it back.
         return Response(SessionDetailSerializer(session).data, status=status.HTTP_201_CREATED)

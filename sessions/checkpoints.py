@@ -7,11 +7,11 @@ tasks from it on the next run) and, when the session's worktree is still on disk
 to the checkpoint now, while the session row is locked, so nothing runs in it meanwhile.
 """
 
+import subprocess
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-import subprocess
-import threading
 
 from django.db import transaction
 

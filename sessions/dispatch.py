@@ -143,7 +143,9 @@ def session_dispatch(*, now: datetime | None = None) -> int:
         # suspiciously long (a lost message) is enqueued again. No counts to keep, so no lock:
         # one query (the periodic dispatch's; a run's end dispatches only under limits).
         stale = now - timedelta(seconds=STALE_QUEUED_SECONDS)
-        lost = list(candidates.filter(queued_at__lt=stale).filter(Q(not_before__isnull=True) | Q(not_before__lt=stale))[:200])
+        lost = list(
+            candidates.filter(queued_at__lt=stale).filter(Q(not_before__isnull=True) | Q(not_before__lt=stale))[:200]
+        )
         for session in lost:
             session_enqueue_execution(session=session)
         return len(lost)

@@ -1,6 +1,6 @@
 """The query parameters of the sessions list and the approvals inbox, read the same way by the API
-(sessions/api.py) and the console's pages (sessions/fleet_views.py): status, type, priority, agent, repository, tag, text,
-creation dates, parent, keyset cursor and page size. A bad value raises ValidationFailed naming
+(sessions/api.py) and the console's pages (sessions/fleet_views.py): status, type, priority, agent,
+repository, tag, text, creation dates, parent, keyset cursor and page size. A bad value raises ValidationFailed naming
 the parameter and its rule (400 in the API, a notice on the page).
 """
 

@@ -168,7 +168,10 @@ def approval_reply(request, request_id):
     notice, level = None, "error"
     try:
         answered = permissions.permission_request_reply(
-            session=session, request_id=request_id, reply=request.POST.get("reply", ""), actor=services.Actor.of_user(request.user)
+            session=session,
+            request_id=request_id,
+            reply=request.POST.get("reply", ""),
+            actor=services.Actor.of_user(request.user),
         )
         notice = f"{session.reference} · {answered.permission}: {PermissionReply(answered.reply).label}"
         level = "success"

@@ -98,7 +98,7 @@ def layout(nodes, edges, critical_path=()):
     edges = [(a, b) for a, b in edges if a in by_id and b in by_id]
     layers = columns_of(list(by_id), edges)
     critical = set(critical_path)
-    critical_edges = set(zip(critical_path, list(critical_path)[1:]))
+    critical_edges = set(zip(critical_path, list(critical_path)[1:], strict=False))
     tallest = max((len(layer) for layer in layers), default=0)
     boxes = {}
     for column, layer in enumerate(layers):
@@ -123,7 +123,9 @@ def layout(nodes, edges, critical_path=()):
         x1, y1 = start.x + start.width, start.y + start.height // 2
         x2, y2 = end.x, end.y + end.height // 2
         bend = max(20, (x2 - x1) // 2)
-        paths.append(EdgePath(a, b, f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}", (a, b) in critical_edges))
+        paths.append(
+            EdgePath(a, b, f"M{x1},{y1} C{x1 + bend},{y1} {x2 - bend},{y2} {x2},{y2}", (a, b) in critical_edges)
+        )
     # Critical edges last, so they are drawn over the others.
     paths.sort(key=lambda path: path.critical)
     width = MARGIN * 2 + max(0, len(layers) * (NODE_WIDTH + COLUMN_GAP) - COLUMN_GAP)

@@ -11,8 +11,7 @@ the checkpoint. A session is therefore never left running with nobody running it
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -88,8 +87,12 @@ def session_reconcile(
         silent = (now - (session.worker_heartbeat_at or session.run_started_at)).total_seconds()
         reason = f"worker {session.worker_id or '?'} silent for {silent:.0f} s"
         try:
-            session_orphan(session=session, actor=RECONCILER, reason=reason,
-                           error={"type": "worker_lost", "message": reason, "context": {"worker_id": session.worker_id}})
+            session_orphan(
+                session=session,
+                actor=RECONCILER,
+                reason=reason,
+                error={"type": "worker_lost", "message": reason, "context": {"worker_id": session.worker_id}},
+            )
         except Conflict:
             continue  # its worker (or an operator) moved it meanwhile
         alive = opencode_turn_alive(session)
@@ -151,7 +154,7 @@ def _cleanup_stale_spares(cutoff: datetime) -> int:
     root = Path(settings.WORKSPACE_ROOT)
     removed = 0
     for path in sorted(root.glob(f"{workspace.SPARE_PREFIX}*")) if root.is_dir() else []:
-        made = datetime.fromtimestamp(path.stat().st_mtime, tz=dt_timezone.utc)
+        made = datetime.fromtimestamp(path.stat().st_mtime, tz=UTC)
         if made < cutoff and workspace.is_unadopted_spare(path):
             workspace.remove_workspace(repository=workspace.repository_of(path), path=path)
             removed += 1

@@ -166,7 +166,9 @@ def validate_session_input(data):
         add("max_retries", _int_range_errors(data["max_retries"], 0, RETRIES_MAX))
 
     model = data.get("model_identifier")
-    if model not in (None, "") and (not isinstance(model, str) or len(model) > 200 or not MODEL_IDENTIFIER.match(model)):
+    if model not in (None, "") and (
+        not isinstance(model, str) or len(model) > 200 or not MODEL_IDENTIFIER.match(model)
+    ):
         add("model_identifier", ["must look like provider/model, e.g. anthropic/claude-sonnet-4"])
 
     _budget_errors(

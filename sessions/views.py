@@ -18,10 +18,11 @@ from django.views.decorators.http import require_GET, require_POST
 from orchestrator.errors import Conflict, NotFound, ValidationFailed
 from orchestrator.roles import user_is_operator
 from sessions import permissions, selectors, services
+from sessions.models import PermissionReply, PermissionRequestStatus
+
 # The monitor (detail page, its parts and pushes) lives in sessions.monitor; these names stay here
 # for the URLconf and the action views below.
 from sessions.monitor import ACTIONS, event_item, header_context, live_fragment, session_detail  # noqa: F401
-from sessions.models import PermissionReply, PermissionRequestStatus
 
 DETAIL = "sessions/detail.html"
 

@@ -26,7 +26,9 @@ class TaskSerializer(serializers.ModelSerializer):
     session = serializers.PrimaryKeyRelatedField(read_only=True)
     parent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
     assigned_agent = serializers.PrimaryKeyRelatedField(read_only=True, allow_null=True)
-    assigned_agent_name = serializers.CharField(source="assigned_agent.name", read_only=True, default=None, allow_null=True)
+    assigned_agent_name = serializers.CharField(
+        source="assigned_agent.name", read_only=True, default=None, allow_null=True
+    )
     has_subtasks = serializers.SerializerMethodField()
     allowed_actions = serializers.SerializerMethodField()
 

@@ -33,17 +33,17 @@ from tasks.decomposition import CAPABILITIES, plan_decomposition
 from tasks.dependencies import task_add_dependency as task_add_dependency
 from tasks.dependencies import task_remove_dependency as task_remove_dependency
 from tasks.estimates import Estimate, validate_estimate
+from tasks.graph_state import INTERRUPTED, plan_load, plan_refresh, sync_ancestors
+from tasks.graph_state import PlanState as PlanState
+from tasks.graph_state import task_plan_finished as task_plan_finished
+from tasks.graph_state import task_refresh_plan as task_refresh_plan
+from tasks.graph_state import task_refresh_readiness as task_refresh_readiness
 from tasks.models import (
     Task,
     TaskDependency,
     TaskPriority,
     TaskStatus,
 )
-from tasks.graph_state import INTERRUPTED, plan_load, plan_refresh, sync_ancestors
-from tasks.graph_state import PlanState as PlanState
-from tasks.graph_state import task_plan_finished as task_plan_finished
-from tasks.graph_state import task_refresh_plan as task_refresh_plan
-from tasks.graph_state import task_refresh_readiness as task_refresh_readiness
 
 if TYPE_CHECKING:
     from agents.models import Agent

@@ -1,9 +1,9 @@
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
+from orchestrator.testing import api_token
 
 
 def test_api_refuses_anonymous_requests_with_401(db, anonymous_client):

@@ -8,7 +8,6 @@ import pytest
 
 from bench import sessions_api
 
-
 # Held by a thread of the parent while the clients run, as the broadcaster and the connection
 # pool hold theirs: a forked child would inherit it held, and wait on it forever.
 HELD_BY_PARENT = threading.Lock()

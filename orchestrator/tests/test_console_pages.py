@@ -51,7 +51,10 @@ def test_overview_shows_counts_running_work_queue_approvals_and_failures(
     # session, user, role, then one query per part of the overview (11) and the newest event id.
     with django_assert_max_num_queries(14):
         body = client.get("/").content.decode()
-    assert f'href="{reverse("sessions:list")}?status=queued" id="count-queued" class="badge status-queued" data-count="2"' in body
+    assert (
+        f'href="{reverse("sessions:list")}?status=queued" id="count-queued" class="badge status-queued" data-count="2"'
+        in body
+    )
     assert running.reference in body and "Rewrite the cron parser" in body and "AGENT-BUSY" in body
     assert "<strong>1</strong> pending approval" in body
     assert "provider_error: rate limited" in body and failed.reference in body
@@ -78,10 +81,16 @@ def test_list_filters_by_type_priority_agent_repository_tag_and_text(client, vie
         tags=["backend"], title="Review the payments module",
     )
     others = [
-        CodingSessionFactory(session_type="debug", priority=1, agent=agent, repository="/srv/repos/api", tags=["backend"]),
-        CodingSessionFactory(session_type="review", priority=3, agent=agent, repository="/srv/repos/api", tags=["backend"]),
+        CodingSessionFactory(
+            session_type="debug", priority=1, agent=agent, repository="/srv/repos/api", tags=["backend"]
+        ),
+        CodingSessionFactory(
+            session_type="review", priority=3, agent=agent, repository="/srv/repos/api", tags=["backend"]
+        ),
         CodingSessionFactory(session_type="review", priority=1, repository="/srv/repos/api", tags=["backend"]),
-        CodingSessionFactory(session_type="review", priority=1, agent=agent, repository="/srv/repos/web", tags=["backend"]),
+        CodingSessionFactory(
+            session_type="review", priority=1, agent=agent, repository="/srv/repos/web", tags=["backend"]
+        ),
         CodingSessionFactory(session_type="review", priority=1, agent=agent, repository="/srv/repos/api", tags=["ui"]),
     ]
     client.force_login(viewer_user)
@@ -147,10 +156,18 @@ def test_new_session_shows_each_error_next_to_its_field(client, operator_user, t
     assert 'data-field="task_concurrency"' in body and "less than or equal to 16" in body
     assert not CodingSession.objects.exists()
     # The service's own rules come back next to their fields too.
-    response = client.post(reverse("sessions:create"), {
-        "title": "Add a changelog", "initial_prompt": "Write it", "repository": str(make_git_repository(tmp_path / "x")),
-        "token_budget_soft": "9", "token_budget_hard": "5", "priority": "2",
-    }, **HTMX)
+    response = client.post(
+        reverse("sessions:create"),
+        {
+            "title": "Add a changelog",
+            "initial_prompt": "Write it",
+            "repository": str(make_git_repository(tmp_path / "x")),
+            "token_budget_soft": "9",
+            "token_budget_hard": "5",
+            "priority": "2",
+        },
+        **HTMX,
+    )
     body = response.content.decode()
     assert 'data-field="token_budget_soft"' in body and "must not exceed token_budget_hard" in body
 
@@ -222,8 +239,12 @@ def test_api_lists_pending_approvals_filtered_and_paginated(api_client):
     assert 0 < body["results"][0]["seconds_left"] <= 300
     rest = api_client.get("/api/v1/approvals", {"page_size": 2, "cursor": body["next_cursor"]}).json()
     assert [item["id"] for item in rest["results"]] == [requests[2].pk] and rest["next_cursor"] is None
-    assert [i["id"] for i in api_client.get("/api/v1/approvals", {"permission": "edit"}).json()["results"]] == [requests[1].pk]
-    assert [i["id"] for i in api_client.get("/api/v1/approvals", {"agent": agent.pk}).json()["results"]] == [requests[1].pk]
+    assert [i["id"] for i in api_client.get("/api/v1/approvals", {"permission": "edit"}).json()["results"]] == [
+        requests[1].pk
+    ]
+    assert [i["id"] for i in api_client.get("/api/v1/approvals", {"agent": agent.pk}).json()["results"]] == [
+        requests[1].pk
+    ]
     by_repository = api_client.get("/api/v1/approvals", {"repository": "/srv/repos/a"}).json()["results"]
     assert [i["id"] for i in by_repository] == [requests[0].pk]
     by_session = api_client.get("/api/v1/approvals", {"session": two.pk}).json()["results"]
@@ -259,7 +280,7 @@ def test_agents_page_shows_each_agents_current_tasks(client, viewer_user):
     TaskFactory(session=session, parent=root, title="Finished work", assigned_agent=agent, status="completed")
     client.force_login(viewer_user)
     body = client.get(reverse("agents:list")).content.decode()
-    row = body[body.index('id="agent-%d"' % agent.pk):]
+    row = body[body.index(f'id="agent-{agent.pk}"'):]
     row = row[: row.index("</tr>")]
     assert "Draw the schema" in row and session.reference in row and "Finished work" not in row
 

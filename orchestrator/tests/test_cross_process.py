@@ -10,11 +10,10 @@ import uuid
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from orchestrator.jobs import ping
-from orchestrator.testing import running_worker
+from orchestrator.testing import api_token, running_worker
 
 
 @pytest.mark.worker

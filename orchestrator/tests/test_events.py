@@ -24,7 +24,7 @@ async def _receive_all(layer, channel, timeout, *, sends=None):
             if sends is not None:
                 sends.append(message)
             received.extend(unpack(message))
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return received
 
 

@@ -7,10 +7,10 @@ from channels.db import database_sync_to_async
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connections
-from orchestrator.testing import api_token
 
 from orchestrator import broadcaster, events
 from orchestrator.asgi import application
+from orchestrator.testing import api_token
 from sessions import permissions, services
 from sessions.tests.factories import CodingSessionFactory
 from tasks.tests.factories import AgentFactory, TaskFactory
@@ -88,7 +88,9 @@ def test_sessions_feed_replays_the_missed_rows_once_then_continues_live(viewer_u
     assert f"session-row-{created.pk}" not in "".join(replayed)  # new sessions are announced, not inserted
     assert "1 new session since this page was loaded" in replayed[-1]
     assert duplicate_ignored
-    assert any(f'<tr id="session-row-{changed.pk}" hx-swap-oob="outerHTML">' in m and "status-paused" in m for m in live)
+    assert any(
+        f'<tr id="session-row-{changed.pk}" hx-swap-oob="outerHTML">' in m and "status-paused" in m for m in live
+    )
     assert "1 new session since" in live[-1]  # still one: the duplicate was not counted
 
 

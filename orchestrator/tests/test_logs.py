@@ -15,7 +15,9 @@ def handler_for(log_format, *, level="INFO"):
     config = logs.logging_config(log_format=log_format, level=level)
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter({"plain": logs.PlainFormatter, "json": logs.JsonFormatter}[config["handlers"]["console"]["formatter"]]())
+    handler.setFormatter(
+        {"plain": logs.PlainFormatter, "json": logs.JsonFormatter}[config["handlers"]["console"]["formatter"]]()
+    )
     for name in config["handlers"]["console"]["filters"]:
         handler.addFilter(config["filters"][name]["()"]())
     return handler, stream
@@ -48,12 +50,19 @@ def test_json_lines_carry_the_request_id_session_and_job(capture):
     try:
         logging.getLogger("orchestrator.test.json").warning("checkpoint %s written", 3)
     finally:
-        for variable, token in zip([logs.request_id_var, logs.session_var, logs.job_id_var, logs.task_id_var], tokens):
+        for variable, token in zip(
+            [logs.request_id_var, logs.session_var, logs.job_id_var, logs.task_id_var], tokens, strict=False
+        ):
             variable.reset(token)
     [entry] = lines(stream)
     assert entry["message"] == "checkpoint 3 written"
     assert entry["level"] == "WARNING" and entry["logger"] == "orchestrator.test.json"
-    assert (entry["request_id"], entry["session"], entry["job_id"], entry["task_id"]) == ("req-1", "IND-000042", "job-9", "7")
+    assert (entry["request_id"], entry["session"], entry["job_id"], entry["task_id"]) == (
+        "req-1",
+        "IND-000042",
+        "job-9",
+        "7",
+    )
     assert entry["time"].endswith("+00:00")
 
 
@@ -88,7 +97,9 @@ def test_secret_settings_and_credentials_are_redacted(capture, settings):
         logger.error("settings: %s %s", settings.SECRET_KEY, settings.REDIS_URL)
         logger.error("headers: %r", {"Authorization": "Token 0123456789abcdef0123456789abcdef01234567"})
         logger.error("calling with bearer abcdefghijklmnopqrstuvwxyz123456 and %s", "opencode-pass-value")
-        logger.error("url postgresql://orchestrator:db-pass-value@postgres:5432/orchestrator; token metrics-token-value")
+        logger.error(
+            "url postgresql://orchestrator:db-pass-value@postgres:5432/orchestrator; token metrics-token-value"
+        )
         try:
             raise ConnectionError(f"cannot reach {settings.REDIS_URL}")
         except ConnectionError:
@@ -104,10 +115,14 @@ def test_secret_settings_and_credentials_are_redacted(capture, settings):
 
 def test_beat_heartbeat_lines_leave_the_info_log(capture):
     stream = capture("celery", "plain")
-    logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "sessions-dispatch", "sessions.dispatch")
+    logging.getLogger("celery.beat").info(
+        "Scheduler: Sending due task %s (%s)", "sessions-dispatch", "sessions.dispatch"
+    )
     logging.getLogger("celery.worker.strategy").info("Task sessions.reconcile[1f0c] received")
     logging.getLogger("celery.app.trace").info("Task sessions.dispatch[2a7e] succeeded in 0.01s: 0")
-    logging.getLogger("celery.beat").info("Scheduler: Sending due task %s (%s)", "cleanup", "sessions.cleanup_workspaces")
+    logging.getLogger("celery.beat").info(
+        "Scheduler: Sending due task %s (%s)", "cleanup", "sessions.cleanup_workspaces"
+    )
     logging.getLogger("celery.app.trace").info("Task sessions.execute_session[3b9d] succeeded in 4.2s: None")
     logging.getLogger("celery.app.trace").error("Task sessions.dispatch[4c1a] raised unexpected: OperationalError()")
     text = stream.getvalue()

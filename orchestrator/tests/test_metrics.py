@@ -164,7 +164,11 @@ def test_event_lag_is_opencode_completion_to_stored_event(db):
     completed = stored.created_at - timedelta(seconds=1.5)
 
     def message(message_id, role="assistant", completed_ms=None):
-        info = {"id": message_id, "role": role, "time": {"created": 1, **({"completed": completed_ms} if completed_ms else {})}}
+        info = {
+            "id": message_id,
+            "role": role,
+            "time": {"created": 1, **({"completed": completed_ms} if completed_ms else {})},
+        }
         return Event(id=None, type="message.updated", properties={"info": info})
 
     event_lag.note_opencode_event(message("msg_a", completed_ms=completed.timestamp() * 1000))

@@ -177,7 +177,6 @@ def query(prometheus_url, promql):
 
 def create_session(stack, repository):
     from orchestrator.testing import api_token
-
     from orchestrator.tests.factories import UserFactory
 
     user = UserFactory(role="operators")

@@ -4,9 +4,9 @@
 import pytest
 from asgiref.sync import async_to_sync
 from channels.testing import WebsocketCommunicator
-from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
+from orchestrator.testing import api_token
 
 
 async def _close_code_after(path, **frame):

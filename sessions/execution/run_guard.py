@@ -112,10 +112,16 @@ class RunGuard:
         )
         if over_hard:
             abort_turn(client, opencode_session_id)
-            error = {"type": "budget_exceeded", "message": "hard budget limit reached",
-                     "context": {"tokens": tokens, "cost": str(current.cost),
-                                 "token_budget_hard": current.token_budget_hard,
-                                 "cost_budget_hard": str(current.cost_budget_hard) if current.cost_budget_hard is not None else None}}
+            error = {
+                "type": "budget_exceeded",
+                "message": "hard budget limit reached",
+                "context": {
+                    "tokens": tokens,
+                    "cost": str(current.cost),
+                    "token_budget_hard": current.token_budget_hard,
+                    "cost_budget_hard": str(current.cost_budget_hard) if current.cost_budget_hard is not None else None,
+                },
+            }
             try:
                 session_services.session_fail(session=self.session, actor=self.actor, error=error)
             except Conflict:

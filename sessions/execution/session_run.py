@@ -24,15 +24,20 @@ Whether the run may go on (control, deadline, degrade/recover, budgets) is the r
 import logging
 import threading
 import time
-from pathlib import Path
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from pathlib import Path
 
 from django.conf import settings
 from django.db import connection
 
 from agents.models import Agent
 from agents.services import NoAgentAvailable, agent_record_result, agent_release, agent_route
-from contexts.services import context_for_session, context_prompt_block, context_record_task_output, context_session_ended
+from contexts.services import (
+    context_for_session,
+    context_prompt_block,
+    context_record_task_output,
+    context_session_ended,
+)
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from orchestrator.fsm import reloaded
 from sessions import services as session_services
@@ -300,7 +305,9 @@ class SessionRun:
         alongside, that checkpoint's tree is the worktree as it is now (one git process, not three)."""
         last = self.checkpointer.last_commit
         if after_step_checkpoint and last is not None and self.task_limit == 1:
-            return workspace.diff_between(path=self.worktree.path, base_commit=self.worktree.base_commit, tree=last.tree)
+            return workspace.diff_between(
+                path=self.worktree.path, base_commit=self.worktree.base_commit, tree=last.tree
+            )
         return workspace.workspace_diff(path=self.worktree.path, base_commit=self.worktree.base_commit)
 
     def finish(self) -> None:
@@ -342,7 +349,9 @@ class SessionRun:
                 }
                 session_services.session_fail(session=self.session, actor=self.actor, error=error)
                 if (error.get("context") or {}).get("retryable"):
-                    session_retry_automatically(session_id=self.session_id, reason=f"automatic retry: {error['message']}")
+                    session_retry_automatically(
+                        session_id=self.session_id, reason=f"automatic retry: {error['message']}"
+                    )
         except Conflict:
             # An operator or the reconciler moved the session meanwhile; their state stands.
             logger.info("%s: left running before it could finish", self.session.reference)
@@ -383,7 +392,9 @@ class SessionRun:
         if task.status in (TaskStatus.ASSIGNED, TaskStatus.IN_PROGRESS) and task.assigned_agent_id:
             return task.assigned_agent, []
         decision = agent_route(
-            required_capabilities=list(task.required_capabilities or SESSION_TYPE_CAPABILITIES[self.session.session_type]),
+            required_capabilities=list(
+                task.required_capabilities or SESSION_TYPE_CAPABILITIES[self.session.session_type]
+            ),
             preferred_agent=task.assigned_agent_id or self.session.agent_id,
             reserve=True,
         )
@@ -512,10 +523,15 @@ class SessionRun:
         if outcome.completed:
             self.last_text = outcome.text or self.last_text
             task_services.task_complete(
-                task=task, output=outcome.text,
-                result={"text": outcome.text, "diff": {k: outcome.diff.get(k) for k in ("files", "additions", "deletions")},
-                        "opencode_session_id": outcome.opencode_session_id, "agent": agent.name,
-                        **({"acceptance": outcome.acceptance} if outcome.acceptance else {})},
+                task=task,
+                output=outcome.text,
+                result={
+                    "text": outcome.text,
+                    "diff": {k: outcome.diff.get(k) for k in ("files", "additions", "deletions")},
+                    "opencode_session_id": outcome.opencode_session_id,
+                    "agent": agent.name,
+                    **({"acceptance": outcome.acceptance} if outcome.acceptance else {}),
+                },
             )
         else:
             self.last_error = {

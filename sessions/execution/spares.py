@@ -117,7 +117,9 @@ def _submit(job, *, due=0.0):
     """Run `job` on the spares thread, in submission order, not before the monotonic time `due`."""
     global _thread
     with _lock:
-        if _thread is None or not _thread.is_alive():  # an unexpected error ends the thread: the next job starts another
+        if (
+            _thread is None or not _thread.is_alive()
+        ):  # an unexpected error ends the thread: the next job starts another
             _thread = threading.Thread(target=_work, name="spare-worktrees", daemon=True)
             _thread.start()
     _jobs.put((due, job))

@@ -96,7 +96,9 @@ def prepare_workspace(*, repository, root, reference, path=None):
     base_commit = git("rev-parse", "HEAD", cwd=repository).strip()
     if (path / ".git").exists():
         owner = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=path).strip()).resolve()
-        expected = Path(git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=repository).strip()).resolve()
+        expected = Path(
+            git("rev-parse", "--path-format=absolute", "--git-common-dir", cwd=repository).strip()
+        ).resolve()
         if owner != expected:
             raise GitError(f"workspace {path} already belongs to another repository ({owner.parent})")
         head = git("rev-parse", "HEAD", cwd=path).strip()

@@ -19,7 +19,7 @@ import httpx
 
 from orchestrator.opencode_directories import note_opencode_request
 
-from .errors import OpenCodeError, Unreachable, UnexpectedResponse, error_for_status
+from .errors import OpenCodeError, UnexpectedResponse, Unreachable, error_for_status
 
 USERNAME = "opencode"
 DEFAULT_TIMEOUT = 30.0
@@ -65,7 +65,9 @@ def permission_rules(permission):
     rules = []
     for name, value in permission.items():
         if isinstance(value, dict):
-            rules.extend({"permission": name, "pattern": pattern, "action": action} for pattern, action in value.items())
+            rules.extend(
+                {"permission": name, "pattern": pattern, "action": action} for pattern, action in value.items()
+            )
         else:
             rules.append({"permission": name, "pattern": "*", "action": value})
     return rules

@@ -26,7 +26,8 @@ decides each answer from directives in the latest user message, one per line, pr
 The script is read from the latest user message that has directives, so a later plain message
 ("continue") carries on where the script stopped: the step is the number of tool results since
 that message (plus any @@resume count). `write`, `bash` and `final` each close a step; `text`,
-`sleep`, `wait`, `usage` and `fail` modify the step that follows them (trailing modifiers make a last step that answers "Done."). The server is
+`sleep`, `wait`, `usage` and `fail` modify the step that follows them (trailing modifiers make a last
+step that answers "Done."). The server is
 stateless apart from the `times=` counters: the step of a request is the number of tool results
 that follow the last user message, so each request maps to exactly one step, and a retried request
 maps to the same step again. A request without tools (OpenCode's title generation) is answered with

@@ -185,7 +185,9 @@ def session_create_planned(
 # --- the engine's hooks ------------------------------------------------------------------------
 
 
-def plan_propose(*, session: CodingSession, plan: dict, source: str = "planner", actor: Actor | None = None) -> SessionPlan:
+def plan_propose(
+    *, session: CodingSession, plan: dict, source: str = "planner", actor: Actor | None = None
+) -> SessionPlan:
     """A plan for a running session (the planner's answer, a template's): check, store, and either
     approve it (plan_approval auto) or pause the session in plan_review (required).
 

@@ -74,7 +74,7 @@ def _write_events_in_one_statement(session_id: int, entries: list[tuple[str, dic
     if inserted is None:
         raise NotFound(f"Session {session_id} does not exist", details={"id": session_id})
     rows = [SessionEvent(id=event_id, session_id=session_id, type=type, payload=payload, created_at=now)
-            for event_id, (type, payload) in zip(inserted.ids, entries)]
+            for event_id, (type, payload) in zip(inserted.ids, entries, strict=False)]
     events.publish_many_on_commit(
         [events.session_group(session_id), events.ALL_SESSIONS_GROUP],
         [event_message(row, inserted.reference) for row in rows],

@@ -153,7 +153,9 @@ class _Step:
     changed: tuple
 
 
-def _fsm_step(session: CodingSession, *, method: str, attempted: str, only_from: set | None = None, **kwargs) -> "_Step":
+def _fsm_step(
+    session: CodingSession, *, method: str, attempted: str, only_from: set | None = None, **kwargs
+) -> "_Step":
     """Run the django-fsm transition `method` on the instance (no database write yet);
     TransitionRefused when the FSM (or `only_from`) does not allow it."""
     bound = getattr(session, method)

@@ -8,7 +8,6 @@ from orchestrator.errors import ValidationFailed
 from sessions import sql
 from sessions.models import CLOCK_STATES, CodingSession
 
-
 RUNTIME_FIELDS = frozenset({"opencode_session_id", "opencode_server_url", "workspace_path", "branch_name"})
 
 

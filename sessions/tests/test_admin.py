@@ -2,9 +2,9 @@ import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+from sessions import services
 from sessions.models import CodingSession, SessionTransition
 from sessions.tests.factories import CodingSessionFactory
-from sessions import services
 
 pytestmark = pytest.mark.django_db
 

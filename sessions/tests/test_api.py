@@ -70,7 +70,11 @@ def test_create_with_start_queues_it_on_its_priority_queue(
         ({"max_duration_seconds": 59}, "max_duration_seconds", "must be between 60 and 86400"),
         ({"max_duration_seconds": 86_401}, "max_duration_seconds", "must be between 60 and 86400"),
         ({"priority": "URGENT"}, "priority", "must be one of CRITICAL, HIGH, MEDIUM, LOW, DEFERRED or 0-4"),
-        ({"model_identifier": "gpt4"}, "model_identifier", "must look like provider/model, e.g. anthropic/claude-sonnet-4"),
+        (
+            {"model_identifier": "gpt4"},
+            "model_identifier",
+            "must look like provider/model, e.g. anthropic/claude-sonnet-4",
+        ),
         ({"session_type": "chat"}, "session_type", "must be one of planning, execution, review, debug, integration"),
         ({"permission_policy": {"bash": "sometimes"}}, "permission_policy", 'bash: must be "allow", "ask" or "deny"'),
     ],

@@ -103,7 +103,9 @@ def test_concurrent_checkpoints_get_unique_increasing_sequences():
         thread.join()
     assert failures == []
     assert sorted(results) == list(range(1, threads_count * per_thread + 1))
-    stored = list(Checkpoint.objects.filter(session=session).order_by("created_at", "id").values_list("sequence", flat=True))
+    stored = list(
+        Checkpoint.objects.filter(session=session).order_by("created_at", "id").values_list("sequence", flat=True)
+    )
     assert stored == sorted(stored)
     assert CodingSession.objects.get(pk=session.pk).checkpoint_count == threads_count * per_thread
 

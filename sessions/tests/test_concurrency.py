@@ -8,9 +8,9 @@ from django.db import connection, transaction
 from orchestrator.errors import TransitionRefused
 from orchestrator.testing import wait_until
 from sessions import services
+from sessions.models import CodingSession, SessionEvent, SessionTransition
 from sessions.services.common import lock_session
 from sessions.services.event_log import write_events
-from sessions.models import CodingSession, SessionEvent, SessionTransition
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -64,7 +64,9 @@ def test_concurrent_claims_give_the_session_to_one_worker(broker_queues):
     session = new_session()
     services.session_start(session=session)
     counter = iter(range(100))
-    outcomes = run_concurrently(10, lambda: services.session_claim(session_id=session.pk, worker_id=f"w{next(counter)}"))
+    outcomes = run_concurrently(
+        10, lambda: services.session_claim(session_id=session.pk, worker_id=f"w{next(counter)}")
+    )
     claimed = [value for kind, value in outcomes if kind == "ok" and value is not None]
     assert len(claimed) == 1
     assert [kind for kind, _ in outcomes].count("ok") == 10
@@ -124,7 +126,9 @@ def test_an_event_written_while_another_transaction_holds_the_session_waits_so_i
 
 def waiting_on_a_lock():
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
         return cursor.fetchone()[0]
 
 

@@ -12,9 +12,9 @@ from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.db import connections
 from django.urls import reverse
-from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
+from orchestrator.testing import api_token
 from sessions import permissions, services, views
 from sessions.models import CodingSession, PermissionRequest
 from sessions.tests.factories import CodingSessionFactory
@@ -162,7 +162,7 @@ def test_cancel_of_a_queued_session_cancels_it(client, operator_user):
     assert CodingSession.objects.get(pk=session.pk).status == "cancelled"
     assert "status-cancelled" in body
     # A cancelled session is terminal: no action buttons remain.
-    assert "sessions/%d/actions/" % session.pk not in body
+    assert f"sessions/{session.pk}/actions/" not in body
 
 
 @pytest.mark.django_db

@@ -50,7 +50,9 @@ def new_session(roster, operator_user):
     def make(prompt, **fields):
         repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"ctl-{uuid.uuid4().hex[:8]}")
         fields.setdefault("title", "Controlled job")
-        return session_create(initial_prompt=prompt, repository=str(repository), actor=Actor.of_user(operator_user), **fields)
+        return session_create(
+            initial_prompt=prompt, repository=str(repository), actor=Actor.of_user(operator_user), **fields
+        )
 
     return make
 
@@ -80,14 +82,20 @@ def completed_steps(scripted_llm, *keys):
 
 
 def transitions(session):
-    return list(SessionTransition.objects.filter(session=session).order_by("id").values_list("from_status", "to_status", "reason"))
+    return list(
+        SessionTransition.objects.filter(session=session)
+        .order_by("id")
+        .values_list("from_status", "to_status", "reason")
+    )
 
 
 def root_task(session):
     return Task.objects.get(session=session, parent__isnull=True)
 
 
-def test_pause_then_resume_finishes_the_work_in_the_same_opencode_session(worker, new_session, operator_user, scripted_llm):
+def test_pause_then_resume_finishes_the_work_in_the_same_opencode_session(
+    worker, new_session, operator_user, scripted_llm
+):
     session = new_session("@@write a.txt A\\n\n@@sleep 4\n@@write b.txt B\\n\n@@final both written")
     session_start(session=session, actor=Actor.of_user(operator_user))
     wait_for_event(session, "tool.completed", tool="write")
@@ -284,7 +292,10 @@ def test_restoring_a_checkpoint_resets_the_worktree_before_resuming(worker, new_
 
     assert (worktree / "a.txt").read_text() == "one\n"
     assert not (worktree / "junk.txt").exists()
-    assert workspace.snapshot_tree(worktree) == workspace.git("rev-parse", f"{checkpoint.git_ref}^{{tree}}", cwd=worktree).strip()
+    assert (
+        workspace.snapshot_tree(worktree)
+        == workspace.git("rev-parse", f"{checkpoint.git_ref}^{{tree}}", cwd=worktree).strip()
+    )
     # The retried run resumes the interrupted task: in a new OpenCode session told that one step is done.
     prompted = wait_for_event(session, "task.prompted", how="resume")[0]
     assert prompted.payload["steps_done"] == 1

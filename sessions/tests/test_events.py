@@ -9,13 +9,13 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connections, transaction
 from django.utils import timezone
-from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
 from orchestrator.broadcaster import unpack
-from orchestrator.events import ALL_SESSIONS_GROUP, session_group
-from sessions import services
 from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.events import ALL_SESSIONS_GROUP, session_group
+from orchestrator.testing import api_token
+from sessions import services
 from sessions.models import CodingSession, SessionEvent
 from sessions.tests.factories import CodingSessionFactory
 
@@ -104,7 +104,7 @@ def test_a_batch_of_events_is_stored_and_published_in_order():
     ids = [row.id for row in rows]
     assert ids == sorted(ids) and None not in ids
     assert [(m["event"]["id"], m["event"]["type"], m["event"]["payload"]) for m in received] == [
-        (row_id, kind, payload) for row_id, (kind, payload) in zip(ids, entries)
+        (row_id, kind, payload) for row_id, (kind, payload) in zip(ids, entries, strict=False)
     ]
 
 
@@ -232,7 +232,7 @@ def test_events_are_delivered_without_a_database_check_per_message(operator_user
         return sent, received
 
     sent, received = run(scenario)
-    assert len(received) == 3 and all(f"{event.id}" in text for event, text in zip(sent, received))
+    assert len(received) == 3 and all(f"{event.id}" in text for event, text in zip(sent, received, strict=False))
     assert checks == []
 
 
@@ -253,4 +253,4 @@ def test_a_batch_of_events_reaches_a_client_in_order(operator_user, path):
         return rows, received
 
     rows, received = run(scenario)
-    assert all(f"{row.id}" in text for row, text in zip(rows, received))
+    assert all(f"{row.id}" in text for row, text in zip(rows, received, strict=False))

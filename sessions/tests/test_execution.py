@@ -120,7 +120,9 @@ def graph_session(repository, operator_user, tasks, *, links=(), concurrency=Non
 
 def prompts_for(scripted_llm, task):
     task.refresh_from_db()
-    return [entry["prompt"] for entry in scripted_llm.requests_for(task.opencode_session_id) if entry["kind"] != "title"]
+    return [
+        entry["prompt"] for entry in scripted_llm.requests_for(task.opencode_session_id) if entry["kind"] != "title"
+    ]
 
 
 def test_task_graph_runs_in_dependency_order_and_passes_outputs_through_the_context(

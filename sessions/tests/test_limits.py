@@ -25,8 +25,13 @@ def worker(django_db_setup, django_db_blocker):
 
 def make_session(operator_user, prompt, priority="MEDIUM", title="Limited job"):
     repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"lim-{uuid.uuid4().hex[:8]}")
-    return session_create(title=title, initial_prompt=prompt, repository=str(repository), actor=Actor.of_user(operator_user),
-                          priority=priority)
+    return session_create(
+        title=title,
+        initial_prompt=prompt,
+        repository=str(repository),
+        actor=Actor.of_user(operator_user),
+        priority=priority,
+    )
 
 
 def running_intervals(sessions):
@@ -87,7 +92,10 @@ def test_global_limit_holds_and_queued_sessions_start_in_priority_then_age_order
 
     assert most_at_once(running_intervals([*blockers, *waiting])) <= 2
     first_run = {
-        session.title: SessionTransition.objects.filter(session=session, to_status="running").order_by("id").first().created_at
+        session.title: SessionTransition.objects.filter(session=session, to_status="running")
+        .order_by("id")
+        .first()
+        .created_at
         for session in waiting
     }
     assert sorted(first_run, key=first_run.get) == [

@@ -184,7 +184,9 @@ def test_operators_restore_from_the_timeline_and_viewers_get_no_button(client, o
 
 
 @pytest.mark.django_db
-def test_the_timeline_offers_no_restore_while_running_and_a_forged_post_shows_the_refusal(client, operator_user, worked):
+def test_the_timeline_offers_no_restore_while_running_and_a_forged_post_shows_the_refusal(
+    client, operator_user, worked
+):
     client.force_login(operator_user)
     restore_url = reverse("sessions:restore", args=[worked.session.pk, 1])
     assert restore_url not in client.get(reverse("sessions:detail", args=[worked.session.pk])).content.decode()
@@ -196,7 +198,9 @@ def test_the_timeline_offers_no_restore_while_running_and_a_forged_post_shows_th
 
 
 @pytest.mark.django_db
-def test_the_patch_per_file_comes_from_the_newest_checkpoint_then_from_the_committed_branch(client, viewer_user, worked):
+def test_the_patch_per_file_comes_from_the_newest_checkpoint_then_from_the_committed_branch(
+    client, viewer_user, worked
+):
     running = diffs.session_diff(session=worked.session)
     assert running.source == "checkpoint 2" and running.base == worked.ws.base_commit
     assert [(f.path, f.status, f.additions, f.deletions) for f in running.files] == [
@@ -299,7 +303,10 @@ def test_a_message_is_refused_with_409_naming_the_state_when_the_session_can_tak
     url = reverse("api:session-messages", args=[pending.pk])
     refused = api_client.post(url, {"text": "hello"}, format="json")
     assert refused.status_code == 409
-    assert refused.json()["error"]["details"]["current"] == "pending" and "is pending" in refused.json()["error"]["message"]
+    assert (
+        refused.json()["error"]["details"]["current"] == "pending"
+        and "is pending" in refused.json()["error"]["message"]
+    )
     running_without_task = CodingSessionFactory(status="running")
     refused = api_client.post(reverse("api:session-messages", args=[running_without_task.pk]), {"text": "hi"},
                               format="json")

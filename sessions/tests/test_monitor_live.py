@@ -9,9 +9,9 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.db import connections
 from django.urls import reverse
-from orchestrator.testing import api_token
 
 from orchestrator.asgi import application
+from orchestrator.testing import api_token
 from sessions import panels, services
 from sessions.tests.factories import CodingSessionFactory
 from tasks.models import Task
@@ -89,7 +89,7 @@ def test_the_graph_of_200_tasks_renders_with_a_fixed_number_of_queries(client, v
     for wave in range(20):
         current = [TaskFactory(session=session, parent=root, title=f"w{wave} t{n}", order=wave * 10 + n)
                    for n in range(10)]
-        for a, b in zip(previous, current):
+        for a, b in zip(previous, current, strict=False):
             TaskDependencyFactory(prerequisite=a, dependent=b)
         previous = current
     client.force_login(viewer_user)
@@ -131,7 +131,9 @@ def test_the_graph_socket_pushes_the_redrawn_graph_on_task_events_only(viewer_us
 
     nothing_at_first, nothing_for_text, html = run(scenario)
     assert nothing_at_first and nothing_for_text
-    assert html.startswith('\n<section class="card" aria-labelledby="graph-title" id="task-graph" hx-swap-oob="outerHTML"')
+    assert html.startswith(
+        '\n<section class="card" aria-labelledby="graph-title" id="task-graph" hx-swap-oob="outerHTML"'
+    )
     assert f'class="node node-in_progress" id="node-{tasks["ui"].pk}"' in html
 
 
@@ -228,7 +230,7 @@ def test_the_console_socket_replays_without_gap_or_duplicate_and_pushes_timeline
         return replayed, checkpoint_html, pause_html, nothing_more
 
     replayed, checkpoint_html, pause_html, nothing_more = run(scenario)
-    assert [f'id="event-{event.pk}"' in html for event, html in zip(missed, replayed)] == [True] * 3
+    assert [f'id="event-{event.pk}"' in html for event, html in zip(missed, replayed, strict=False)] == [True] * 3
     assert 'id="checkpoint-timeline" hx-swap-oob="outerHTML"' in checkpoint_html
     assert 'id="checkpoint-1"' in checkpoint_html and "Restore" not in checkpoint_html  # a viewer
     assert 'id="session-transitions" hx-swap-oob="outerHTML"' in pause_html and "lunch" in pause_html

@@ -3,6 +3,7 @@ creation, a plan supplied at creation, the plan_review pause, replace / approve 
 engine's hooks (plan_propose, plan_await_review)."""
 
 from pathlib import Path
+
 import pytest
 from django.conf import settings
 
@@ -14,8 +15,8 @@ from sessions.planning import selectors as plan_selectors
 from sessions.planning import services as planning
 from sessions.services import Actor
 from tasks.models import PlanStatus, SessionPlan, Task, TaskDependency
-from tasks.plans import check_plan
 from tasks.planning import plan_store_graph
+from tasks.plans import check_plan
 
 pytestmark = pytest.mark.django_db
 

@@ -224,9 +224,9 @@ def test_the_forms_on_the_monitor_work_without_javascript_under_csrf_checks(oper
 def test_a_plan_saved_elsewhere_is_pushed_to_the_monitors_watchers(operator_user, viewer_user):
     from channels.db import database_sync_to_async
     from channels.testing import WebsocketCommunicator
-    from orchestrator.testing import api_token
 
     from orchestrator.asgi import application
+    from orchestrator.testing import api_token
     from sessions.tests.test_monitor_live import TIMEOUT, run
 
     session = in_review(operator_user)

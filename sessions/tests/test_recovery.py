@@ -73,7 +73,10 @@ def test_sessions_of_a_killed_worker_are_recovered_and_finish_once(roster, opera
             worktree = settings.WORKSPACE_ROOT / session.reference
             assert (worktree / "a.txt").read_text() == "A\n" and (worktree / "b.txt").read_text() == "B\n"
             assert SessionTransition.objects.filter(session=session, to_status="orphaned").count() == 1
-            keys = {e.payload["opencode_session_id"] for e in SessionEvent.objects.filter(session=session, type="task.prompted")}
+            keys = {
+                e.payload["opencode_session_id"]
+                for e in SessionEvent.objects.filter(session=session, type="task.prompted")
+            }
             steps = answered_directives(llm, keys)
             assert steps.count("@@write a.txt A\\n") == 1, steps
             assert steps.count("@@final done") == 1, steps

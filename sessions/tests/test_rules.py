@@ -48,7 +48,9 @@ def test_priority_refuses_anything_else(value):
         parse_priority(value)
 
 
-@pytest.mark.parametrize("model", ["anthropic/claude-sonnet-4", "openrouter/meta-llama/llama-3.1-70b", "openai/gpt-4.1"])
+@pytest.mark.parametrize(
+    "model", ["anthropic/claude-sonnet-4", "openrouter/meta-llama/llama-3.1-70b", "openai/gpt-4.1"]
+)
 def test_model_identifier_in_provider_slash_model_form_is_accepted(model):
     assert errors_for(model_identifier=model) == {}
 

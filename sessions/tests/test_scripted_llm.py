@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from orchestrator.testing import wait_until
-
 from sessions.opencode.scripted_llm import (
     DEMO_ANSWER,
     ScriptedLLM,
@@ -25,7 +24,9 @@ from sessions.opencode.scripted_llm import (
 
 TOOLS = [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}}
          for name in ("bash", "write")]
-SCRIPT = "Make a file.\n@@text Working on it\n@@write notes/hello.txt Hello\\nworld\n@@bash ls -1 notes\n@@final All done."
+SCRIPT = (
+    "Make a file.\n@@text Working on it\n@@write notes/hello.txt Hello\\nworld\n@@bash ls -1 notes\n@@final All done."
+)
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +198,9 @@ def test_key_is_the_opencode_session_header_else_a_hash_of_the_first_user_messag
     chat(llm, conversation("@@final b"))
 
     assert llm.requests_for("ses_keyed")[0]["step"] == 0
-    hashed = [entry for entry in llm.requests if entry["key"] not in ("ses_keyed",) and entry["directive"] == "@@final b"]
+    hashed = [
+        entry for entry in llm.requests if entry["key"] not in ("ses_keyed",) and entry["directive"] == "@@final b"
+    ]
     assert len(hashed) == 2 and hashed[0]["key"] == hashed[1]["key"]
 
 
@@ -291,7 +294,12 @@ def test_opencode_config_declares_the_scripted_provider_as_the_only_model():
     assert model["tool_call"] is True and model["cost"] == {"input": 1.0, "output": 2.0}
     assert config["model"] == config["small_model"] == "scripted/scripted-model"
     assert config["enabled_providers"] == ["scripted"]
-    assert (config["share"], config["autoupdate"], config["lsp"], config["formatter"]) == ("disabled", False, False, False)
+    assert (config["share"], config["autoupdate"], config["lsp"], config["formatter"]) == (
+        "disabled",
+        False,
+        False,
+        False,
+    )
     assert config["permission"] == {"bash": "ask"}
     assert json.loads(json.dumps(config)) == config
 

@@ -34,7 +34,11 @@ def _spares_ready(process, count):
 
 def _spare_paths(process):
     lines = process.log_path.read_text(errors="replace").splitlines()
-    return [line.split("spare worktree ready: ", 1)[1].split(" (", 1)[0] for line in lines if "spare worktree ready: " in line]
+    return [
+        line.split("spare worktree ready: ", 1)[1].split(" (", 1)[0]
+        for line in lines
+        if "spare worktree ready: " in line
+    ]
 
 
 def _workspace_ready(session):

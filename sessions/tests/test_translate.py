@@ -64,8 +64,15 @@ def test_provider_error_is_the_failure_signal():
         "sessionID": "ses_1", "status": {"type": "retry", "attempt": 2, "message": "HTTP 500", "next": 4000}}})
     assert retry == [("opencode.status", {"status": "retry", "attempt": 2, "message": "HTTP 500", "next": 4000})]
     assert translator.retry["attempt"] == 2
-    error = translator.feed({"type": "session.error", "properties": {
-        "sessionID": "ses_1", "error": {"name": "APIError", "data": {"message": "Internal error", "isRetryable": True}}}})
+    error = translator.feed(
+        {
+            "type": "session.error",
+            "properties": {
+                "sessionID": "ses_1",
+                "error": {"name": "APIError", "data": {"message": "Internal error", "isRetryable": True}},
+            },
+        }
+    )
     assert error == [("opencode.error", {"name": "APIError", "message": "Internal error"})]
     translator.feed({"type": "session.idle", "properties": {"sessionID": "ses_1"}})
     assert translator.finished and translator.error["data"]["isRetryable"] is True

@@ -92,7 +92,9 @@ def test_a_checkpoint_of_an_unchanged_worktree_is_the_previous_commit_and_a_chan
     changed = workspace.create_checkpoint(path=ws.path, reference="IND-000005", name="msg_3", previous=same)
     assert changed.commit != first.commit and changed.tree != first.tree
     assert workspace.git("show", f"{changed.commit}:notes.txt", cwd=repo) == "two\n"
-    assert workspace.git("rev-parse", workspace.checkpoint_ref("IND-000005", "msg_3"), cwd=repo).strip() == changed.commit
+    assert (
+        workspace.git("rev-parse", workspace.checkpoint_ref("IND-000005", "msg_3"), cwd=repo).strip() == changed.commit
+    )
 
 
 def test_reopening_a_workspace_keeps_its_base_and_removal_keeps_the_branch(repo, tmp_path):

@@ -51,8 +51,8 @@ def test_a_replan_sees_what_completed_and_the_failure():
 
 
 def test_a_template_gives_a_plan_that_passes_the_checks():
-    from tasks.plans import check_plan
     from tasks.planner import template_plan
+    from tasks.plans import check_plan
 
     body = template_plan(title="Build a user profile CRUD API", work="Users, profiles, the usual. " * 2000)
     checked = check_plan(body)

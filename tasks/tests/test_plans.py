@@ -4,6 +4,8 @@ import copy
 import json
 import os
 
+import pytest
+
 from tasks.plans import (
     OVERLAP,
     PROMPT_MAX_BYTES,
@@ -14,8 +16,6 @@ from tasks.plans import (
     plan_from_answer,
     schedule,
 )
-
-import pytest
 
 
 def task(key, *, after=(), files=(), capabilities=("code_generation",), **extra):

@@ -11,7 +11,6 @@ import secrets
 from pathlib import Path
 
 from django.conf import settings
-
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
