@@ -162,3 +162,39 @@ def api_token(user):
 
     row, raw = token_issue(user=user)
     return SimpleNamespace(key=raw, row=row)
+
+
+def run_socket_scenario(scenario):
+    """Run `scenario` (an async function driving WebsocketCommunicators) to its end, then leave
+    the channel layer and the database connections as a next test needs them.
+
+    Broadcasts an earlier test handed over are sent first, or they would reach this test's
+    sockets. The in-process layers keep groups and pollers per process: they are flushed after
+    the scenario. A Redis layer is left alone (its flush empties the whole shared prefix). The ORM
+    calls ran in asgiref's thread-sensitive worker thread: its connection is closed there, so the
+    test database can be dropped at the end."""
+    from asgiref.sync import async_to_sync, sync_to_async
+    from channels.layers import InMemoryChannelLayer, get_channel_layer
+    from django.db import connections
+
+    from orchestrator import broadcaster
+
+    broadcaster.wait_for_broadcasts()
+
+    async def wrapped():
+        try:
+            return await scenario()
+        finally:
+            layer = get_channel_layer()
+            if isinstance(layer, InMemoryChannelLayer):
+                await layer.flush()
+            await sync_to_async(connections.close_all, thread_sensitive=True)()
+
+    return async_to_sync(wrapped)()
+
+
+def record_event(session, type, **payload):
+    """One session event, written through the service (published after commit)."""
+    from sessions import services
+
+    return services.session_record_event(session=session, type=type, payload=payload)

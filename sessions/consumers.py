@@ -34,7 +34,7 @@ from orchestrator.consumers import DirectDispatchMixin, JsonFramesConsumer, repl
 from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
 from sessions import panels, selectors, services
-from sessions.models import SessionEvent
+from sessions.models import CodingSession, SessionEvent
 
 REPLAY_BATCH = selectors.EVENTS_LIMIT_MAX
 
@@ -55,6 +55,19 @@ def _visible_session(user, session_id):
         return selectors.session_get_for_user(user, session_id)
     except (NotFound, PermissionRefused):
         return None
+
+async def _session_or_close(consumer) -> CodingSession | None:
+    """The session of a console socket's URL when its user may see it; otherwise the socket is
+    closed (4401 anonymous, 4404 unknown or not visible) and None is returned."""
+    user = consumer.scope.get("user")
+    if user is None or not user.is_authenticated:
+        await consumer.close(code=4401)
+        return None
+    session = await _visible_session(user, consumer.scope["url_route"]["kwargs"]["session_id"])
+    if session is None:
+        await consumer.close(code=4404)
+    return session
+
 
 
 @database_sync_to_async
@@ -240,14 +253,10 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     _writer = None
 
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=4401)
-            return
-        session = await _visible_session(user, self.scope["url_route"]["kwargs"]["session_id"])
+        session = await _session_or_close(self)
         if session is None:
-            await self.close(code=4404)
             return
+        user = self.scope["user"]
         self.session_id = session.pk
         self.last_sent_id = 0
         self._inbox = []
@@ -328,13 +337,8 @@ class SessionGraphConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     session_id = None
 
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=4401)
-            return
-        session = await _visible_session(user, self.scope["url_route"]["kwargs"]["session_id"])
+        session = await _session_or_close(self)
         if session is None:
-            await self.close(code=4404)
             return
         self.session_id = session.pk
         self.last_seen_id = 0

@@ -2,15 +2,15 @@
 replay from `after` with no gap and no duplicate, and who may connect."""
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.db import connections
 
-from orchestrator import broadcaster, events
+from orchestrator import events
 from orchestrator.asgi import application
 from orchestrator.testing import api_token
+from orchestrator.testing import record_event as record
+from orchestrator.testing import run_socket_scenario as run
 from sessions import permissions, services
 from sessions.tests.factories import CodingSessionFactory
 from tasks.tests.factories import AgentFactory, TaskFactory
@@ -19,24 +19,8 @@ TIMEOUT = 15
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def run(scenario):
-    # Broadcasts an earlier test handed over would otherwise reach this test's sockets.
-    broadcaster.wait_for_broadcasts()
-
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            layer = get_channel_layer()
-            if isinstance(layer, InMemoryChannelLayer):
-                await layer.flush()
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-    return async_to_sync(wrapped)()
 
 
-def record(session, type, **payload):
-    return services.session_record_event(session=session, type=type, payload=payload)
 
 
 def token_for(user):

@@ -5,16 +5,15 @@ the detail page's panels and the HTML WebSocket feed."""
 from pathlib import Path
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.db import connections
 from django.urls import reverse
 
 from orchestrator.asgi import application
 from orchestrator.testing import api_token
+from orchestrator.testing import record_event as record
+from orchestrator.testing import run_socket_scenario as run
 from sessions import permissions, services, views
 from sessions.models import CodingSession, PermissionRequest
 from sessions.tests.factories import CodingSessionFactory
@@ -234,8 +233,6 @@ def test_viewer_cannot_answer_a_permission_request(client, viewer_user):
 # --- detail page ---------------------------------------------------------------------------------
 
 
-def record(session, type, **payload):
-    return services.session_record_event(session=session, type=type, payload=payload)
 
 
 @pytest.mark.django_db
@@ -311,17 +308,6 @@ def test_pushes_replace_the_panels_their_event_changes():
 # --- the console WebSocket -----------------------------------------------------------------------
 
 
-def run(scenario):
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            layer = get_channel_layer()
-            if isinstance(layer, InMemoryChannelLayer):
-                await layer.flush()
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-    return async_to_sync(wrapped)()
 
 
 @pytest.mark.django_db(transaction=True)

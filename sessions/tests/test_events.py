@@ -3,11 +3,10 @@
 import asyncio
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from orchestrator.asgi import application
@@ -15,6 +14,8 @@ from orchestrator.broadcaster import unpack
 from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.events import ALL_SESSIONS_GROUP, session_group
 from orchestrator.testing import api_token
+from orchestrator.testing import record_event as record
+from orchestrator.testing import run_socket_scenario as run
 from sessions import services
 from sessions.models import CodingSession, SessionEvent
 from sessions.tests.factories import CodingSessionFactory
@@ -24,25 +25,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 TIMEOUT = 15
 
 
-def record(session, type, **payload):
-    return services.session_record_event(session=session, type=type, payload=payload)
 
 
-def run(scenario):
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            layer = get_channel_layer()
-            if isinstance(layer, InMemoryChannelLayer):
-                # The in-process layers keep groups and pollers per process: reset them between
-                # tests. A Redis layer is left alone (its flush empties the whole shared prefix).
-                await layer.flush()
-            # The ORM calls ran in asgiref's thread-sensitive worker thread; close its
-            # connection there so the test database can be dropped at the end.
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-    return asyncio.run(wrapped())
 
 
 def test_rolled_back_event_is_never_published():

@@ -3,15 +3,15 @@ graph pushes on task events, replay with `after` without gap or duplicate, refus
 one render per event shared by every watcher, the checkpoint timeline and transitions pushed."""
 
 import pytest
-from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
-from django.db import connections
 from django.urls import reverse
 
 from orchestrator.asgi import application
 from orchestrator.testing import api_token
+from orchestrator.testing import record_event as record
+from orchestrator.testing import run_socket_scenario as run
 from sessions import panels, services
 from sessions.tests.factories import CodingSessionFactory
 from tasks.models import Task
@@ -21,21 +21,8 @@ HTMX = {"HTTP_HX_REQUEST": "true"}
 TIMEOUT = 15
 
 
-def record(session, type, **payload):
-    return services.session_record_event(session=session, type=type, payload=payload)
 
 
-def run(scenario):
-    async def wrapped():
-        try:
-            return await scenario()
-        finally:
-            layer = get_channel_layer()
-            if isinstance(layer, InMemoryChannelLayer):
-                await layer.flush()
-            await sync_to_async(connections.close_all, thread_sensitive=True)()
-
-    return async_to_sync(wrapped)()
 
 
 def planned_session():
