@@ -27,12 +27,10 @@ TYPE_CHOICES = [(name, name) for name in rules.SESSION_TYPES]
 # The tools whose permission the form sets; the API takes any tool name.
 POLICY_TOOLS = ("bash", "edit", "webfetch")
 REPOSITORIES_LISTED = 200
-MODE_CHOICES = [("single", "Single: the prompt is one task"),
-                ("template", "Template: a decomposition template makes the tasks"),
-                ("planner", "Planner: an agent proposes the task graph")]
-TEMPLATE_CHOICES = [("", "chosen from the title and prompt")] + [(name, name) for name in TEMPLATE_NAMES]
-APPROVAL_CHOICES = [("required", "Required: the session waits for a person to approve the plan"),
-                    ("auto", "Automatic: a plan that passes the checks runs at once")]
+# Short option texts: a <label> around a <select> puts the chosen option in the control's name.
+MODE_CHOICES = [(mode, mode) for mode in planning_options.MODES]
+TEMPLATE_CHOICES = [("", "from the work")] + [(name, name) for name in TEMPLATE_NAMES]
+APPROVAL_CHOICES = [(approval, approval) for approval in planning_options.APPROVALS]
 # What the console proposes, whatever the server's default: a person reviews the plan first.
 CONSOLE_PLAN_APPROVAL = "required"
 
@@ -80,12 +78,17 @@ class SessionCreateForm(forms.Form):
     repository = forms.CharField(label="…or a path", required=False, help_text="under an allowed root")
     session_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, initial="execution", required=False)
     priority = forms.TypedChoiceField(choices=PRIORITY_CHOICES, coerce=int, initial=rules.PRIORITY_DEFAULT)
-    planning_mode = forms.ChoiceField(label="Planning", choices=MODE_CHOICES, required=False)
+    planning_mode = forms.ChoiceField(
+        label="Planning", choices=MODE_CHOICES, required=False,
+        help_text="single: one task; template: a decomposition template makes the tasks; planner: an agent plans them",
+    )
     template = forms.ChoiceField(
         label="Template", choices=TEMPLATE_CHOICES, required=False, help_text="template planning only",
     )
-    plan_approval = forms.ChoiceField(label="Plan approval", choices=APPROVAL_CHOICES, required=False,
-                                      initial=CONSOLE_PLAN_APPROVAL)
+    plan_approval = forms.ChoiceField(
+        label="Plan approval", choices=APPROVAL_CHOICES, required=False, initial=CONSOLE_PLAN_APPROVAL,
+        help_text="required: a person approves the plan; auto: a plan passing the checks runs",
+    )
     task_concurrency = AsciiIntegerField(
         label="Tasks at once", required=False, min_value=planning_options.CONCURRENCY_MIN,
         max_value=planning_options.CONCURRENCY_MAX,
