@@ -16,7 +16,7 @@ except ImportError:  # the `browser` marker skips (or, in CI's services run, fai
 from orchestrator.tests.browser import login, new_repository, wait_live
 from sessions.permissions import permission_request_record
 from sessions.models import CodingSession, PermissionRequest
-from sessions.services import session_create, session_start
+from sessions.services import Actor, session_create, session_start
 
 pytestmark = [pytest.mark.browser, pytest.mark.opencode, pytest.mark.worker]
 
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.opencode, pytest.mark.worker]
 def create_session(user, prompt, **fields):
     return session_create(
         title=fields.pop("title", "Write the release notes"), initial_prompt=prompt,
-        repository=str(new_repository()), actor=user, **fields,
+        repository=str(new_repository()), actor=Actor.of_user(user), **fields,
     )
 
 
@@ -49,7 +49,7 @@ def test_overview_follows_a_session_from_queued_to_completed_without_a_reload(
     page.evaluate("window.loadedOnce = true")
     session = create_session(operator, "@@sleep 2\n@@write notes.txt from the browser test\n@@final Wrote notes.txt.")
     # Held in the queue for a few seconds, so the overview can be seen showing it queued.
-    session_start(session=session, actor=operator, countdown=4)
+    session_start(session=session, actor=Actor.of_user(operator), countdown=4)
 
     expect(page.locator("#count-queued")).to_have_attribute("data-count", "1")
     expect(page.locator(f"#running-{session.pk}")).to_contain_text("running")
@@ -71,7 +71,7 @@ def test_a_permission_request_appears_in_the_inbox_and_approving_it_lets_the_run
         operator, "@@bash echo approved > approved.txt\n@@final Ran the command.",
         permission_policy={"bash": "ask"}, title="Run the release script",
     )
-    session_start(session=session, actor=operator)
+    session_start(session=session, actor=Actor.of_user(operator))
 
     item = page.locator("#inbox .approval").filter(has_text=session.reference)
     expect(item).to_contain_text("bash")
@@ -95,7 +95,7 @@ def test_the_agents_page_shows_load_while_a_task_runs(page, browser_user, idle_w
     login(page, operator, next_url="/agents/")
     wait_live(page)
     session = create_session(operator, "@@sleep 6\n@@final Thought about it.")
-    session_start(session=session, actor=operator)
+    session_start(session=session, actor=Actor.of_user(operator))
 
     busy = page.locator("#agent-rows tr").filter(has_text=session.reference)
     expect(busy).to_have_count(1)
@@ -124,7 +124,7 @@ def test_a_viewer_sees_no_operator_buttons_and_a_forged_post_is_refused(page, br
     assert request.status == "pending"
     page.goto(f"/sessions/{session.pk}/")
     expect(page.locator("#session-header")).to_be_visible()
-    expect(page.locator("#session-header .actions")).to_have_count(0)
+    expect(page.locator("#session-header .actions button")).to_have_count(0)
     page.goto("/approvals/")
     expect(page.locator(f"#approval-{request.pk}")).to_be_visible()
 
