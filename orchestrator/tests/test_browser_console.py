@@ -14,8 +14,8 @@ except ImportError:  # the `browser` marker skips (or, in CI's services run, fai
     expect = None
 
 from orchestrator.tests.browser import login, new_repository, wait_live
-from sessions.permissions import permission_request_record
 from sessions.models import CodingSession, PermissionRequest
+from sessions.permissions import permission_request_record
 from sessions.services import Actor, session_create, session_start
 
 pytestmark = [pytest.mark.browser, pytest.mark.opencode, pytest.mark.worker]
