@@ -25,6 +25,7 @@ from sessions import permissions, rules, selectors, services
 from sessions.filters import parse_approval_params, parse_list_params
 from sessions.forms import SessionCreateForm
 from sessions.models import CodingSession, PermissionReply, PermissionRequest, SessionStatus
+from sessions.planning.services import session_create_planned
 
 LIST = "sessions/list.html"
 NEW = "sessions/new.html"
@@ -91,7 +92,8 @@ def session_list(request):
 @require_http_methods(["GET", "POST"])
 def session_create(request):
     """GET: the "New session" page (operators). POST: create (and start when "start now" is
-    ticked), then show the session's monitor; field errors are shown next to their fields."""
+    ticked) through the API's service for planned sessions, then show the session's monitor;
+    field errors are shown next to their fields."""
     _require_operator(request)
     if request.method == "GET":
         return render(request, NEW, {"form": SessionCreateForm()})
@@ -99,7 +101,7 @@ def session_create(request):
     session = None
     if form.is_valid():
         try:
-            session = services.session_create(actor=services.Actor.of_user(request.user), **form.service_arguments())
+            session = session_create_planned(actor=services.Actor.of_user(request.user), **form.service_arguments())
         except ValidationFailed as failure:
             form.add_service_errors(failure.errors)
     if session is None:

@@ -4,8 +4,10 @@ The form only turns text into Python values; the rules (lengths, ranges,
 generic titles, budgets, the permission policy) belong to `session_create`, so
 the console refuses the same input with the same words as the API and the
 admin. `add_service_errors` puts the service's `{field: [rule]}` next to the
-fields. The one value the service does not check, the task concurrency kept in
-`metadata`, is bounded here.
+fields. The planning options (mode, template, plan approval, task concurrency) go to
+`session_create_planned` as the API's `planning` object and are checked there
+(`sessions.planning.options`); the form only refuses a template chosen for a
+mode that does not use one, which the API's object cannot express.
 """
 
 from pathlib import Path
@@ -16,17 +18,28 @@ from django.conf import settings
 from orchestrator.errors import ValidationFailed
 from orchestrator.inputs import ASCII_INTEGER
 from sessions import repositories, rules
+from sessions.planning import options as planning_options
+from tasks.decomposition import TEMPLATE_NAMES
 
 PRIORITY_CHOICES = [(number, name.title()) for number, name in sorted(rules.PRIORITY_NAMES.items())]
 DECISION_CHOICES = [("", "OpenCode's default")] + [(decision, decision) for decision in rules.PERMISSION_DECISIONS]
 TYPE_CHOICES = [(name, name) for name in rules.SESSION_TYPES]
 # The tools whose permission the form sets; the API takes any tool name.
 POLICY_TOOLS = ("bash", "edit", "webfetch")
-TASK_CONCURRENCY_MAX = 16
 REPOSITORIES_LISTED = 200
+# Short option texts: a <label> around a <select> puts the chosen option in the control's name.
+MODE_CHOICES = [(mode, mode) for mode in planning_options.MODES]
+TEMPLATE_CHOICES = [("", "from the work")] + [(name, name) for name in TEMPLATE_NAMES]
+APPROVAL_CHOICES = [(approval, approval) for approval in planning_options.APPROVALS]
+# What the console proposes, whatever the server's default: a person reviews the plan first.
+CONSOLE_PLAN_APPROVAL = "required"
 
 # Service field name -> form field name, where they differ.
-SERVICE_FIELDS = {"permission_policy": "bash_permission", "metadata": "task_concurrency"}
+SERVICE_FIELDS = {
+    "permission_policy": "bash_permission",
+    "planning.mode": "planning_mode", "planning.template": "template",
+    "planning.plan_approval": "plan_approval", "planning.task_concurrency": "task_concurrency",
+}
 
 
 def allowed_repositories():
@@ -65,9 +78,21 @@ class SessionCreateForm(forms.Form):
     repository = forms.CharField(label="…or a path", required=False, help_text="under an allowed root")
     session_type = forms.ChoiceField(label="Type", choices=TYPE_CHOICES, initial="execution", required=False)
     priority = forms.TypedChoiceField(choices=PRIORITY_CHOICES, coerce=int, initial=rules.PRIORITY_DEFAULT)
+    planning_mode = forms.ChoiceField(
+        label="Planning", choices=MODE_CHOICES, required=False,
+        help_text="single: one task; template: a decomposition template makes the tasks; planner: an agent plans them",
+    )
+    template = forms.ChoiceField(
+        label="Template", choices=TEMPLATE_CHOICES, required=False, help_text="template planning only",
+    )
+    plan_approval = forms.ChoiceField(
+        label="Plan approval", choices=APPROVAL_CHOICES, required=False, initial=CONSOLE_PLAN_APPROVAL,
+        help_text="required: a person approves the plan; auto: a plan passing the checks runs",
+    )
     task_concurrency = AsciiIntegerField(
-        label="Tasks at once", required=False, min_value=1, max_value=TASK_CONCURRENCY_MAX,
-        help_text=f"1-{TASK_CONCURRENCY_MAX}; empty: the server's default",
+        label="Tasks at once", required=False, min_value=planning_options.CONCURRENCY_MIN,
+        max_value=planning_options.CONCURRENCY_MAX,
+        help_text=f"{planning_options.CONCURRENCY_MIN}-{planning_options.CONCURRENCY_MAX}; empty: the server's default",
     )
     max_duration_seconds = AsciiIntegerField(
         label="Time budget (seconds)", initial=rules.DURATION_DEFAULT, required=False
@@ -87,6 +112,8 @@ class SessionCreateForm(forms.Form):
         self.fields["repository_choice"].choices = [("", "— a path below —")] + [(r, r) for r in repositories]
         if not self.is_bound and repositories:
             self.initial.setdefault("repository_choice", repositories[0])
+        # The server's default mode, read per form (settings can change under tests).
+        self.fields["planning_mode"].initial = settings.SESSION_PLANNING_MODE
 
     def clean(self):
         """Check the repository the session would get (the path typed, else the one chosen) with the
@@ -100,13 +127,29 @@ class SessionCreateForm(forms.Form):
                 repositories.repository_validate(path=value)
             except ValidationFailed as exc:
                 self.add_error(field, exc.errors["repository"])
+        if cleaned.get("template") and (cleaned.get("planning_mode") or settings.SESSION_PLANNING_MODE) != "template":
+            self.add_error("template", "applies to template planning only: choose that mode, or no template")
         return cleaned
 
+    def planning(self) -> dict:
+        """The API's `planning` object from cleaned data: what the form sets; the rest takes the
+        server's defaults in session_create_planned."""
+        data = self.cleaned_data
+        planning = {}
+        if data.get("planning_mode"):
+            planning["mode"] = data["planning_mode"]
+        if data.get("template"):
+            planning["template"] = data["template"]
+        if data.get("plan_approval"):
+            planning["plan_approval"] = data["plan_approval"]
+        if data.get("task_concurrency") is not None:
+            planning["task_concurrency"] = data["task_concurrency"]
+        return planning
+
     def service_arguments(self):
-        """Keyword arguments for `session_create` from cleaned data (call after is_valid())."""
+        """Keyword arguments for `session_create_planned` from cleaned data (call after is_valid())."""
         data = self.cleaned_data
         policy = {tool: data[f"{tool}_permission"] for tool in POLICY_TOOLS if data.get(f"{tool}_permission")}
-        concurrency = data.get("task_concurrency")
         return {
             "title": data.get("title") or "",
             "initial_prompt": data.get("initial_prompt") or "",
@@ -119,7 +162,7 @@ class SessionCreateForm(forms.Form):
             "cost_budget_soft": data.get("cost_budget_soft"),
             "cost_budget_hard": data.get("cost_budget_hard"),
             "permission_policy": policy or None,
-            "metadata": {"task_concurrency": concurrency} if concurrency else None,
+            "planning": self.planning(),
             "start": bool(data.get("start")),
         }
 

@@ -276,7 +276,8 @@ def live_fragment(*, session_id, event, is_operator):
         if is_task:
             context["tasks"] = session_tasks(session)
             context["push_tasks"] = True
-        if kind in TIMELINE_EVENTS:
+        # A transition changes whether the timeline offers restore (only while nothing runs).
+        if kind in TIMELINE_EVENTS or kind == "session.transition":
             context.update(timeline_context(session))
             context["push_timeline"] = True
         if kind == "session.diff":

@@ -154,7 +154,8 @@ def test_new_session_shows_errors_inline_then_creates_and_opens_the_monitor(page
     page.wait_for_url(re.compile(r"/sessions/\d+/$"))
     session = CodingSession.objects.get()
     expect(page.locator("#session-header")).to_contain_text(session.reference)
-    assert (session.status, session.repository, session.metadata) == ("pending", str(repository),
-                                                                      {"task_concurrency": 2})
+    assert (session.status, session.repository, session.metadata["task_concurrency"]) == (
+        "pending", str(repository), 2)
+    assert session.metadata["planning"]["task_concurrency"] == 2
     assert (session.token_budget_soft, session.token_budget_hard) == (900, 5000)
     assert session.permission_policy == {"bash": "ask"}

@@ -139,7 +139,8 @@ def test_new_session_takes_budgets_concurrency_and_a_policy_per_tool(client, ope
     assert session.repository == str(tmp_path / "demo") and session.status == "pending"
     assert (session.token_budget_soft, session.token_budget_hard) == (1000, 5000)
     assert (str(session.cost_budget_soft), str(session.cost_budget_hard)) == ("0.5000", "2.0000")
-    assert session.metadata == {"task_concurrency": 3} and session.max_duration_seconds == 900
+    assert session.metadata["task_concurrency"] == 3 and session.max_duration_seconds == 900
+    assert session.metadata["planning"]["task_concurrency"] == 3
     assert session.permission_policy == {"bash": "ask", "edit": "allow"}
 
 
