@@ -47,6 +47,11 @@ CREDENTIAL_PATTERNS = (
 )
 
 
+def log_task(task_id: int) -> None:
+    """Name the task the current thread works for in its log records (the engine's task threads)."""
+    task_id_var.set(str(task_id))
+
+
 def new_request_id() -> str:
     return uuid.uuid4().hex
 

@@ -199,7 +199,7 @@ def create_session(stack, repository):
 
 def assert_worker_logged_json_with_context(log_path, session):
     """The worker ran with LOG_FORMAT=json: its records are JSON lines, and those of the session's
-    job carry the session reference and the job id."""
+    job carry the session reference and the job id, and those of its task's thread the task's id."""
     def lines():
         return [json.loads(line) for line in Path(log_path).read_text().splitlines() if line.startswith("{")]
 
@@ -210,6 +210,8 @@ def assert_worker_logged_json_with_context(log_path, session):
     [finished] = wait_until(job_finished, timeout=30, message="the worker to log the job's end")
     assert finished["session"] == session.reference and finished["job_id"] in finished["message"]
     assert any(entry.get("session") == session.reference and entry["logger"] == "httpx" for entry in lines())
+    task_ids = {str(pk) for pk in session.tasks.values_list("pk", flat=True)}
+    assert any(entry.get("session") == session.reference and entry.get("task_id") in task_ids for entry in lines())
 
 
 def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, roster, prometheus):

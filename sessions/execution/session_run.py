@@ -40,6 +40,7 @@ from contexts.services import (
 )
 from orchestrator.errors import Conflict, DomainError, ValidationFailed
 from orchestrator.fsm import reloaded
+from orchestrator.logs import log_task
 from sessions import services as session_services
 from sessions.execution import control, operator_messages, planning_turn, servers, spares, workspace
 from sessions.execution.checkpointer import StepCheckpointer
@@ -428,6 +429,7 @@ class SessionRun:
         # the other): 10-20 ms off the way to the prompt. One made for an attempt that then waited
         # for an agent is kept for the next attempt. A task with a worktree of its own gets its
         # session once the worktree exists (after routing: a task waiting for an agent makes none).
+        log_task(task.pk)  # its log records carry the task's id (orchestrator.logs)
         own_worktree = self.task_worktrees.wants_own(task)
         opencode_session_future = None if resume or own_worktree else (
             self._waiting_sessions.pop(task.pk, None) or servers.call_pool().submit(self.create_opencode_session, task)
