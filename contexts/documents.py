@@ -1,5 +1,8 @@
 """JSON documents addressed by dot paths: get, set, delete, diff and merge.
 
+Longer than most modules on purpose: paths, diff and the five merge strategies share one
+traversal and are tested together as one pure unit (contexts/tests/test_documents*.py).
+
 Plain Python, no Django. A document is a JSON value whose root is an object
 (dict); containers are dicts and lists, leaves are str, int, float, bool and None.
 

@@ -1,5 +1,9 @@
 """Running a claimed session: prepare its worktree, run its plan, finish it.
 
+At the size limit: the run's three phases (prepare, the plan loop, finish) read as one story;
+the pieces that stand alone live beside it (task_turn, run_guard, checkpointer, planning_turn,
+task_worktrees, merges, acceptance, operator_messages).
+
 `run_session` is called by the Celery job `sessions.execute_session` after it
 has claimed the session (queued -> running). It:
 

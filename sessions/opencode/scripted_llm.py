@@ -1,5 +1,9 @@
 """A scripted OpenAI-compatible LLM server: the model side for tests, benchmarks and the demo model.
 
+Longer than most modules on purpose: the server, its wire format and every directive the demo
+model and the tests use are kept in one place, so a prompt's `@@` lines can be read next to the code
+that answers them.
+
 It speaks the chat-completions protocol OpenCode's `@ai-sdk/openai-compatible` provider uses
 (`POST /v1/chat/completions`, streamed as SSE chunks or as one JSON body; `GET /v1/models`) and
 decides each answer from directives in the latest user message, one per line, prefixed `@@`:
