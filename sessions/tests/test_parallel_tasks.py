@@ -44,7 +44,9 @@ def plan_task(key, prompt, *, files, after=(), acceptance=None):
 def planned_session(repository, user, tasks, *, concurrency=2):
     session = session_create_planned(
         title="Parallel work", initial_prompt="Do the plan.", repository=str(repository), actor=Actor.of_user(user),
-        planning={"plan_approval": "auto", "task_concurrency": concurrency},
+        # No replans: these tests are about what the graph's run does with a failed task (a replan
+        # turn on the scripted model would answer no plan and fail the session as plan_invalid).
+        planning={"plan_approval": "auto", "task_concurrency": concurrency, "replan_limit": 0},
         plan={"summary": "parallel tasks", "tasks": tasks},
     )
     return session_start(session=session, actor=Actor.of_user(user))
