@@ -198,3 +198,20 @@ def record_event(session, type, **payload):
     from sessions import services
 
     return services.session_record_event(session=session, type=type, payload=payload)
+
+
+def require_binary(name: str, hint: str = "") -> str:
+    """The path of `name` on PATH. Absent: the test skips with the reason, or fails when
+    ORCHESTRATOR_REQUIRE_SERVICES=1 (.ci/run's services leg), so CI never passes on a skip."""
+    import os
+    import shutil
+
+    import pytest
+
+    path = shutil.which(name)
+    if path is None:
+        reason = f"needs {name} on PATH" + (f" ({hint})" if hint else "")
+        if os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES") == "1":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path

@@ -17,18 +17,10 @@ import pytest
 import yaml
 from django.conf import settings
 
+from orchestrator.testing import require_binary
+
 BASE = Path(settings.BASE_DIR)
-REQUIRE_SERVICES = os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES") == "1"
 
-
-def needs(binary):
-    path = shutil.which(binary)
-    if path is None:
-        reason = f"needs {binary} on PATH"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return path
 
 
 # --- docker-compose.yml ---------------------------------------------------------------------------
@@ -74,7 +66,7 @@ def test_compose_takes_every_secret_from_the_environment(compose):
 
 @pytest.fixture(scope="module")
 def rendered():
-    kubectl = needs("kubectl")
+    kubectl = require_binary("kubectl")
     result = subprocess.run([kubectl, "kustomize", str(BASE / "deploy/k8s/overlays/production")],
                             capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
@@ -207,7 +199,7 @@ def test_the_workflow_runs_the_suite_with_postgresql_and_redis_services():
 def test_actionlint_accepts_the_workflow():
     actionlint = shutil.which("actionlint") or str(Path(os.sys.executable).parent / "actionlint")
     if not Path(actionlint).exists():
-        needs("actionlint")
+        require_binary("actionlint")
     result = subprocess.run([actionlint, str(BASE / ".github/workflows/ci.yml")], capture_output=True, text=True,
                             timeout=60, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -215,7 +207,7 @@ def test_actionlint_accepts_the_workflow():
 
 def test_every_dashboard_query_is_valid_promql(tmp_path):
     """promtool parses each query as the expression of a recording rule."""
-    promtool = needs("promtool")
+    promtool = require_binary("promtool")
     dashboard = json.loads((BASE / "deploy/grafana/orchestrator.json").read_text())
     rules = [{"record": f"dashboard:query_{index}", "expr": target["expr"]}
              for index, target in enumerate(target for panel in dashboard["panels"] for target in panel["targets"])]

@@ -6,9 +6,7 @@ exposition.
 """
 
 import json
-import os
 import secrets
-import shutil
 import subprocess
 import sys
 import uuid
@@ -22,6 +20,7 @@ from django.conf import settings
 from orchestrator.testing import (
     free_port,
     make_git_repository,
+    require_binary,
     running_worker,
     stop_process,
     subprocess_env,
@@ -32,18 +31,7 @@ from sessions.models import CodingSession
 
 pytestmark = [pytest.mark.opencode, pytest.mark.worker]
 
-REQUIRE_SERVICES = os.environ.get("ORCHESTRATOR_REQUIRE_SERVICES") == "1"
 
-
-def tool(name):
-    """A Prometheus binary (Debian's `prometheus` package; .ci/run installs it)."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"needs {name} (apt-get install prometheus)"
-        if REQUIRE_SERVICES:
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    return path
 
 
 def http_get(url, *, token=None, timeout=10):
@@ -133,7 +121,7 @@ def idle_worker_before_flush(request):
 @pytest.fixture
 def prometheus(tmp_path):
     """Start Prometheus on a loopback port with a generated configuration; stop it by PID."""
-    binary = tool("prometheus")
+    binary = require_binary("prometheus", "apt-get install prometheus")
     processes = []
 
     def start(*, target_port, token):
@@ -267,7 +255,7 @@ def test_a_real_prometheus_scrapes_the_series_of_a_session_that_ran(stack, roste
 
 
 def test_promtool_accepts_the_exposition_of_web_and_worker(stack):
-    promtool = tool("promtool")
+    promtool = require_binary("promtool", "apt-get install prometheus")
     status, text = http_get(f"{stack['base']}/metrics", token=stack["token"])
     assert status == 200 and "orchestrator_sessions{" in text
     # WORKER_METRICS_PORT: the worker serves its host's process metrics itself (no database series).
