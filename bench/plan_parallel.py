@@ -1,16 +1,24 @@
 """A plan run sequentially vs side by side in task worktrees (issue 22's benchmark).
 
-    DATABASE_URL=postgresql://postgres@127.0.0.1:5432/h9 REDIS_URL=redis://127.0.0.1:6379/9 \\
-    ORCHESTRATOR_VAR_DIR=$PWD/var/bench-plan .venv/bin/python -m bench.plan_parallel [--rounds 2] [--starts 12]
+    rm -rf var/bench-plan; DATABASE_URL=postgresql://postgres@127.0.0.1:5432/bench_plan \\
+    REDIS_URL=redis://127.0.0.1:6379/9 ORCHESTRATOR_VAR_DIR=$PWD/var/bench-plan \\
+    .venv/bin/python -m bench.plan_parallel [--rounds 3] [--starts 12] [--approvals 12]
 
 A plan of 8 tasks, 4 independent pairs (b after a), each task two scripted steps answering after
 STEP_SECONDS each, as a real model would; auto approval. One session with task_concurrency 1, one
-with 4, alternately, `--rounds` times, on one worker (4 threads) with its OpenCode server. Printed:
+with 4, alternately, `--rounds` times, on one worker (4 threads) with its OpenCode server. The worker
+has run a sequential and a parallel session of the repository first (warm-up), so it keeps the spare
+worktrees a 4-way session takes (sessions.execution.spares); before each measured session the
+benchmark waits until they are ready (counted from the worker's log and the sessions' events).
+Printed:
 - wall time (session start -> completed) of each, and the ratio 4-way / sequential (median of rounds);
 - the overhead of worktrees and merges of the 4-way runs: worktree creation, commit + merge (from the
   task.worktree and merge.done events' own timings), summed and per task;
 - time from start (the plan approved at creation) to the first task's prompt (task.prompted row),
-  over the rounds' sessions and `--starts` more 4-way sessions: p50 / p99 / max.
+  over the rounds' sessions and `--starts` more 4-way sessions: p50 / p99 / max;
+- time from approval to the first task's prompt: `--approvals` sessions (half task_concurrency 1,
+  half 4) created with a plan and plan_approval required, started, paused in plan_review by the
+  worker, then approved (plan_approve, as the API's approve does): p50 / p99 / max.
 Every process it starts (the worker, its OpenCode server, the scripted LLM) is stopped by PID.
 """
 
@@ -44,6 +52,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--timeline", action="store_true", help="print the 4-way sessions' task events")
     parser.add_argument("--starts", type=int, default=12, help="extra short 4-way sessions for the start latency")
+    parser.add_argument("--approvals", type=int, default=12, help="sessions approved in plan_review")
     options = parser.parse_args()
     with bench_database():
         run(options)
@@ -58,7 +67,7 @@ def run(options):
     from orchestrator.testing import make_git_repository, running_worker, wait_until
     from sessions.models import CodingSession, SessionEvent
     from sessions.opencode.scripted_llm import ScriptedLLM
-    from sessions.planning.services import session_create_planned
+    from sessions.planning.services import plan_approve, session_create_planned
     from sessions.services import session_start
 
     for entry in DEFAULT_ROSTER:
@@ -93,26 +102,62 @@ def run(options):
         return {"wall": ended - started, "first_prompt": first_prompt.created_at.timestamp() - started,
                 "worktree": worktree_seconds, "merge": merge_seconds}
 
+    def spares_taken():
+        """Spares the sessions took so far: their session worktrees and their tasks' worktrees."""
+        events = SessionEvent.objects.filter(type__in=("workspace.ready", "task.worktree"))
+        return sum(1 for payload in events.values_list("payload", flat=True) if payload.get("spare"))
+
+    def wait_for_spares(worker, count):
+        """Until the worker has `count` spares of the repository ready: those it logged as ready
+        minus those the sessions took (a condition, not a fixed sleep)."""
+        def ready():
+            made = worker.log_path.read_bytes().count(b"spare worktree ready")
+            return made - spares_taken() >= count
+        wait_until(ready, timeout=120, interval=0.1, message=f"{count} spare worktrees to be ready")
+
+    def approval_to_first_prompt(concurrency, label, llm):
+        session = session_create_planned(
+            title=label, initial_prompt="Run the plan.", repository=str(repository),
+            planning={"plan_approval": "required", "task_concurrency": concurrency}, plan=plan(1, sleep=0))
+        session_start(session=session)
+        wait_until(lambda: CodingSession.objects.filter(pk=session.pk, status="paused").exists(), timeout=120,
+                   interval=0.05, message=f"{label} to pause in plan_review")
+        asked = len(llm.requests)
+        approved = time.time()
+        plan_approve(session=CodingSession.objects.get(pk=session.pk))
+        wait_until(lambda: CodingSession.objects.get(pk=session.pk).status in
+                   ("completed", "partially_completed", "failed"), timeout=120, interval=0.05,
+                   message=f"{label} to end")
+        first_prompt = SessionEvent.objects.filter(session=session, type="task.prompted").order_by("id").first()
+        if first_prompt is None:
+            raise RuntimeError(f"{label} prompted no task: {CodingSession.objects.get(pk=session.pk).error}")
+        # One session at a time here: the LLM's first request after the approval is this session's.
+        first_request = min(entry["time"] for entry in llm.requests[asked:])
+        return concurrency, first_prompt.created_at.timestamp() - approved, first_request - approved
+
     with ScriptedLLM() as llm:
-        env = {"OPENCODE_SCRIPTED_LLM_URL": llm.base_url, "LOG_LEVEL": "WARNING", "WORKSPACE_SPARES": 2}
-        with running_worker(concurrency=4, env=env):
-            for index in range(2):  # the OpenCode server started, the imports done, the spares made
-                one(1, plan(1, sleep=0), f"warm-up {index}")
-                time.sleep(4)  # the spares are made 2 s after a session starts, on the spares thread
-            sequential, parallel, starts = [], [], []
+        env = {"OPENCODE_SCRIPTED_LLM_URL": llm.base_url, "LOG_LEVEL": "INFO", "WORKSPACE_SPARES": 2}
+        with running_worker(concurrency=4, env=env) as worker:
+            # The OpenCode server started, the imports done; a parallel session has the worker keep
+            # task_concurrency + 1 spares of the repository.
+            one(1, plan(1, sleep=0), "warm-up sequential")
+            one(4, plan(1, sleep=0), "warm-up parallel")
+            spares_kept = 4 + 1
+            sequential, parallel, starts, approvals = [], [], [], []
             for round_number in range(1, options.rounds + 1):
                 for concurrency, results in ((1, sequential), (4, parallel)):
+                    wait_for_spares(worker, spares_kept)
                     result = one(concurrency, plan(), f"round {round_number} x{concurrency}")
                     results.append(result)
-                    time.sleep(5)  # the spares made again
                     starts.append(result["first_prompt"])
                     print(f"round {round_number}, task_concurrency {concurrency}: wall {result['wall']:.2f} s, "
                           f"start -> first prompt {result['first_prompt'] * 1000:.0f} ms", flush=True)
             for index in range(options.starts):
-                # Sessions a few seconds apart, not back to back: each takes spares the spares thread
-                # makes again in the background (2 s after a start, ~1 s each).
-                time.sleep(5)
+                wait_for_spares(worker, spares_kept)
                 starts.append(one(4, plan(1, sleep=0), f"start {index}")["first_prompt"])
+            for index in range(options.approvals):
+                wait_for_spares(worker, spares_kept)
+                approvals.append(approval_to_first_prompt(1 + 3 * (index % 2), f"approval {index}", llm))
 
     ratios = [p["wall"] / s["wall"] for s, p in zip(sequential, parallel, strict=True)]
     print(f"\nwall, task_concurrency 1: median {statistics.median(r['wall'] for r in sequential):.2f} s; "
@@ -133,7 +178,17 @@ def run(options):
           f"max {max(merge) * 1000:.0f} ms (n={len(merge)})")
     ms = [s * 1000 for s in starts]
     print(f"start (plan approved at creation) -> first task's prompt: n={len(ms)} p50 {percentile(ms, 0.5):.0f} ms "
-          f"p99 {percentile(ms, 0.99):.0f} ms max {max(ms):.0f} ms (target p99 <= 300 ms)")
+          f"p99 {percentile(ms, 0.99):.0f} ms max {max(ms):.0f} ms")
+    if approvals:
+        ms = [prompt * 1000 for _, prompt, _ in approvals]
+        print(f"approval (plan_review) -> first task's prompt: n={len(ms)} p50 {percentile(ms, 0.5):.0f} ms "
+              f"p99 {percentile(ms, 0.99):.0f} ms max {max(ms):.0f} ms (target p99 <= 300 ms)")
+        for concurrency in sorted({c for c, _, _ in approvals}):
+            prompts = [prompt * 1000 for c, prompt, _ in approvals if c == concurrency]
+            requests = [request * 1000 for c, _, request in approvals if c == concurrency]
+            print(f"  task_concurrency {concurrency}: to the prompt p50 {percentile(prompts, 0.5):.0f} ms, "
+                  f"max {max(prompts):.0f} ms; to the LLM's first request p50 {percentile(requests, 0.5):.0f} ms, "
+                  f"max {max(requests):.0f} ms (n={len(prompts)})")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ def acquire_server(*, directory):
     while that server lives (a paused task continues in its own OpenCode session).
     """
     global _current
+    _cancel_close(directory)  # a worktree kept open after its last run (release_server) is used again
     with _lock:
         served = next((entry for entry in [_current, *_retiring] if entry and directory in entry.directories), None)
         if served is None:
@@ -194,10 +195,13 @@ def is_current(server):
         return _current is not None and _current.server is server
 
 
-def release_server(server, *, close=None):
+def release_server(server, *, close=None, keep_open=False):
     """Pair of acquire_server. `close`: a worktree the caller is done with, closed in OpenCode
-    first (see close_directory)."""
-    if close is not None:
+    first (see close_directory); with `keep_open`, KEEP_OPEN_SECONDS later, unless a run acquires
+    the server for it again before (a session paused for plan review, approved soon after)."""
+    if close is not None and keep_open:
+        _close_later(server, str(close))
+    elif close is not None:
         close_directory(server, close)
     with _lock:
         for entry in [_current, *_retiring]:
@@ -222,6 +226,42 @@ def close_directory(server, directory):
         logger.info("OpenCode instance of %s not closed: %s", directory, error)
 
 
+# A session paused for plan review is usually approved within minutes by the person reading the plan.
+# Its worktree stays open in OpenCode meanwhile, at most this long, so the approved plan's first
+# prompt does not wait for OpenCode to open the directory again (1.5-3 s measured with the scripted
+# model; docs/decisions/0231). An open directory costs the idle server ~5 ms of CPU a second.
+KEEP_OPEN_SECONDS = 600.0
+_closes_lock = threading.Lock()
+_closes_due = {}  # directory -> the threading.Timer that closes it
+
+
+def _close_later(server, directory):
+    def close():
+        # Under the lock: a run acquiring the directory meanwhile waits, then finds it closed (and
+        # OpenCode opens it again), never closed under its feet.
+        with _closes_lock:
+            if _closes_due.get(directory) is not timer:
+                return
+            del _closes_due[directory]
+            close_directory(server, directory)
+
+    timer = threading.Timer(KEEP_OPEN_SECONDS, close)
+    timer.daemon = True
+    with _closes_lock:
+        previous = _closes_due.pop(directory, None)
+        _closes_due[directory] = timer
+    if previous is not None:
+        previous.cancel()
+    timer.start()
+
+
+def _cancel_close(directory):
+    with _closes_lock:
+        timer = _closes_due.pop(str(directory), None)
+    if timer is not None:
+        timer.cancel()
+
+
 def _stop_if_idle(entry):
     if entry.active == 0 and entry in _retiring:
         _retiring.remove(entry)
@@ -231,6 +271,11 @@ def _stop_if_idle(entry):
 def shutdown():
     """Stop what this process started (called when the worker shuts down)."""
     global _current, _demo_llm
+    with _closes_lock:  # the servers stop: nothing is left to close
+        timers = list(_closes_due.values())
+        _closes_due.clear()
+    for timer in timers:
+        timer.cancel()
     with _lock:
         for entry in [_current, *_retiring]:
             if entry is not None:

@@ -55,6 +55,7 @@ from sessions.models import Checkpoint, CodingSession
 from sessions.models import SessionStatus as S
 from sessions.opencode.client import permission_rules
 from sessions.opencode.errors import OpenCodeError
+from sessions.planning.services import PLAN_REVIEW
 from sessions.recovery import session_retry_automatically
 from sessions.sql import ControlRow
 from tasks import services as task_services
@@ -134,6 +135,7 @@ class SessionRun:
 
     def run(self) -> str | None:
         control.watch(self.session_id, worker_id=self.worker_id)  # control reads and heartbeats
+        in_review = False  # paused for plan review: its approval soon runs the plan in this worktree
         try:
             self.prepare()
             planning_turn.plan_before_graph(self)  # planning (issue 22): may pause for review, or fail
@@ -141,6 +143,7 @@ class SessionRun:
             self.finish()
         except SessionEnded as ended:
             logger.info("%s: run stopped (%s)", self.session.reference, ended)
+            in_review = ended.status == S.PAUSED and ended.reason == PLAN_REVIEW
         except (DomainError, workspace.GitError, OpenCodeError) as error:
             self.fail_session(error_type=_error_type(error), message=str(error))
         except Exception as error:
@@ -157,8 +160,9 @@ class SessionRun:
             self.checkpointer.close()
             self.task_worktrees.close()  # hook: finished task worktrees closed and removed
             if self.server is not None:
-                # Every turn has ended or been aborted: OpenCode can close the worktree (servers.close_directory).
-                servers.release_server(self.server, close=self.worktree.path)
+                # Every turn has ended or been aborted: OpenCode can close the worktree (servers.close_directory);
+                # kept open a while when the session waits for plan review (servers.KEEP_OPEN_SECONDS).
+                servers.release_server(self.server, close=self.worktree.path, keep_open=in_review)
         return CodingSession.objects.filter(pk=self.session_id).values_list("status", flat=True).first()
 
     def prepare(self) -> None:
@@ -174,7 +178,7 @@ class SessionRun:
                 path=session.workspace_path or None,
             )
         self.checkpointer.worktree = self.worktree
-        spares.note_run(repository)
+        spares.note_run(repository, parallel_tasks=self.task_concurrency())
         self.task_worktrees.prepare()  # hook: a merge a lost run left in progress is aborted
         restore = session.resume_checkpoint
         if restore is not None and restore.git_ref:
@@ -199,6 +203,10 @@ class SessionRun:
         })])
         context_for_session(session=session)
 
+    def task_concurrency(self) -> int:
+        """How many tasks of the session may run at once (its planning option, else the default)."""
+        return int((self.session.metadata or {}).get("task_concurrency") or settings.SESSION_TASK_CONCURRENCY)
+
     def _spare_workspace(self, repository: Path) -> workspace.Workspace | None:
         """The session's first worktree from a spare this worker opened in OpenCode beforehand, or None."""
         spare = spares.take(repository)
@@ -218,8 +226,7 @@ class SessionRun:
         the plan. A task that found every capable agent busy waits AGENT_RETRY_SECONDS before it is
         routed again. When the run must stop, every task thread is told (guard.end) and waited for."""
         task_services.task_root_for_session(session=self.session)
-        limit = self.task_limit = int(
-            (self.session.metadata or {}).get("task_concurrency") or settings.SESSION_TASK_CONCURRENCY)
+        limit = self.task_limit = self.task_concurrency()
         self.checkpointer.shared_worktree = limit > 1
         running = {}
         interrupted = None  # task ids, from the first refresh on
@@ -478,7 +485,8 @@ class SessionRun:
             self._drop_opencode_session(turn.opencode_session_future if turn else opencode_session_future,
                                         directory=place.directory if place is not None else None)
             if place is not None:  # hook: task_worktrees
-                self.task_worktrees.release(place, task, ended=outcome is not None)
+                self.task_worktrees.release(place, task, ended=outcome is not None,
+                                            merged=outcome is not None and outcome.completed and place.own)
             if outcome is None:
                 agent_release(agent=agent)
             else:  # the track record and the release, in one transaction

@@ -9,6 +9,13 @@ GET calls: no LLM request). The next session of the repository takes one and get
 with one `git checkout -b`.
 
 A repository gets spares from its second session in the process on (one used once needs none).
+A parallel session (task_concurrency N > 1) runs each task in a worktree of its own, so it takes a
+spare for its session worktree and one for each task it starts: from then on the process keeps
+N + 1 spares of the repository (the widest such session it has run; at most PARALLEL_SPARES_LIMIT)
+instead of WORKSPACE_SPARES, so the next such session's tasks all start warm: three task worktrees
+opened cold at once took 3-7 s from prompt to the LLM's first request, a spare ~0.15 s
+(docs/decisions/0231).
+
 A spare is used only while it still fits: its folder is there, the repository's HEAD has not
 moved, and the server that opened it is still the one new runs get. Otherwise it is removed and
 the session takes the cold path (`workspace.prepare_workspace`); a spare removed unused is closed
@@ -53,11 +60,13 @@ _lock = threading.Lock()
 _ready = {}  # repository -> [Spare], oldest first
 _making = {}  # repository -> spares queued or being made
 _runs = {}  # repository -> sessions started in this process
+_wanted = {}  # repository -> spares its widest parallel session needs (its task_concurrency + 1)
 _jobs = queue.Queue()
 _thread = None
 _names = itertools.count(1)
 _stopping = threading.Event()
-
+# Spares kept for a repository's parallel sessions: each is a directory its OpenCode server keeps open.
+PARALLEL_SPARES_LIMIT = 8
 
 def take(repository):
     """A ready spare of `repository` that still fits, or None (no spare, or it no longer fits)."""
@@ -81,21 +90,38 @@ def fits(spare):
     )
 
 
-def note_run(repository, *, delay=2.0):
-    """A session of `repository` has started in this process. From the repository's second session
-    on, have WORKSPACE_SPARES spares of it made in the background (those missing): a repository used
-    once gets none. They start `delay` seconds from now: opening a directory keeps OpenCode busy for a
-    second or so, and the session that just started is sending its first prompt to the same server."""
+def note_run(repository, *, parallel_tasks=0, delay=2.0):
+    """A session of `repository` has started in this process (or a task of it has taken a spare).
+    From the repository's second session on, have the spares it lacks made in the background: a
+    repository used once gets none. `parallel_tasks`: the session's task_concurrency, which may raise
+    how many the repository keeps (see the module's docstring; WORKSPACE_SPARES 0 keeps none).
+    They start `delay` seconds from now: opening a directory keeps OpenCode busy for a second or so,
+    and the session that just started is sending its first prompt to the same server."""
     repository = Path(repository)
     with _lock:
         _runs[repository] = _runs.get(repository, 0) + 1
-        missing = settings.WORKSPACE_SPARES - len(_ready.get(repository) or []) - _making.get(repository, 0)
+        if parallel_tasks > 1:
+            _wanted[repository] = max(_wanted.get(repository, 0), min(PARALLEL_SPARES_LIMIT, parallel_tasks + 1))
+        missing = wanted(repository) - len(_ready.get(repository) or []) - _making.get(repository, 0)
         if _runs[repository] < 2 or missing <= 0 or _stopping.is_set():
             return
         _making[repository] = _making.get(repository, 0) + missing
     due = time.monotonic() + delay
     for _ in range(missing):
         _submit(lambda: _make(repository), due=due)
+
+
+def wanted(repository):
+    """How many spares of `repository` this process keeps (called with the lock held)."""
+    if not settings.WORKSPACE_SPARES:
+        return 0
+    return max(settings.WORKSPACE_SPARES, _wanted.get(Path(repository), 0))
+
+
+def ready_count(repository):
+    """Spares of `repository` ready now (for the benchmarks and tests: nothing waits on it)."""
+    with _lock:
+        return len(_ready.get(Path(repository)) or [])
 
 
 def discard(spare):

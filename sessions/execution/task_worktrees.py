@@ -1,12 +1,15 @@
 """Where each task of a session runs, and how its work joins the session branch.
 
 The rule (docs/decisions/0230-parallel-task-worktrees.md): when a session may run more than one task
-at once (task_concurrency > 1), every task of its plan runs in a worktree and branch of its own,
-`ind/<reference>--task-<id>` at `<WORKSPACE_ROOT>/<reference>--task-<id>`, made from the session
-branch's head when the task starts. The session's worktree then only receives merges (and the
-integration tasks that resolve their conflicts), so a merge never meets another task's edits in
-progress. With task_concurrency 1 (or the root task alone) tasks run in the session's worktree, as
-they always have.
+at once (task_concurrency > 1), every task of its plan runs on a branch of its own,
+`ind/<reference>--task-<id>`, checked out from the session branch's head when the task starts, in a
+worktree of its own: one a task of the session left once its work was merged (still open in
+OpenCode), else a spare (sessions.execution.spares), else a new one at
+`<WORKSPACE_ROOT>/<reference>--task-<id>`. OpenCode's first prompt in a directory it has not opened
+waited 3-7 s with three opening at once; in a reused or spare one it reaches the LLM at once
+(docs/decisions/0231). The session's worktree then only receives merges (and the integration tasks
+that resolve their conflicts), so a merge never meets another task's edits in progress. With
+task_concurrency 1 (or the root task alone) tasks run in the session's worktree, as they always have.
 
 After a task's turn: its acceptance command, if any (acceptance.py; one more turn on failure), then,
 in its own worktree, its work is committed on its branch and merged into the session branch (merges.py),
@@ -83,6 +86,8 @@ class TaskWorktrees:
         self._cleanup = None  # the thread closing and removing finished task worktrees, once needed
         self._cleanups: list[Future] = []
         self._cleanup_lock = threading.Lock()
+        self._idle: list[workspace.Workspace] = []  # worktrees of merged tasks, open in OpenCode, for the next
+        self._idle_lock = threading.Lock()
 
     # --- hooks of the session run --------------------------------------------------------
 
@@ -128,7 +133,8 @@ class TaskWorktrees:
         existed = (path / ".git").exists()
         made_at = time.monotonic()
         start = workspace.git("rev-parse", f"refs/heads/{run.worktree.branch}", cwd=run.worktree.path).strip()
-        worktree = None if existed else self._from_spare(branch, start)
+        reused = None if existed else self._reused(branch, start)
+        worktree = reused or (None if existed else self._from_spare(branch, start))
         if worktree is None:
             worktree = workspace.task_worktree(repository=run.worktree.repository, path=path, branch=branch,
                                                start=start)
@@ -140,8 +146,24 @@ class TaskWorktrees:
         if not existed:
             run.record([("task.worktree", {
                 "task_id": task.pk, "path": str(worktree.path), "branch": branch, "start": start,
-                "spare": worktree.path != path, "seconds": round(time.monotonic() - made_at, 3)})])
+                "spare": reused is None and worktree.path != path, "reused": reused is not None,
+                "seconds": round(time.monotonic() - made_at, 3)})])
         return TaskPlace(worktree=worktree, checkpointer=checkpointer, own=True)
+
+    def _reused(self, branch: str, start: str) -> workspace.Workspace | None:
+        """The worktree a merged task of this run left (still open in OpenCode, clean: its work is
+        committed and merged), switched to the new task's branch at `start`, or None."""
+        with self._idle_lock:
+            idle = self._idle.pop() if self._idle else None
+        if idle is None:
+            return None
+        try:
+            return workspace.adopt_for_task(repository=idle.repository, path=idle.path, branch=branch, start=start)
+        except workspace.GitError as error:
+            logger.info("%s: the worktree %s not reused for %s (%s)", self.session_run.session.reference,
+                        idle.path, branch, error)
+            self._clean_up_later(idle.path, idle.repository, remove=True)
+            return None
 
     def _from_spare(self, branch: str, start: str) -> workspace.Workspace | None:
         """A spare worktree of the repository, already opened by this run's OpenCode server, as the
@@ -156,8 +178,7 @@ class TaskWorktrees:
             spares.discard(spare)
             return None
         try:
-            worktree = workspace.adopt_spare_for_task(repository=repository, path=spare.path, branch=branch,
-                                                      start=start)
+            worktree = workspace.adopt_for_task(repository=repository, path=spare.path, branch=branch, start=start)
         except workspace.GitError as error:
             logger.info("%s: spare worktree not used for %s (%s)", run.session.reference, branch, error)
             spares.discard(spare)
@@ -165,25 +186,38 @@ class TaskWorktrees:
         spares.note_run(repository)
         return worktree
 
-    def release(self, place: TaskPlace, task: Task, *, ended: bool) -> None:
-        """After the task's thread: its checkpointer stopped; its own worktree closed in OpenCode and,
-        once the task has ended (completed, merged, or failed), removed (its branch stays)."""
+    def release(self, place: TaskPlace, task: Task, *, ended: bool, merged: bool) -> None:
+        """After the task's thread: its checkpointer stopped; its own worktree kept open for the
+        session's next task once its work is merged, else closed in OpenCode and, once the task has
+        ended (failed), removed (its branch stays); an interrupted task's stays for its resumption."""
         if not place.own:
             return
         try:
             place.checkpointer.wait()
         finally:
             place.checkpointer.close()
+        if merged:
+            with self._idle_lock:
+                self._idle.append(place.worktree)
+            return
+        self._clean_up_later(place.worktree.path, place.worktree.repository, remove=ended)
+
+    def _clean_up_later(self, path: Path, repository: Path, *, remove: bool) -> None:
         # Off the task's thread: closing a directory in OpenCode and removing a worktree took ~2 s on a
         # loaded host, and the task's dependents start only once its thread has returned.
         server = self.session_run.server
         with self._cleanup_lock:
             if self._cleanup is None:
                 self._cleanup = ThreadPoolExecutor(max_workers=1, thread_name_prefix="task-worktree-cleanup")
-            self._cleanups.append(self._cleanup.submit(_clean_up, server, place, ended))
+            self._cleanups.append(self._cleanup.submit(_clean_up, server, path, repository, remove))
 
     def close(self) -> None:
-        """Wait for the worktrees being closed and removed (before the run releases its server)."""
+        """Close and remove the worktrees merged tasks left; wait for the worktrees being closed and
+        removed (before the run releases its server)."""
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for worktree in idle:
+            self._clean_up_later(worktree.path, worktree.repository, remove=True)
         with self._cleanup_lock:
             pending, self._cleanups = self._cleanups, []
             cleanup, self._cleanup = self._cleanup, None
@@ -346,11 +380,11 @@ class TaskWorktrees:
                 "path": str(worktree.path)})])
 
 
-def _clean_up(server, place: TaskPlace, ended: bool) -> None:
-    """Close a task's worktree in OpenCode and, once its task has ended, remove it (its branch stays)."""
-    servers.close_directory(server, place.directory)
-    if ended:
-        workspace.remove_workspace(repository=place.worktree.repository, path=place.worktree.path)
+def _clean_up(server, path: Path, repository: Path, remove: bool) -> None:
+    """Close a task's worktree in OpenCode and, with `remove`, remove it (its branch stays)."""
+    servers.close_directory(server, str(path))
+    if remove:
+        workspace.remove_workspace(repository=repository, path=path)
 
 
 def _ended(result: AcceptanceResult) -> str:

@@ -402,10 +402,11 @@ def task_worktree(*, repository, path, branch, start):
     return Workspace(repository, path, branch, start, head)
 
 
-def adopt_spare_for_task(*, repository, path, branch, start):
-    """Make the spare worktree at `path` (already opened in OpenCode) a task's worktree: branch `branch`
-    at commit `start`, checked out there (one `git checkout`: the spare sits at the repository's HEAD,
-    which `start` is or is near). GitError when the branch exists (the task ran before)."""
+def adopt_for_task(*, repository, path, branch, start):
+    """Make the clean worktree at `path` (already opened in OpenCode: a spare, or one a merged task of
+    the session left) a task's worktree: branch `branch` at commit `start`, checked out there (one
+    `git checkout`: the worktree sits at or near `start`). GitError when the branch exists (the task
+    ran before) or the worktree is not clean."""
     git("checkout", "-q", "-b", branch, start, cwd=path)
     _write_base(path, start)
     return Workspace(Path(repository), Path(path), branch, start, start)

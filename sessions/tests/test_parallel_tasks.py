@@ -3,6 +3,7 @@ a conflict becomes an integration task; an acceptance command gates each task (a
 a real OpenCode server, real git, the scripted LLM)."""
 
 import uuid
+from pathlib import Path
 
 import pytest
 from django.conf import settings
@@ -96,14 +97,19 @@ def test_independent_tasks_run_at_once_in_their_own_worktrees_and_merge_into_the
     # Each in its own worktree and branch: alpha's checkpoints never held beta's file, and the reverse.
     made = {e.payload["task_id"]: e.payload for e in events(session, "task.worktree")}
     assert set(made) == {alpha, beta, gamma}
-    assert len({payload["path"] for payload in made.values()}) == 3
+    assert made[alpha]["path"] != made[beta]["path"]
+    # gamma started once alpha and beta were merged: in one of their worktrees (still open in
+    # OpenCode), switched to its own branch at the session branch's head (its acceptance saw both files).
+    assert made[gamma]["reused"] and made[gamma]["path"] in (made[alpha]["path"], made[beta]["path"])
+    assert not made[alpha]["reused"] and not made[beta]["reused"]
     for own, other in ((alpha, "beta.txt"), (beta, "alpha.txt")):
         refs = [cp.git_ref for cp in Checkpoint.objects.filter(session=session, data__task_id=own)]
         assert refs and all(cp_data == made[own]["branch"] for cp_data in Checkpoint.objects.filter(
             session=session, data__task_id=own).values_list("data__worktree", flat=True))
         for ref in refs:
             assert other not in workspace.git("ls-tree", "--name-only", ref, cwd=repository).split()
-    # The task worktrees are gone once merged; their branches stay.
+    # The task worktrees are gone once the session ended; their branches stay.
+    assert not any(Path(payload["path"]).exists() for payload in made.values())
     assert not any(task_worktree_path(session.reference, pk).exists() for pk in (alpha, beta, gamma))
 
     # Real merges, in dependency order: gamma's after alpha's and beta's; every branch is in the session's.

@@ -104,3 +104,39 @@ def test_one_shared_event_stream_hands_each_task_the_events_of_its_own_worktree(
 
     servers.shutdown()
     assert not shared.alive
+
+
+def test_a_worktree_kept_open_after_its_run_is_closed_later_unless_a_run_takes_it_again(fresh_servers, monkeypatch):
+    """release_server(keep_open=True), as a run paused for plan review does: its worktree stays open in
+    OpenCode for KEEP_OPEN_SECONDS, then is closed; a run that acquires it meanwhile keeps it open."""
+    import time
+    from urllib.parse import urlparse
+
+    from orchestrator import opencode_directories
+    from orchestrator.testing import wait_until
+
+    monkeypatch.setattr(servers, "KEEP_OPEN_SECONDS", 1.0)
+    reviewed, approved = fresh_servers / "reviewed", fresh_servers / "approved"
+    for folder in (reviewed, approved):
+        folder.mkdir()
+    opencode_directories.open_directories(live_servers={})  # forget what other tests' servers left
+    server = servers.acquire_server(directory=str(reviewed))
+    assert servers.acquire_server(directory=str(approved)) is server
+    port = urlparse(server.url).port
+
+    def open_count():
+        return opencode_directories.open_directories(live_servers={port: 0})
+
+    for folder in (reviewed, approved):
+        server.client(directory=str(folder)).status()  # OpenCode opens the directory
+    assert open_count() == 2
+
+    servers.release_server(server, close=str(reviewed), keep_open=True)
+    servers.release_server(server, close=str(approved), keep_open=True)
+    assert open_count() == 2  # both kept open for now
+    assert servers.acquire_server(directory=str(approved)) is server  # approved: a run takes it again
+    wait_until(lambda: open_count() == 1, timeout=15, message="the reviewed worktree to be closed")
+    time.sleep(0.5)  # past the approved one's delay too
+    assert open_count() == 1
+    servers.release_server(server, close=str(approved))  # its run ends: closed now
+    assert open_count() == 0

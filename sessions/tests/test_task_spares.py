@@ -42,20 +42,23 @@ def test_a_task_worktree_is_a_spare_opened_beforehand(roster, operator_user, scr
     env = {"OPENCODE_SCRIPTED_LLM_URL": scripted_llm.base_url, "WORKSPACE_SPARES": 2}
     with running_worker(concurrency=4, env=env) as process:
         run(1, ["one"])
-        run(2, ["two"])  # from the repository's second session on, the worker keeps two spares of it
-        wait_until(lambda: len(ready_spares(process)) >= 2, timeout=60, message="two spare worktrees")
+        # From the repository's second session on, the worker keeps spares of it: for sessions that run
+        # two tasks at once, three (the session's worktree and one per task), not WORKSPACE_SPARES.
+        run(2, ["two"])
+        wait_until(lambda: len(ready_spares(process)) >= 3, timeout=60, message="three spare worktrees")
         spares = set(ready_spares(process))
+        assert len(spares) == 3
 
         session = run(3, ["left", "right"])
         made = [e.payload for e in SessionEvent.objects.filter(session=session, type="task.worktree")]
         taken = [payload["path"] for payload in made if payload["path"] in spares]
         assert session.workspace_path in spares  # the session's own worktree took one
-        assert len(taken) == 1, made  # a task took the other (the spares are made again later)
+        assert len(taken) == 2 and all(payload["spare"] for payload in made), made  # each task one
         # Its branch was made at the session branch's head, merged, and the spare's folder removed.
         payload = next(payload for payload in made if payload["path"] == taken[0])
         assert workspace.git("merge-base", "--is-ancestor", payload["branch"], session.branch_name,
                              cwd=repository, check=False, status=True)
-        assert not Path(taken[0]).exists()
+        assert not any(Path(path).exists() for path in taken)
         for key in ("left", "right"):
             assert workspace.git("show", f"{session.branch_name}:{key}.txt", cwd=repository) == f"{key}\n"
         wait_for_idle_worker(process)
