@@ -12,6 +12,9 @@ worktrees a 4-way session takes (sessions.execution.spares); before each measure
 benchmark waits until they are ready (counted from the worker's log and the sessions' events).
 Printed:
 - wall time (session start -> completed) of each, and the ratio 4-way / sequential (median of rounds);
+- the overhead of planning: each round also runs the 4-way session in mode `planner`, its plan the
+  answer of a planning turn on OpenCode (the scripted model answers it after STEP_SECONDS): the time
+  from start to the plan approved, and that session's wall time;
 - the overhead of worktrees and merges of the 4-way runs: worktree creation, commit + merge (from the
   task.worktree and merge.done events' own timings), summed and per task;
 - time from start (the plan approved at creation) to the first task's prompt (task.prompted row),
@@ -23,6 +26,7 @@ Every process it starts (the worker, its OpenCode server, the scripted LLM) is s
 """
 
 import argparse
+import json
 import statistics
 import time
 import uuid
@@ -69,6 +73,7 @@ def run(options):
     from sessions.opencode.scripted_llm import ScriptedLLM
     from sessions.planning.services import plan_approve, session_create_planned
     from sessions.services import session_start
+    from tasks.models import Task
 
     for entry in DEFAULT_ROSTER:
         if not Agent.objects.filter(name=entry["name"]).exists():
@@ -78,10 +83,14 @@ def run(options):
     # repository it has run sessions of, as it would in production.
     repository = make_git_repository(settings.REPOSITORY_ROOTS[0] / f"plan-bench-{uuid.uuid4().hex[:8]}")
 
-    def one(concurrency, the_plan, label):
+    def one(concurrency, the_plan, label, *, planner=False):
+        """A session of `the_plan`: supplied at creation, or (`planner`) answered by a planning turn on
+        OpenCode after STEP_SECONDS, as a planner model would (the scripted model's @@plan)."""
+        work = f"Run the plan.\n@@sleep {STEP_SECONDS}\n@@plan {json.dumps(the_plan)}" if planner else "Run the plan."
         session = session_create_planned(
-            title=label, initial_prompt="Run the plan.", repository=str(repository),
-            planning={"plan_approval": "auto", "task_concurrency": concurrency}, plan=the_plan)
+            title=label, initial_prompt=work, repository=str(repository),
+            planning={"plan_approval": "auto", "task_concurrency": concurrency,
+                      **({"mode": "planner"} if planner else {})}, plan=None if planner else the_plan)
         started = time.time()
         session_start(session=session)
         wait_until(lambda: CodingSession.objects.get(pk=session.pk).status in
@@ -92,7 +101,10 @@ def run(options):
         if session.status != "completed":
             raise RuntimeError(f"{label} ended {session.status}: {session.error}")
         events = SessionEvent.objects.filter(session=session)
-        first_prompt = events.filter(type="task.prompted").order_by("id").first()
+        plan_tasks = Task.objects.filter(session=session).exclude(plan_key="").exclude(plan_key__startswith="@")
+        first_prompt = events.filter(type="task.prompted", payload__task_id__in=list(
+            plan_tasks.values_list("pk", flat=True))).order_by("id").first()
+        approved = events.filter(type="plan.approved").order_by("id").first()
         worktree_seconds = [e.payload.get("seconds", 0) for e in events.filter(type="task.worktree")]
         merge_seconds = [e.payload.get("seconds", 0) for e in events.filter(type="merge.done")]
         if options.timeline and concurrency > 1 and len(the_plan["tasks"]) > 2:
@@ -100,6 +112,7 @@ def run(options):
                 print(f"  {event.created_at.timestamp() - started:7.2f} s {event.type:<16} "
                       f"task {event.payload.get('task_id', '')}")
         return {"wall": ended - started, "first_prompt": first_prompt.created_at.timestamp() - started,
+                "approved": approved.created_at.timestamp() - started,
                 "worktree": worktree_seconds, "merge": merge_seconds}
 
     def spares_taken():
@@ -143,15 +156,18 @@ def run(options):
             one(1, plan(1, sleep=0), "warm-up sequential")
             one(4, plan(1, sleep=0), "warm-up parallel")
             spares_kept = 4 + 1
-            sequential, parallel, starts, approvals = [], [], [], []
+            sequential, parallel, planned, starts, approvals = [], [], [], [], []
             for round_number in range(1, options.rounds + 1):
-                for concurrency, results in ((1, sequential), (4, parallel)):
+                for concurrency, results, planner in ((1, sequential, False), (4, parallel, False), (4, planned, True)):
                     wait_for_spares(worker, spares_kept)
-                    result = one(concurrency, plan(), f"round {round_number} x{concurrency}")
+                    label = f"round {round_number} x{concurrency}{' planner' if planner else ''}"
+                    result = one(concurrency, plan(), label, planner=planner)
                     results.append(result)
-                    starts.append(result["first_prompt"])
-                    print(f"round {round_number}, task_concurrency {concurrency}: wall {result['wall']:.2f} s, "
-                          f"start -> first prompt {result['first_prompt'] * 1000:.0f} ms", flush=True)
+                    if not planner:
+                        starts.append(result["first_prompt"])
+                    planning = f"start -> plan approved {result['approved']:.2f} s, " if planner else ""
+                    print(f"{label}: wall {result['wall']:.2f} s, {planning}start -> first task's prompt "
+                          f"{result['first_prompt'] * 1000:.0f} ms", flush=True)
             for index in range(options.starts):
                 wait_for_spares(worker, spares_kept)
                 starts.append(one(4, plan(1, sleep=0), f"start {index}")["first_prompt"])
@@ -167,6 +183,11 @@ def run(options):
     ideal = 2 * 2 * STEP_SECONDS
     print(f"  the scripted model's own time: 8 tasks x 2 steps x {STEP_SECONDS} s = {8 * ideal / 2:.0f} s "
           f"sequential, {ideal:.0f} s on the critical path (2 tasks) 4-way")
+    planning = [r["approved"] for r in planned]
+    print(f"overhead of planning (mode planner, the model answering after {STEP_SECONDS} s): start -> plan approved "
+          f"median {statistics.median(planning):.2f} s; wall of the 4-way run with planning median "
+          f"{statistics.median(r['wall'] for r in planned):.2f} s (ratio to sequential "
+          f"{statistics.median(p['wall'] / s['wall'] for s, p in zip(sequential, planned, strict=True)):.3f})")
     worktree = [s for r in parallel for s in r["worktree"]]
     merge = [s for r in parallel for s in r["merge"]]
     per_session = [sum(r["worktree"]) + sum(r["merge"]) for r in parallel]

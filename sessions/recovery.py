@@ -129,20 +129,26 @@ def _release_interrupted_tasks(session: CodingSession) -> None:
 
 
 def session_cleanup_workspaces(*, now: datetime | None = None) -> int:
-    """Remove worktrees of sessions that ended more than WORKSPACE_RETENTION_HOURS ago (branches stay)."""
+    """Remove worktrees of sessions that ended more than WORKSPACE_RETENTION_HOURS ago (branches stay):
+    the session's, and those of its tasks a run did not remove (a worker killed mid-graph)."""
     now = now or timezone.now()
     cutoff = now - timedelta(hours=settings.WORKSPACE_RETENTION_HOURS)
     removed = 0
     for session in CodingSession.objects.filter(status__in=ENDED, ended_at__lt=cutoff).exclude(workspace_path=""):
         path = Path(session.workspace_path)
+        try:
+            repository = workspace.resolve_repository(session.repository, allowed_roots=settings.REPOSITORY_ROOTS)
+        except (ValidationFailed, workspace.GitError) as error:  # the repository is gone or moved
+            logger.info("%s: repository unavailable (%s); removing the worktree folder only",
+                        session.reference, error)
+            repository = None
+        if repository is not None:
+            for task_path in workspace.worktrees_of_branches(repository=repository,
+                                                             prefix=f"ind/{session.reference}--task-"):
+                workspace.remove_workspace(repository=repository, path=task_path)
+                removed += 1
         if path.exists():
-            try:
-                repository = workspace.resolve_repository(session.repository, allowed_roots=settings.REPOSITORY_ROOTS)
-            except (ValidationFailed, workspace.GitError) as error:  # the repository is gone or moved
-                logger.info("%s: repository unavailable (%s); removing the worktree folder only",
-                            session.reference, error)
-                repository = path
-            workspace.remove_workspace(repository=repository, path=path)
+            workspace.remove_workspace(repository=repository or path, path=path)
             removed += 1
         CodingSession.objects.filter(pk=session.pk).update(workspace_path="")
     removed += _cleanup_stale_spares(cutoff)

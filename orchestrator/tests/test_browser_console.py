@@ -76,6 +76,10 @@ def test_a_permission_request_appears_in_the_inbox_and_approving_it_lets_the_run
     item = page.locator("#inbox .approval").filter(has_text=session.reference)
     expect(item).to_contain_text("bash")
     expect(item).to_contain_text("s left before the default applies")
+    # The time left counts down in the page between pushes (no event arrives meanwhile).
+    left = item.locator(".seconds-left")
+    shown = int(left.inner_text().split()[0])
+    expect(left).to_have_text(re.compile(rf"^({'|'.join(str(n) for n in range(max(0, shown - 5), shown))}) s left$"))
     expect(page.locator("#nav-approvals")).to_have_text("1")
     item.get_by_role("button", name=re.compile("^Approve once")).click()
 

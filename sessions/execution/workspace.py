@@ -414,10 +414,23 @@ def adopt_for_task(*, repository, path, branch, start):
 
 def worktree_of_branch(*, repository, branch):
     """The path of the worktree that has `branch` checked out, or None."""
+    return next((path for path, checked_out in _worktree_branches(repository)
+                 if checked_out == branch and path.exists()), None)
+
+
+def worktrees_of_branches(*, repository, prefix):
+    """The paths of the worktrees that have a branch named `prefix`... checked out (a session's
+    task branches: `ind/<reference>--task-`)."""
+    return [path for path, branch in _worktree_branches(repository) if branch.startswith(prefix)]
+
+
+def _worktree_branches(repository):
+    """(path, branch checked out there, "" when detached) of each worktree of `repository`."""
     current = None
     for line in git("worktree", "list", "--porcelain", cwd=repository).splitlines():
         if line.startswith("worktree "):
             current = Path(line[len("worktree "):])
-        elif line == f"branch refs/heads/{branch}" and current is not None and current.exists():
-            return current
-    return None
+        elif line.startswith("detached") and current is not None:
+            yield current, ""
+        elif line.startswith("branch refs/heads/") and current is not None:
+            yield current, line[len("branch refs/heads/"):]

@@ -92,6 +92,12 @@ def test_workspaces_of_sessions_ended_long_ago_are_removed_and_their_branch_kept
     session = running_session(repository=str(repository))
     space = workspace.prepare_workspace(repository=repository, root=tmp_path / "ws", reference=session.reference)
     CodingSession.objects.filter(pk=session.pk).update(workspace_path=str(space.path))
+    # A worker killed mid-graph left two task worktrees: one made for its task, one a spare it took.
+    task_space = workspace.task_worktree(repository=repository, path=tmp_path / "ws" / f"{session.reference}--task-7",
+                                         branch=f"ind/{session.reference}--task-7", start=space.base_commit)
+    spare, _ = workspace.create_spare(repository=repository, root=tmp_path / "ws", name="spare-h-1-1")
+    workspace.adopt_for_task(repository=repository, path=spare, branch=f"ind/{session.reference}--task-8",
+                             start=space.base_commit)
     recent = running_session(repository=str(repository))
     recent_space = workspace.prepare_workspace(repository=repository, root=tmp_path / "ws", reference=recent.reference)
     CodingSession.objects.filter(pk=recent.pk).update(workspace_path=str(recent_space.path))
@@ -99,10 +105,15 @@ def test_workspaces_of_sessions_ended_long_ago_are_removed_and_their_branch_kept
     session_complete(session=recent)
     CodingSession.objects.filter(pk=session.pk).update(ended_at=timezone.now() - timedelta(hours=25))
 
-    assert session_cleanup_workspaces() == 1
-    assert not space.path.exists()
-    assert recent_space.path.exists()
-    assert f"ind/{session.reference}" in workspace.git("branch", "--list", cwd=repository)
+    recent_task = workspace.task_worktree(repository=repository, path=tmp_path / "ws" / f"{recent.reference}--task-9",
+                                          branch=f"ind/{recent.reference}--task-9", start=recent_space.base_commit)
+
+    assert session_cleanup_workspaces() == 3
+    assert not space.path.exists() and not task_space.path.exists() and not spare.exists()
+    assert recent_space.path.exists() and recent_task.path.exists()
+    branches = workspace.git("branch", "--list", cwd=repository)
+    for branch in (f"ind/{session.reference}", f"ind/{session.reference}--task-7", f"ind/{session.reference}--task-8"):
+        assert branch in branches
     assert CodingSession.objects.get(pk=session.pk).workspace_path == ""
 
 

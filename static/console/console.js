@@ -78,5 +78,13 @@
       clock.setAttribute("data-elapsed", String(seconds));
       clock.textContent = formatDuration(seconds);
     });
+    // The approvals inbox: the time left before a request's default answer applies counts down
+    // between pushes (a push or an answer replaces the list with the server's figures).
+    document.querySelectorAll("[data-countdown]").forEach(function (left) {
+      var seconds = Math.max(0, parseInt(left.getAttribute("data-countdown"), 10) - 1);
+      left.setAttribute("data-countdown", String(seconds));
+      left.textContent = seconds + " s left";
+      left.classList.toggle("error", seconds < 60);
+    });
   }, 1000);
 })();
