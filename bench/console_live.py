@@ -107,6 +107,9 @@ def render_times(user, session, url_name, runs):
     from django.test import Client
     from django.urls import reverse
 
+    from orchestrator.gc_tuning import tune_collector_for_web
+
+    tune_collector_for_web()  # as the web process does (orchestrator.asgi): its renders are measured
     client = Client()
     client.force_login(user)
     url = reverse(url_name, args=[session.pk])
@@ -215,7 +218,7 @@ def deliver(port, token, session, clients, processes, events, rate):
             except queue.Empty:
                 if time.monotonic() > deadline or not all(worker.is_alive() for worker in workers):
                     raise RuntimeError(f"only {connected} of {clients} clients connected") from None
-        published = {}
+        published, kinds = {}, {}
         interval = 1.0 / rate
         started = time.perf_counter()
         for n in range(events):
@@ -230,6 +233,7 @@ def deliver(port, token, session, clients, processes, events, rate):
             before = time.time()
             row = services.session_record_event(session=session, type=kind, payload=payload)
             published[row.pk] = before
+            kinds[row.pk] = kind
         per_process = [results.get(timeout=120) for _ in workers]
     finally:
         for worker in workers:
@@ -237,7 +241,7 @@ def deliver(port, token, session, clients, processes, events, rate):
             if worker.is_alive():
                 worker.terminate()
                 worker.join(timeout=10)
-    return published, [client for share in per_process for client in share]
+    return published, kinds, [client for share in per_process for client in share]
 
 
 def main():
@@ -284,7 +288,7 @@ def main():
         log_path.parent.mkdir(parents=True, exist_ok=True)
         web, log, port = _start_web_server(log_path, args.web_profile)
         try:
-            published, clients = deliver(port, token, watched, args.clients, args.client_processes,
+            published, kinds, clients = deliver(port, token, watched, args.clients, args.client_processes,
                                          args.events, args.rate)
         finally:
             from orchestrator.testing import stop_process
@@ -293,15 +297,25 @@ def main():
             log.close()
         expected = sorted(published)
         latencies, lost, out_of_order, duplicated = [], 0, 0, 0
+        by_kind, by_event = {}, {}
         for received in clients:
             ids = [event_id for event_id, _ in received]
             lost += len(set(expected) - set(ids))
             duplicated += len(ids) - len(set(ids))
             out_of_order += sum(1 for a, b in zip(ids, ids[1:], strict=False) if b <= a)
-            latencies += [(at - published[event_id]) * 1000 for event_id, at in received if event_id in published]
+            for event_id, at in received:
+                if event_id in published:
+                    latencies.append((at - published[event_id]) * 1000)
+                    by_kind.setdefault(kinds[event_id], []).append(latencies[-1])
+                    by_event.setdefault(event_id, []).append(latencies[-1])
         print(f"delivery: {args.clients} clients x {args.events} events at {args.rate:g}/s "
               f"({len(latencies)} receipts)")
         print(_summary("delivery latency (write to receipt)", latencies))
+        for kind, values in sorted(by_kind.items()):
+            print("  " + _summary(kind, values))
+        # Per event: its first receipt (the way to the web server) and its last (the fan-out).
+        print("  " + _summary("first client to receive each event", [min(v) for v in by_event.values()]))
+        print("  " + _summary("last client to receive each event", [max(v) for v in by_event.values()]))
         print(f"lost: {lost}  duplicated: {duplicated}  out of order: {out_of_order}")
         print(f"load average at end: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
 

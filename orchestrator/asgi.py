@@ -9,6 +9,7 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from orchestrator.gc_tuning import tune_collector_for_web  # noqa: E402
 from orchestrator.routing import websocket_urlpatterns  # noqa: E402
 from orchestrator.ws_auth import websocket_stack  # noqa: E402
 
@@ -29,3 +30,5 @@ application = ProtocolTypeRouter(
         "websocket": websocket_stack(URLRouter(websocket_urlpatterns)),
     }
 )
+
+tune_collector_for_web()  # after the imports: what they built is frozen (orchestrator.gc_tuning)
