@@ -22,6 +22,7 @@ not arrive in order, so the all-sessions feed forwards everything.
 """
 
 import asyncio
+import logging
 from collections import OrderedDict
 from urllib.parse import parse_qs
 
@@ -35,6 +36,8 @@ from orchestrator.errors import NotFound, PermissionRefused
 from orchestrator.roles import user_is_operator
 from sessions import panels, selectors, services
 from sessions.models import CodingSession, SessionEvent
+
+logger = logging.getLogger(__name__)
 
 REPLAY_BATCH = selectors.EVENTS_LIMIT_MAX
 
@@ -165,14 +168,23 @@ async def shared_render(key, render):
         raise
 
 
+async def render_event(session_id, event, is_operator):
+    """The console fragment of `event` for an operator or a viewer, rendered once per process
+    (shared_render) whoever asks: the fan-out for live events, each replaying watcher for the past."""
+    return await shared_render(("event", session_id, event["id"], is_operator),
+                               lambda: _fragment(session_id, event, is_operator))
+
+
 class SessionFanOut:
     """One subscription of this process to a session's group, for all its console watchers here.
 
     Channels gives each consumer its own channel: every event then costs each watcher a
     deserialisation and a turn of its consumer loop before its frame is even written, which put
     a web process 8-12 s behind with 200 watchers of one session at 20 events/s. The fan-out
-    receives each broadcast once and offers the event to every watcher, which renders it (one
-    shared render: shared_render) and writes it.
+    receives each broadcast once, renders the event once per role its watchers have (operators get
+    the action buttons) and offers the fragment to every watcher, which writes it. Rendering here
+    rather than in each watcher (a shared_render lookup each) took ~9 % of the web process's CPU
+    off the 200-watcher benchmark (docs/decisions/0251).
     """
 
     def __init__(self, session_id):
@@ -193,10 +205,25 @@ class SessionFanOut:
     async def _run(self, layer):
         while True:
             message = await layer.receive(self.channel)
-            for each in broadcaster.unpack(message):
-                if each.get("type") == "session.event":
-                    for watcher in list(self.watchers):
-                        watcher.offer(each["event"])
+            batch = [each["event"] for each in broadcaster.unpack(message) if each.get("type") == "session.event"]
+            if batch:
+                await self._offer(batch)
+
+    async def _offer(self, batch):
+        """Render each event once per role the watchers have, then offer them all to every watcher:
+        what came in one message goes out to each watcher in one frame. A watcher that joins
+        meanwhile reads these events from the database (its replay)."""
+        watchers = list(self.watchers)
+        rendered = {role: [] for role in {watcher.is_operator for watcher in watchers}}
+        for event in batch:
+            for role, fragments in rendered.items():
+                try:
+                    fragments.append((event["id"], await render_event(self.session_id, event, role)))
+                except Exception:  # one event's render must not end the fan-out of every later one
+                    logger.exception("console push of event %s of session %s not rendered",
+                                     event.get("id"), self.session_id)
+        for watcher in watchers:
+            watcher.offer(rendered[watcher.is_operator])
 
 
 _fanouts = {}  # (event loop id, session id) -> SessionFanOut
@@ -242,8 +269,8 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
     rendered) replays what happened between the page load and the connection;
     an event is sent once even when replay and live delivery overlap.
 
-    Live events come from the process's SessionFanOut into an inbox; one writer task renders what
-    the inbox holds and writes it as one frame (the htmx ws extension swaps each out-of-band
+    Live events come from the process's SessionFanOut, rendered, into an inbox; one writer task
+    writes what the inbox holds as one frame (the htmx ws extension swaps each out-of-band
     element of a frame in order). An idle watcher gets each event at once; a busy web process
     writes fewer, larger frames instead of falling behind one frame per event per watcher. Live
     events that arrive during the replay wait in the inbox until it is done.
@@ -277,34 +304,30 @@ class SessionConsoleConsumer(DirectDispatchMixin, AsyncWebsocketConsumer):
             self._writer = asyncio.ensure_future(self._write())
 
     async def _send_rendered(self, event):
-        html = await self._render_once(event)
-        if html is not None:
-            await self.send(text_data=html)
+        if self._first_time(event["id"]):
+            await self.send(text_data=await render_event(self.session_id, event, self.is_operator))
 
-    async def _render_once(self, event):
-        """The event's fragment, or None when it was sent already."""
-        if event["id"] <= self.last_sent_id:
-            return None
-        self.last_sent_id = event["id"]
-        return await shared_render(
-            ("event", self.session_id, event["id"], self.is_operator),
-            lambda: _fragment(self.session_id, event, self.is_operator),
-        )
+    def _first_time(self, event_id):
+        """Whether the event is not sent yet (replay and live delivery may overlap); it is from now."""
+        if event_id <= self.last_sent_id:
+            return False
+        self.last_sent_id = event_id
+        return True
 
-    def offer(self, event):
-        """A live event from the fan-out (called on this process's event loop)."""
-        self._inbox.append(event)
+    def offer(self, fragments):
+        """Live events' fragments from the fan-out, (event id, html) in order (called on this
+        process's event loop)."""
+        self._inbox.extend(fragments)
         if self._writer is None and not self._replaying:
             self._writer = asyncio.ensure_future(self._write())
 
     async def _write(self):
-        """Render and write the inbox, one frame per turn, until it stays empty (the only writer of
-        live events, so frames keep the events' order)."""
+        """Write the inbox, one frame per turn, until it stays empty (the only writer of live
+        events, so frames keep the events' order)."""
         try:
             while self._inbox:
                 batch, self._inbox = self._inbox, []
-                parts = [await self._render_once(event) for event in batch]
-                frame = "".join(part for part in parts if part is not None)
+                frame = "".join(fragment for event_id, fragment in batch if self._first_time(event_id))
                 if frame:
                     await self.send(text_data=frame)
         finally:
