@@ -255,6 +255,12 @@ def _close_later(server, directory):
     timer.start()
 
 
+def pending_closes() -> set[str]:
+    """The directories kept open whose close is still due (release_server(keep_open=True))."""
+    with _closes_lock:
+        return set(_closes_due)
+
+
 def _cancel_close(directory):
     with _closes_lock:
         timer = _closes_due.pop(str(directory), None)

@@ -109,7 +109,6 @@ def test_one_shared_event_stream_hands_each_task_the_events_of_its_own_worktree(
 def test_a_worktree_kept_open_after_its_run_is_closed_later_unless_a_run_takes_it_again(fresh_servers, monkeypatch):
     """release_server(keep_open=True), as a run paused for plan review does: its worktree stays open in
     OpenCode for KEEP_OPEN_SECONDS, then is closed; a run that acquires it meanwhile keeps it open."""
-    import time
     from urllib.parse import urlparse
 
     from orchestrator import opencode_directories
@@ -135,8 +134,8 @@ def test_a_worktree_kept_open_after_its_run_is_closed_later_unless_a_run_takes_i
     servers.release_server(server, close=str(approved), keep_open=True)
     assert open_count() == 2  # both kept open for now
     assert servers.acquire_server(directory=str(approved)) is server  # approved: a run takes it again
+    assert servers.pending_closes() == {str(reviewed)}  # approved's close is cancelled
     wait_until(lambda: open_count() == 1, timeout=15, message="the reviewed worktree to be closed")
-    time.sleep(0.5)  # past the approved one's delay too
-    assert open_count() == 1
+    assert servers.pending_closes() == set()
     servers.release_server(server, close=str(approved))  # its run ends: closed now
     assert open_count() == 0
